@@ -1,0 +1,259 @@
+"""The `imdbsent` command: parse arguments, call the library, format the output.
+
+Every user error ends as one line on standard error and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, BinaryIO, Optional
+
+import typer
+
+from imdbsent import __version__, config, console, data, engine, runs
+from imdbsent.errors import UserError
+from imdbsent.sources import HUB_DEFAULT
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Sentiment analysis of movie reviews: the IMDB RNN tutorial, reproduced and improved.")
+
+MAX_LINE_BYTES = 1 << 20  # predict cuts longer input lines to their first MiB (bounded memory)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Split(str, Enum):
+    test = "test"
+    valid = "valid"
+
+
+class Format(str, Enum):
+    tsv = "tsv"
+    jsonl = "jsonl"
+    csv = "csv"
+    table = "table"
+
+
+class Terminated(Exception):
+    """SIGTERM, raised in the main thread so training stops as it does for Ctrl-C."""
+
+
+@app.command()
+def prepare(
+    source: Annotated[str, typer.Option(help="Hub dataset name, or a local copy: a folder of "
+                                        "Parquet/CSV/JSONL files named by split, an aclImdb/ "
+                                        "folder or aclImdb_v1.tar.gz.")] = HUB_DEFAULT,
+    out: Annotated[Path, typer.Option(help="Folder for the prepared dataset.")] = Path("data/imdb"),
+    split_ratio: Annotated[float, typer.Option(help="Fraction of train kept for training; "
+                                               "the rest is validation.")] = 0.7,
+    seed: Annotated[int, typer.Option(help="Seed of the train/valid split.")] = 1234,
+    max_vocab: Annotated[int, typer.Option(help="Most frequent words kept (plus <pad>, <unk>).")
+                         ] = 25_000,
+    min_freq: Annotated[int, typer.Option(help="Fewest occurrences for a word to be kept.")] = 1,
+    unsupervised: Annotated[bool, typer.Option(help="Also encode the unlabeled reviews.")] = True,
+    text_column: Annotated[str, typer.Option(help="Text column of CSV/JSONL/Parquet files.")
+                           ] = "text",
+    label_column: Annotated[str, typer.Option(help="Label column (0/1 or neg/pos).")] = "label",
+    force: Annotated[bool, typer.Option(help="Rebuild even if already prepared.")] = False,
+) -> None:
+    """Load IMDB, split train into train/valid, build the vocabulary, encode every split."""
+    args = data.PrepareArgs(source=source, split_ratio=split_ratio, seed=seed, max_vocab=max_vocab,
+                            min_freq=min_freq, unsupervised=unsupervised,
+                            text_column=text_column, label_column=label_column)
+    with console.err.status("preparing") if console.err.is_terminal else nullcontext():
+        manifest, built = data.prepare(args, out, force=force, report=console.log)
+    console.prepare_summary(manifest, out, built)
+
+
+@app.command("train")
+def train_cmd(
+    config_name: Annotated[Optional[str], typer.Option(
+        "--config", help=f"Recipe name ({', '.join(config.recipe_names())}) or TOML path. "
+        "Default: default.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Number of epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Examples per batch.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="sgd, adam or adamw.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="rnn, lstm, gru, cnn or nbow.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for weights and batch order.")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Tokens kept per review (0: all).")
+                          ] = None,
+    vectors: Annotated[Optional[Path], typer.Option(help="GloVe/word2vec text file of "
+                                                    "pretrained word vectors.")] = None,
+    device: Annotated[Optional[Device], typer.Option(help="auto: CUDA if available.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset folder.")
+                        ] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default: "
+                                                    "runs/<model>-<time>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue this run from its last "
+                                                   "checkpoint.")] = None,
+) -> None:
+    """Train a model; checkpoints, config and metrics go to a run directory."""
+    overrides = {"train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
+                 "train.optimizer": optimizer, "model.name": model, "train.seed": seed,
+                 "train.max_length": max_length, "train.device": device and device.value,
+                 "train.vectors": vectors and str(vectors), "data": data_dir and str(data_dir)}
+    if resume is not None:
+        if config_name or run_dir:
+            raise UserError("--resume continues a run with its own config; drop --config/--run-dir")
+        run = runs.check_run(resume)
+        cfg = config.load(run / runs.CONFIG, overrides)
+    else:
+        cfg = config.load(config_name, overrides)
+        run = None
+    prepared = data.load_prepared(Path(cfg.data))
+    if run is None:
+        run = run_dir if run_dir is not None else runs.new_run_dir(Path("runs"), cfg.model.name)
+        run.mkdir(parents=True, exist_ok=True)
+    view = console.TrainView()
+    with runs.RunLock(run):
+        if resume is None and (run / "last.safetensors").exists():
+            raise UserError(f"{run} already holds a run: continue it with --resume {run}, "
+                            "or choose another --run-dir")
+        runs.write_config(run, cfg)
+        runs.copy_tokenizer(prepared.folder / data.TOKENIZER, run)
+        try:
+            engine.fit(cfg, prepared, run, view, resume=resume is not None)
+        except (KeyboardInterrupt, Terminated) as exc:
+            view.close()
+            code = 143 if isinstance(exc, Terminated) else 130
+            done = runs.read_metrics(run)
+            console.log(f"interrupted after {len(done)} finished epoch(s); resume with: "
+                        f"imdbsent train --resume {run}")
+            raise typer.Exit(code) from None
+    console.log(f"run saved in {run}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory (default: the latest).")
+                   ] = None,
+    split: Annotated[Split, typer.Option(help="Split of the prepared dataset.")] = Split.test,
+    data_file: Annotated[Optional[Path], typer.Option(help="Score this labeled CSV/JSONL/"
+                                                      "Parquet file instead.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset folder "
+                                                     "(default: the run's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    threshold: Annotated[float, typer.Option(help="P(pos) at or above which a review is pos.")
+                         ] = 0.5,
+    device: Annotated[Device, typer.Option(help="auto: CUDA if available.")] = Device.cpu,
+) -> None:
+    """Loss, accuracy, precision, recall, F1 and confusion matrix of a run."""
+    from imdbsent.predict import evaluate_run
+
+    run = runs.check_run(run) if run is not None else runs.latest_run()
+    metrics, title = evaluate_run(run, split=split.value, data_file=data_file, data_dir=data_dir,
+                                  threshold=threshold, device=device.value)
+    if as_json:
+        console.result(json.dumps({"run": str(run), "on": title, **metrics}))
+    else:
+        console.metrics_table(metrics, f"{run} on {title}")
+
+
+@app.command("predict")
+def predict_cmd(
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to score; - reads "
+                                                         "standard input, one text per line.")
+                     ] = None,
+    file: Annotated[Optional[Path], typer.Option(help="Read texts from this file, one a line.")
+                    ] = None,
+    run: Annotated[Optional[Path], typer.Option(help="Run directory (default: the latest).")
+                   ] = None,
+    fmt: Annotated[Optional[Format], typer.Option("--format", help="tsv (default when piped), "
+                                                  "jsonl, csv, or table (on a terminal).")] = None,
+    threshold: Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")
+                         ] = 0.5,
+    batch_size: Annotated[int, typer.Option(help="Texts scored at once.")] = 512,
+    device: Annotated[Device, typer.Option(help="auto: CUDA if available.")] = Device.cpu,
+) -> None:
+    """Label texts pos or neg with the probability of pos: `label<TAB>prob_pos<TAB>text`."""
+    from imdbsent.predict import Predictor
+
+    texts = texts or []
+    if not texts and file is None:
+        raise UserError("nothing to predict: give texts, - for standard input, or --file PATH")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {batch_size}")
+    predictor = Predictor(run if run is not None else runs.latest_run(), device.value, threshold)
+    chosen = (fmt.value if fmt else ("table" if console.out.is_terminal else "tsv"))
+    console.write_predictions(predictor.stream(_inputs(texts, file), batch_size), chosen)
+
+
+def _inputs(texts: list[str], file: Path | None) -> Iterator[str]:
+    """Texts from the arguments in order, `-` standing for standard input, then --file."""
+    for t in texts:
+        if t == "-":
+            yield from read_lines(sys.stdin.buffer)
+        else:
+            yield t
+    if file is not None:
+        try:
+            fh = open(file, "rb")
+        except OSError as exc:
+            raise UserError(f"{file}: {exc.strerror}") from None
+        with fh:
+            yield from read_lines(fh)
+
+
+def read_lines(fh: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:
+    """Lines of a byte stream as text: invalid UTF-8 replaced, each line cut to `max_bytes`
+    (the rest of an over-long line is read and dropped, never held)."""
+    while True:
+        line = fh.readline(max_bytes)
+        if not line:
+            return
+        if not line.endswith(b"\n"):
+            while (rest := fh.readline(max_bytes)) and not rest.endswith(b"\n"):
+                pass
+        yield line.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False
+          ) -> None:
+    if version:
+        console.result(f"imdbsent {__version__}")
+        raise typer.Exit()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; user errors and interruptions end as one line and an exit code."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        code = app(args=argv, prog_name="imdbsent", standalone_mode=False)
+    except UserError as exc:
+        _fail(str(exc), 1)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.exceptions.TyperException as exc:  # usage errors: bad flag, bad value
+        _fail(exc.format_message() + "  (see imdbsent --help)", getattr(exc, "exit_code", 2))
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130)
+    except Terminated:
+        _fail("terminated", 143)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    console.err.print(f"imdbsent: error: {message}", markup=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise Terminated()

@@ -1,0 +1,203 @@
+"""Typed configs: a recipe is a TOML file with a [model] and a [train] table; the command line
+overrides single fields. Recipes ship inside the package (`configs/` at the top of the
+repository points at them), so `--config baseline` works wherever imdbsent is installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from imdbsent.errors import UserError
+
+CONFIG_VERSION = 1
+MODELS = ("rnn", "lstm", "gru", "cnn", "nbow")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "linear", "cosine")
+POOLINGS = ("last", "max", "mean")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ModelConfig:
+    """The network. Fields a model does not use are ignored by it (e.g. filter_sizes by gru)."""
+
+    name: str = "gru"
+    embedding_dim: int = 100
+    hidden_dim: int = 256
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    pooling: str = "last"
+    filter_sizes: list[int] = field(default_factory=lambda: [3, 4, 5])
+    num_filters: int = 100
+    ngram_buckets: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation. `max_length` 0 keeps whole reviews; `patience` 0 never stops early;
+    `clip_grad` 0 does not clip; `vectors` is an optional GloVe/word2vec text file."""
+
+    epochs: int = 5
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    clip_grad: float = 0.0
+    schedule: str = "constant"
+    warmup: float = 0.0
+    patience: int = 0
+    max_length: int = 0
+    seed: int = 1234
+    device: str = "auto"
+    vectors: str = ""
+
+
+@dataclass
+class Config:
+    """A whole recipe: where the prepared data is, the model, the training."""
+
+    version: int = CONFIG_VERSION
+    data: str = "data/imdb"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The resolved config as TOML, loadable again with `load`."""
+        top = {k: v for k, v in self.to_dict().items() if not isinstance(v, dict)}
+        lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
+        for table in ("model", "train"):
+            lines += ["", f"[{table}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in getattr(self, table).__dict__.items()]
+        return "\n".join(lines) + "\n"
+
+
+def recipe_names() -> list[str]:
+    """The recipes that ship with imdbsent, by name."""
+    return sorted(p.name.removesuffix(".toml") for p in _recipes().iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load(name_or_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a recipe (a path, or the name of a shipped recipe; None is `default`), apply
+    `overrides` (dotted keys such as "train.epochs"), and validate the result."""
+    text, where = _read(name_or_path or "default")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{where}: not valid TOML ({exc})") from None
+    return from_dict(raw, where, overrides)
+
+
+def from_dict(raw: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> Config:
+    """Build and validate a Config from nested plain values (a parsed TOML or a run's config)."""
+    version = raw.get("version", CONFIG_VERSION)
+    if not isinstance(version, int) or version > CONFIG_VERSION:
+        raise UserError(f"{where}: config version {version} is newer than this imdbsent "
+                        f"understands ({CONFIG_VERSION}); upgrade imdbsent")
+    cfg = Config()
+    for key, value in raw.items():
+        if key in ("model", "train"):
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: [{key}] must be a table")
+            for sub, subvalue in value.items():
+                _set(cfg, f"{key}.{sub}", subvalue, where)
+        else:
+            _set(cfg, key, value, where)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set(cfg, key, value, "command line")
+    validate(cfg, where)
+    return cfg
+
+
+def validate(cfg: Config, where: str) -> None:
+    """Reject values no model or optimiser could use, naming the field."""
+    m, t = cfg.model, cfg.train
+    checks = [
+        (m.name in MODELS, f"model.name must be one of {', '.join(MODELS)}, not {m.name!r}"),
+        (m.pooling in POOLINGS, f"model.pooling must be one of {', '.join(POOLINGS)}"),
+        (t.optimizer in OPTIMIZERS, f"train.optimizer must be one of {', '.join(OPTIMIZERS)}"),
+        (t.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)}"),
+        (t.device in DEVICES, f"train.device must be one of {', '.join(DEVICES)}"),
+        (m.embedding_dim > 0 and m.hidden_dim > 0 and m.num_layers > 0,
+         "model dimensions and num_layers must be positive"),
+        (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (len(m.filter_sizes) > 0 and min(m.filter_sizes) > 0 and m.num_filters > 0,
+         "model.filter_sizes and num_filters must be positive"),
+        (m.ngram_buckets >= 0, "model.ngram_buckets must be 0 or more"),
+        (t.epochs > 0, "train.epochs must be at least 1"),
+        (t.batch_size > 0, "train.batch_size must be at least 1"),
+        (t.lr > 0, "train.lr must be positive"),
+        (t.momentum >= 0 and t.weight_decay >= 0 and t.clip_grad >= 0,
+         "train.momentum, weight_decay and clip_grad must be 0 or more"),
+        (0.0 <= t.warmup < 1.0, "train.warmup is a fraction of training, in [0, 1)"),
+        (t.patience >= 0 and t.max_length >= 0, "train.patience and max_length must be 0 or more"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"{where}: {message}")
+
+
+def _read(name_or_path: str | Path) -> tuple[str, str]:
+    path = Path(name_or_path).expanduser()
+    if path.suffix != ".toml" and "/" not in str(name_or_path):
+        shipped = _recipes() / f"{name_or_path}.toml"
+        if shipped.is_file():
+            return shipped.read_text(encoding="utf-8"), f"{name_or_path}.toml"
+        raise UserError(f"no recipe named {name_or_path!r} (shipped: {', '.join(recipe_names())}; "
+                        "or give a path to a .toml file)")
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read config ({getattr(exc, 'strerror', None) or exc})") \
+            from None
+
+
+def _recipes():
+    return resources.files("imdbsent") / "configs"
+
+
+def _set(cfg: Config, dotted: str, value: Any, where: str) -> None:
+    *parents, leaf = dotted.split(".")
+    target: Any = cfg
+    for part in parents:
+        target = getattr(target, part, None)
+        if not dataclasses.is_dataclass(target):
+            raise UserError(f"{where}: unknown config key {dotted!r}")
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    if leaf not in fields or dataclasses.is_dataclass(getattr(target, leaf)):
+        raise UserError(f"{where}: unknown config key {dotted!r}")
+    setattr(target, leaf, _coerce(getattr(target, leaf), value, dotted, where))
+
+
+def _coerce(current: Any, value: Any, key: str, where: str) -> Any:
+    """Accept a value of the field's type (an int where a float is expected too)."""
+    kind = type(current)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is list and isinstance(value, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return value
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise UserError(f"{where}: {key} must be {kind.__name__}, not {value!r}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

@@ -1,0 +1,156 @@
+"""What the user sees: rich progress and tables on a terminal, plain parseable lines when piped.
+
+Results go to standard output; progress, logs and warnings to standard error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from imdbsent.engine import epoch_time
+from imdbsent.predict import Prediction
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+FORMATS = ("tsv", "jsonl", "csv", "table")
+
+
+def log(message: str) -> None:
+    """One line of progress or a warning, on standard error."""
+    err.print(message, markup=False)
+
+
+def result(line: str) -> None:
+    """One line of result, on standard output, flushed (so pipelines see it at once)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class TrainView:
+    """Draws the fit loop: parameter count, a progress bar per epoch (on a terminal), the
+    tutorial's three lines per epoch, and the test line."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._task = None
+        self._start = 0.0
+        self._seen = 0
+        self._loss = self._acc = 0.0
+
+    def start(self, run: Path, parameters: int, device: str, first_epoch: int) -> None:
+        log(f"run directory: {run} (device {device}"
+            + (f", resuming at epoch {first_epoch})" if first_epoch > 1 else ")"))
+        result(f"The model has {parameters:,} trainable parameters")
+
+    def epoch_start(self, epoch: int, batches: int) -> None:
+        self._start, self._seen, self._loss, self._acc = time.time(), 0, 0.0, 0.0
+        if err.is_terminal:
+            self._progress = Progress(
+                TextColumn(f"epoch {epoch:02}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.2%}"),
+                TextColumn("{task.fields[rate]:,.0f} ex/s"), TimeElapsedColumn(),
+                console=err, transient=True)
+            self._task = self._progress.add_task("train", total=batches, loss=0.0, acc=0.0, rate=0)
+            self._progress.start()
+
+    def batch(self, examples: int, loss: float, acc: float) -> None:
+        self._loss = (self._loss * self._seen + loss * examples) / (self._seen + examples)
+        self._acc = (self._acc * self._seen + acc * examples) / (self._seen + examples)
+        self._seen += examples
+        if self._progress is not None:
+            rate = self._seen / max(time.time() - self._start, 1e-9)
+            self._progress.update(self._task, advance=1, loss=self._loss, acc=self._acc, rate=rate)
+
+    def epoch_end(self, record: dict[str, Any]) -> None:
+        self.close()
+        mins, secs = epoch_time(0.0, record["seconds"])
+        result(f"Epoch: {record['epoch']:02} | Epoch Time: {mins}m {secs}s")
+        result(f"\tTrain Loss: {record['train_loss']:.3f} | Train Acc: {record['train_acc']*100:.2f}%")
+        result(f"\t Val. Loss: {record['valid_loss']:.3f} |  Val. Acc: {record['valid_acc']*100:.2f}%")
+
+    def test(self, record: dict[str, Any]) -> None:
+        result(f"Test Loss: {record['test_loss']:.3f} | Test Acc: {record['test_acc']*100:.2f}%")
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def prepare_summary(manifest: dict, out_dir: Path, built: bool) -> None:
+    """The prepared dataset's counts: a table on a terminal, tab-separated lines when piped."""
+    rows = [(name, c.get("total", 0), c.get("neg", 0), c.get("pos", 0), c.get("unlabeled", 0))
+            for name, c in manifest["splits"].items()]
+    log(("prepared " if built else "already prepared (same arguments; --force rebuilds) ")
+        + f"{out_dir}: vocabulary {manifest['vocab_size']:,} ids")
+    if out.is_terminal:
+        table = Table("split", "reviews", "neg", "pos", "unlabeled", title=str(out_dir))
+        for row in rows:
+            table.add_row(*(f"{v:,}" if isinstance(v, int) else v for v in row))
+        out.print(table)
+    else:
+        result("split\treviews\tneg\tpos\tunlabeled")
+        for row in rows:
+            result("\t".join(str(v) for v in row))
+
+
+def metrics_table(metrics: dict[str, Any], title: str) -> None:
+    """Evaluation metrics as a rich table (terminal) or `name<TAB>value` lines (piped)."""
+    c = metrics["confusion"]
+    rows = [("examples", f"{metrics['examples']:,}"), ("loss", f"{metrics['loss']:.4f}")]
+    rows += [(k, f"{metrics[k] * 100:.2f}%") for k in ("accuracy", "precision", "recall", "f1")]
+    rows += [("confusion (rows true neg/pos, cols predicted neg/pos)",
+              f"{c['tn']} {c['fp']} / {c['fn']} {c['tp']}")]
+    if out.is_terminal:
+        table = Table("metric", "value", title=title)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+    else:
+        for name, value in rows:
+            result(f"{name}\t{value}")
+
+
+def write_predictions(batches: Iterable[list[Prediction]], fmt: str) -> None:
+    """Write predictions to standard output in `fmt`, flushing after every batch."""
+    if fmt == "table":
+        table = Table("label", "prob_pos", "text")
+        for batch in batches:
+            for p in batch:
+                short = p.text if len(p.text) <= 70 else p.text[:67] + "..."
+                table.add_row(p.label or "skip", "" if p.skipped else f"{p.prob_pos:.4f}", short)
+        out.print(table)
+        return
+    for batch in batches:
+        sys.stdout.write("".join(_format_row(p, fmt) for p in batch))
+        sys.stdout.flush()
+
+
+def _format_row(p: Prediction, fmt: str) -> str:
+    prob = "" if p.skipped else f"{p.prob_pos:.4f}"
+    label = p.label or "skip"
+    if fmt == "jsonl":
+        return json.dumps({"label": p.label, "prob_pos": None if p.skipped else round(p.prob_pos, 6),
+                           "text": p.text, **({"skipped": "no words"} if p.skipped else {})},
+                          ensure_ascii=False) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([label, prob, p.text])
+        return buf.getvalue()
+    return f"{label}\t{prob}\t{_one_field(p.text)}\n"
+
+
+def _one_field(text: str) -> str:
+    """A text made safe for one TSV field: tabs and line breaks become spaces."""
+    return text.translate({9: " ", 10: " ", 13: " "})

@@ -1,0 +1,294 @@
+"""The prepared dataset: seeded stratified split, vocabulary, encoded splits on disk, and
+length-bucketed batches built without per-example Python work.
+
+On disk (`--out`, default data/imdb): `train/valid/test[/unsupervised].parquet` (token ids and
+label), `tokenizer.json`, and `manifest.json`, written last, so a folder without a manifest is
+never taken for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tokenizers import Tokenizer
+
+from imdbsent import __version__, text
+from imdbsent.errors import UserError
+from imdbsent.fsutil import atomic_write, atomic_write_text
+from imdbsent.sources import Source, duplicate_rows, load_source
+
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+POOL_BATCHES = 100  # bucketing pool, as torchtext's BucketIterator: sort 100 batches by length
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PrepareArgs:
+    """Everything that decides a prepared dataset's content; a change to any of it rebuilds."""
+
+    source: str
+    split_ratio: float = 0.7
+    seed: int = 1234
+    max_vocab: int = 25_000
+    min_freq: int = 1
+    unsupervised: bool = True
+    text_column: str = "text"
+    label_column: str = "label"
+
+    def check(self) -> None:
+        if not 0.0 < self.split_ratio < 1.0:
+            raise UserError(f"--split-ratio must be between 0 and 1, not {self.split_ratio}")
+        if self.max_vocab < 1:
+            raise UserError(f"--max-vocab must be at least 1, not {self.max_vocab}")
+        if self.min_freq < 1:
+            raise UserError(f"--min-freq must be at least 1, not {self.min_freq}")
+
+
+@dataclass
+class Encoded:
+    """One encoded split: all token ids end to end (`flat`), each example's start (`offsets`,
+    one longer than the split) and its label. Slicing never copies per example."""
+
+    flat: np.ndarray
+    offsets: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def from_lists(cls, ids: list[list[int]], labels: list[int] | np.ndarray) -> Encoded:
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
+        return cls(flat, offsets, np.asarray(labels, dtype=np.int64))
+
+
+@dataclass
+class Prepared:
+    """A prepared dataset folder, loaded: its manifest, tokenizer, and splits on demand."""
+
+    folder: Path
+    manifest: dict
+    tokenizer: Tokenizer
+    _cache: dict[str, Encoded] = field(default_factory=dict)
+
+    def split(self, name: str) -> Encoded:
+        if name not in self._cache:
+            path = self.folder / f"{name}.parquet"
+            if not path.exists():
+                raise UserError(f"{self.folder}: no {name!r} split (run imdbsent prepare again)")
+            self._cache[name] = read_encoded(path)
+        return self._cache[name]
+
+
+@dataclass
+class Batch:
+    """Padded token ids [batch, time] (pad id 0), true lengths (on the CPU), labels as floats."""
+
+    text: torch.Tensor
+    lengths: torch.Tensor
+    label: torch.Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.text.to(device, non_blocking=True), self.lengths,
+                     self.label.to(device, non_blocking=True))
+
+
+def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
+            report: Report = lambda _msg: None) -> tuple[dict, bool]:
+    """Build the prepared dataset in `out`, or reuse it when made with the same arguments.
+
+    Returns the manifest and whether it was (re)built. `report` receives one line per step.
+    """
+    args.check()
+    out = Path(out)
+    existing = _read_manifest(out)
+    if existing and not force and existing.get("args") == _args_dict(args) and _complete(out, existing):
+        return existing, False
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # from here on, a crash leaves "not prepared"
+
+    report(f"loading {args.source}")
+    source = load_source(args.source, text_column=args.text_column,
+                         label_column=args.label_column, unsupervised=args.unsupervised)
+    warnings = _duplicate_warnings(source)
+    for w in warnings:
+        report(f"warning: {w}")
+    report(f"splitting train {args.split_ratio:g}/{1 - args.split_ratio:g} with seed {args.seed}")
+    train, valid = split(source.splits["train"], args.split_ratio, args.seed)
+    report(f"building the vocabulary from {len(train):,} training reviews")
+    tok = text.fit_tokenizer(train["text"], args.max_vocab, args.min_freq, length=len(train))
+    atomic_write(out / TOKENIZER, lambda tmp: text.save(tok, tmp))
+
+    parts = {"train": train, "valid": valid, "test": source.splits["test"]}
+    if "unsupervised" in source.splits:
+        parts["unsupervised"] = source.splits["unsupervised"]
+    counts = {}
+    for name, ds in parts.items():
+        report(f"encoding {name} ({len(ds):,} reviews)")
+        enc = Encoded.from_lists(text.encode(tok, ds["text"]), ds["label"])
+        write_encoded(out / f"{name}.parquet", enc)
+        counts[name] = _label_counts(enc.labels)
+    manifest = {
+        "tool": "imdbsent",
+        "version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "args": _args_dict(args),
+        "source_fingerprint": source.fingerprint,
+        "vocab_size": tok.get_vocab_size(),
+        "splits": counts,
+        "warnings": warnings,
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest, True
+
+
+def load_prepared(folder: Path) -> Prepared:
+    """Open a prepared dataset; a missing one says how to make it."""
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    if manifest is None:
+        raise UserError(f"no prepared dataset in {folder}: run imdbsent prepare "
+                        f"(with --out {folder} if that is not the default)")
+    try:
+        tok = text.load(folder / TOKENIZER)
+    except Exception:
+        raise UserError(f"{folder / TOKENIZER}: missing or unreadable; "
+                        "run imdbsent prepare --force") from None
+    return Prepared(folder, manifest, tok)
+
+
+def split(ds: datasets.Dataset, ratio: float, seed: int
+          ) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Seeded split stratified by label: the same seed gives the same split on every machine."""
+    ds = ds.cast_column("label", datasets.ClassLabel(names=["neg", "pos"]))
+    parts = ds.train_test_split(train_size=ratio, seed=seed, stratify_by_column="label")
+    return parts["train"], parts["test"]
+
+
+def write_encoded(path: Path, enc: Encoded) -> None:
+    """One split as Parquet: a list<int32> column of ids and an int8 label column."""
+    ids = pa.LargeListArray.from_arrays(pa.array(enc.offsets), pa.array(enc.flat))
+    table = pa.table({"ids": ids, "label": pa.array(enc.labels.astype(np.int8))})
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def read_encoded(path: Path) -> Encoded:
+    """Read a split written by `write_encoded`, zero-copy into numpy where arrow allows."""
+    try:
+        table = pq.read_table(path)
+        ids = table.column("ids").combine_chunks()
+        offsets = ids.offsets.to_numpy().astype(np.int64)
+        flat = ids.flatten().to_numpy().astype(np.int32, copy=False)
+        labels = table.column("label").to_numpy().astype(np.int64)
+    except (OSError, KeyError, pa.ArrowException) as exc:
+        raise UserError(f"{path}: unreadable prepared split ({exc}); "
+                        "run imdbsent prepare --force") from None
+    return Encoded(flat, offsets - offsets[0], labels)
+
+
+class Batches:
+    """Length-bucketed batches of an encoded split, re-iterable, with a known length.
+
+    Training order: shuffle (seeded by `seed` and `epoch`, so a resumed run sees the same
+    order), sort pools of 100 batches by length, shuffle the batches. Evaluation order: by
+    length, so padding is minimal. Sequences longer than `max_length` keep their first tokens.
+    """
+
+    def __init__(self, data: Encoded, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 max_length: int | None = None) -> None:
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, not {batch_size}")
+        self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
+        self.max_length = max_length
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.batch_size)
+
+    def order(self) -> list[np.ndarray]:
+        """The example indices of each batch, in the order they will be served."""
+        lengths = self.data.lengths
+        n, bs = len(self.data), self.batch_size
+        if not self.shuffle:
+            idx = np.argsort(lengths, kind="stable")
+            return [idx[i:i + bs] for i in range(0, n, bs)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(n)
+        pool = bs * POOL_BATCHES
+        batches = []
+        for start in range(0, n, pool):
+            chunk = perm[start:start + pool]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + bs] for i in range(0, len(chunk), bs)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self) -> Iterator[Batch]:
+        for idx in self.order():
+            yield make_batch(self.data, idx, self.max_length)
+
+
+def make_batch(data: Encoded, idx: np.ndarray, max_length: int | None = None) -> Batch:
+    """Gather examples `idx` into a padded batch with numpy fancy indexing (no Python loop)."""
+    lengths = data.lengths[idx]
+    if max_length is not None:
+        lengths = np.minimum(lengths, max_length)
+    width = max(int(lengths.max(initial=0)), 1)  # an empty review is one <pad>
+    cols = np.arange(width)
+    mask = cols[None, :] < lengths[:, None]
+    pos = np.where(mask, data.offsets[idx][:, None] + cols[None, :], 0)
+    ids = np.where(mask, data.flat[pos] if len(data.flat) else 0, text.PAD_ID)
+    return Batch(
+        text=torch.from_numpy(ids.astype(np.int64)),
+        lengths=torch.from_numpy(np.maximum(lengths, 1).astype(np.int64)),
+        label=torch.from_numpy(data.labels[idx].astype(np.float32)),
+    )
+
+
+def _args_dict(args: PrepareArgs) -> dict:
+    return dict(args.__dict__)
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _complete(folder: Path, manifest: dict) -> bool:
+    splits = manifest.get("splits") or {}
+    return bool(splits) and (folder / TOKENIZER).exists() and \
+        all((folder / f"{name}.parquet").exists() for name in splits)
+
+
+def _label_counts(labels: np.ndarray) -> dict[str, int]:
+    names = {0: "neg", 1: "pos", -1: "unlabeled"}
+    values, counts = np.unique(labels, return_counts=True)
+    return {"total": int(len(labels)), **{names[int(v)]: int(c) for v, c in zip(values, counts)}}
+
+
+def _duplicate_warnings(source: Source) -> list[str]:
+    out = []
+    for name, ds in source.splits.items():
+        dups = duplicate_rows(ds)
+        if dups:
+            out.append(f"{source.name} [{name}]: {len(dups)} duplicate review(s), kept as in the "
+                       f"source (first at row {dups[0]})")
+    return out

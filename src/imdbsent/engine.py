@@ -1,0 +1,286 @@
+"""Training and evaluation: the tutorial's functions by name, and the fit loop around them.
+
+The engine reports progress through a `Reporter` (any object with its methods); it never draws.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from imdbsent import models, runs, vectors
+from imdbsent.config import Config, TrainConfig
+from imdbsent.data import Batch, Batches, Prepared
+from imdbsent.errors import UserError
+
+OnBatch = Callable[[int, float, float], None]  # (examples in batch, loss, accuracy)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """The number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def binary_accuracy(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The fraction of logits whose rounded sigmoid equals the 0/1 label."""
+    rounded_preds = torch.round(torch.sigmoid(preds))
+    correct = (rounded_preds == y).float()
+    return correct.sum() / len(correct)
+
+
+def train(model: nn.Module, iterator: Iterable[Batch], optimizer: torch.optim.Optimizer,
+          criterion: nn.Module, *, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+          clip: float = 0.0, on_batch: OnBatch | None = None) -> tuple[float, float]:
+    """One epoch of training; the mean loss and accuracy over its examples."""
+    device = _device_of(model)
+    model.train()
+    total_loss = total_acc = 0.0
+    seen = 0
+    for batch in iterator:
+        batch = batch.to(device)
+        optimizer.zero_grad()
+        predictions = model(batch.text, batch.lengths)
+        loss = criterion(predictions, batch.label)
+        acc = binary_accuracy(predictions, batch.label)
+        loss.backward()
+        if clip:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        n = len(batch.label)
+        loss_value, acc_value = loss.item(), acc.item()
+        total_loss += loss_value * n
+        total_acc += acc_value * n
+        seen += n
+        if on_batch:
+            on_batch(n, loss_value, acc_value)
+    return total_loss / max(seen, 1), total_acc / max(seen, 1)
+
+
+def evaluate(model: nn.Module, iterator: Iterable[Batch], criterion: nn.Module,
+             on_batch: OnBatch | None = None) -> tuple[float, float]:
+    """The mean loss and accuracy over the iterator's examples, without training."""
+    device = _device_of(model)
+    model.eval()
+    total_loss = total_acc = 0.0
+    seen = 0
+    with torch.inference_mode():
+        for batch in iterator:
+            batch = batch.to(device)
+            predictions = model(batch.text, batch.lengths)
+            n = len(batch.label)
+            loss, acc = criterion(predictions, batch.label).item(), \
+                binary_accuracy(predictions, batch.label).item()
+            total_loss += loss * n
+            total_acc += acc * n
+            seen += n
+            if on_batch:
+                on_batch(n, loss, acc)
+    return total_loss / max(seen, 1), total_acc / max(seen, 1)
+
+
+def epoch_time(start_time: float, end_time: float) -> tuple[int, int]:
+    """Elapsed time as whole minutes and seconds."""
+    elapsed_time = end_time - start_time
+    elapsed_mins = int(elapsed_time / 60)
+    elapsed_secs = int(elapsed_time - (elapsed_mins * 60))
+    return elapsed_mins, elapsed_secs
+
+
+def predict_logits(model: nn.Module, iterator: Iterable[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every logit and label of the iterator, on the CPU, in iteration order."""
+    device = _device_of(model)
+    model.eval()
+    logits, labels = [], []
+    with torch.inference_mode():
+        for batch in iterator:
+            logits.append(model(batch.to(device).text, batch.lengths).float().cpu())
+            labels.append(batch.label)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
+                           threshold: float = 0.5) -> dict[str, Any]:
+    """Loss, accuracy, precision, recall and F1 of the positive class, and the confusion matrix."""
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
+    pred = torch.sigmoid(logits) >= threshold
+    truth = labels >= 0.5
+    tp = int((pred & truth).sum())
+    fp = int((pred & ~truth).sum())
+    fn = int((~pred & truth).sum())
+    tn = int((~pred & ~truth).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"examples": len(labels), "loss": loss, "accuracy": (tp + tn) / max(len(labels), 1),
+            "precision": precision, "recall": recall, "f1": f1,
+            "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp}}
+
+
+class Reporter(Protocol):
+    """What the fit loop tells its caller; the CLI draws it, tests record it."""
+
+    def start(self, run: Path, parameters: int, device: str, first_epoch: int) -> None: ...
+    def epoch_start(self, epoch: int, batches: int) -> None: ...
+    def batch(self, examples: int, loss: float, acc: float) -> None: ...
+    def epoch_end(self, record: dict[str, Any]) -> None: ...
+    def test(self, record: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    run: Path
+    epochs_run: int
+    best_epoch: int
+    test: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when available, else the CPU; asking for CUDA without one is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
+    """The learning-rate multiplier at `step` of `total`: linear warm-up over the first
+    `warmup` fraction, then constant, linear decay, or cosine decay to zero."""
+    warm = int(warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warm) / max(total - warm, 1)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: bool = False
+        ) -> FitResult:
+    """Train `cfg` on the prepared data into `run`, keeping `best` and `last` checkpoints, then
+    test the best. With `resume`, continue from `last` (at its epoch boundary)."""
+    t = cfg.train
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    seed_everything(t.seed)
+    device = resolve_device(t.device)
+    vocab_size = data.tokenizer.get_vocab_size()
+    model = models.build(cfg.model, vocab_size)
+    if t.vectors:
+        vectors.load_into(model, data.tokenizer, Path(t.vectors))
+    model.to(device)
+    max_length = t.max_length or None
+    train_batches = Batches(data.split("train"), t.batch_size, shuffle=True, seed=t.seed,
+                            max_length=max_length)
+    valid_batches = Batches(data.split("valid"), t.batch_size, max_length=max_length)
+    optimizer = make_optimizer(t, model.parameters())
+    total_steps = t.epochs * len(train_batches)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, t.schedule, t.warmup))
+    criterion = nn.BCEWithLogitsLoss().to(device)
+
+    first_epoch, best_loss, best_epoch, stale = 1, math.inf, 0, 0
+    if resume and (run / "last.safetensors").exists():
+        last = runs.load_checkpoint(run / "last.safetensors")
+        _load_weights(model, last, run / "last.safetensors")
+        optimizer.load_state_dict(last.optimizer)
+        scheduler.load_state_dict(last.meta["scheduler"])
+        if last.rng is not None:
+            torch.set_rng_state(last.rng)
+        first_epoch = last.meta["epoch"] + 1
+        best_loss, best_epoch, stale = (last.meta["best_valid_loss"], last.meta["best_epoch"],
+                                        last.meta["stale_epochs"])
+    reporter.start(run, count_parameters(model), str(device), first_epoch)
+
+    meta = {"vocab_size": vocab_size, "model": cfg.model.name}
+    epoch = first_epoch - 1
+    for epoch in range(first_epoch, t.epochs + 1):
+        if t.patience and stale >= t.patience:
+            epoch -= 1
+            break
+        train_batches.epoch = epoch
+        reporter.epoch_start(epoch, len(train_batches))
+        start_time = time.time()
+        train_loss, train_acc = train(model, train_batches, optimizer, criterion,
+                                      scheduler=scheduler, clip=t.clip_grad, on_batch=reporter.batch)
+        valid_loss, valid_acc = evaluate(model, valid_batches, criterion)
+        end_time = time.time()
+        improved = valid_loss < best_loss
+        if improved:
+            best_loss, best_epoch, stale = valid_loss, epoch, 0
+        else:
+            stale += 1
+        record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                  "valid_loss": valid_loss, "valid_acc": valid_acc,
+                  "seconds": round(end_time - start_time, 3), "best": improved,
+                  "lr": scheduler.get_last_lr()[0]}
+        weights = model.state_dict()
+        if improved:
+            runs.save_checkpoint(run / "best.safetensors",
+                                 runs.Checkpoint(weights, {**meta, "epoch": epoch, "metrics": record}))
+        runs.save_checkpoint(run / "last.safetensors", runs.Checkpoint(
+            weights, {**meta, "epoch": epoch, "metrics": record, "best_valid_loss": best_loss,
+                      "best_epoch": best_epoch, "stale_epochs": stale,
+                      "scheduler": scheduler.state_dict()},
+            optimizer=optimizer.state_dict(), rng=torch.get_rng_state()))
+        runs.append_metrics(run, record)
+        reporter.epoch_end(record)
+
+    best = runs.load_checkpoint(run / "best.safetensors")
+    _load_weights(model, best, run / "best.safetensors")
+    test_batches = Batches(data.split("test"), t.batch_size, max_length=max_length)
+    test_loss, test_acc = evaluate(model, test_batches, criterion)
+    test_record = {"split": "test", "best_epoch": best.meta["epoch"],
+                   "test_loss": test_loss, "test_acc": test_acc}
+    runs.append_metrics(run, test_record)
+    reporter.test(test_record)
+    return FitResult(run, epoch, best.meta["epoch"], test_record)
+
+
+def load_model(cfg: Config, ckpt: runs.Checkpoint, where: Path, vocab_size: int) -> nn.Module:
+    """Build the configured model for a vocabulary and load a checkpoint into it."""
+    if ckpt.meta.get("vocab_size") != vocab_size:
+        raise UserError(f"{where}: checkpoint has a vocabulary of {ckpt.meta.get('vocab_size')} "
+                        f"ids but the tokenizer has {vocab_size}; they do not belong together")
+    model = models.build(cfg.model, vocab_size)
+    _load_weights(model, ckpt, where)
+    return model
+
+
+def _load_weights(model: nn.Module, ckpt: runs.Checkpoint, where: Path) -> None:
+    try:
+        model.load_state_dict(ckpt.weights)
+    except RuntimeError as exc:
+        raise UserError(f"{where}: weights do not fit the configured model "
+                        f"({str(exc).splitlines()[0][:150]})") from None
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,105 @@
+"""Prediction from a run directory alone: its config, tokenizer and best weights.
+
+Texts are scored in batches as they stream in, so memory stays flat however long the input;
+row N of the output always belongs to text N of the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imdbsent import engine, runs, text
+from imdbsent.data import Batches, Encoded, load_prepared, make_batch
+from imdbsent.errors import UserError
+from imdbsent.sources import read_labeled_file
+
+# Reviews are cut to the model's max_length; models trained on whole reviews see at most this
+# many tokens (the longest IMDB review has about 2,800).
+DEFAULT_MAX_TOKENS = 3_000
+
+
+@dataclass
+class Prediction:
+    """One input's result; `prob_pos` is None when the text was skipped (no words in it)."""
+
+    text: str
+    prob_pos: float | None
+    label: str | None
+
+    @property
+    def skipped(self) -> bool:
+        return self.prob_pos is None
+
+
+class Predictor:
+    """A trained model ready to score raw text."""
+
+    def __init__(self, run: Path, device: str = "cpu", threshold: float = 0.5) -> None:
+        run = runs.check_run(run)
+        if not 0.0 <= threshold <= 1.0:
+            raise UserError(f"--threshold must be between 0 and 1, not {threshold}")
+        self.config = runs.load_config(run)
+        try:
+            self.tokenizer = text.load(run / runs.TOKENIZER)
+        except Exception:
+            raise UserError(f"{run / runs.TOKENIZER}: missing or unreadable tokenizer") from None
+        ckpt = runs.load_checkpoint(run / "best.safetensors")
+        self.device = engine.resolve_device(device)
+        self.model = engine.load_model(self.config, ckpt, run / "best.safetensors",
+                                       self.tokenizer.get_vocab_size()).to(self.device).eval()
+        self.max_length = self.config.train.max_length or DEFAULT_MAX_TOKENS
+        self.threshold = threshold
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """P(positive) of each text, in input order (scored shortest first to pad little)."""
+        ids = text.encode(self.tokenizer, texts)
+        enc = Encoded.from_lists(ids, np.zeros(len(ids), dtype=np.int64))
+        order = np.argsort(enc.lengths, kind="stable")
+        probs = np.empty(len(texts), dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, len(order), 256):
+                idx = order[start:start + 256]
+                batch = make_batch(enc, idx, self.max_length).to(self.device)
+                probs[idx] = torch.sigmoid(self.model(batch.text, batch.lengths)).float().cpu().numpy()
+        return probs
+
+    def predict(self, texts: list[str]) -> list[Prediction]:
+        """Predictions for a list of texts; blank ones are skipped, not guessed."""
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        probs = self.probabilities([texts[i] for i in keep]) if keep else np.empty(0)
+        out = [Prediction(t, None, None) for t in texts]
+        for i, p in zip(keep, probs):
+            out[i] = Prediction(texts[i], float(p), "pos" if p >= self.threshold else "neg")
+        return out
+
+    def stream(self, texts: Iterable[str], batch_size: int = 512) -> Iterator[list[Prediction]]:
+        """Predictions batch by batch for a stream of texts, holding one batch at a time."""
+        for batch in text.iter_batches(texts, batch_size):
+            yield self.predict(batch)
+
+
+def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = None,
+                 data_dir: Path | None = None, threshold: float = 0.5, device: str = "cpu",
+                 batch_size: int = 256) -> tuple[dict, str]:
+    """Metrics of a run's best checkpoint on a prepared split or on a labeled file; returns the
+    metrics and a description of what was scored."""
+    predictor = Predictor(run, device, threshold)
+    if data_file is not None:
+        ds = read_labeled_file(data_file)
+        enc = Encoded.from_lists(text.encode(predictor.tokenizer, ds["text"]), ds["label"])
+        what = str(data_file)
+    else:
+        prepared = load_prepared(data_dir or Path(predictor.config.data))
+        if prepared.tokenizer.get_vocab() != predictor.tokenizer.get_vocab():
+            raise UserError(f"{prepared.folder} was prepared with another vocabulary than {run}; "
+                            "give the run's data with --data, or use --data-file")
+        enc = prepared.split(split)
+        what = f"{prepared.folder} [{split}]"
+    batches = Batches(enc, batch_size, max_length=predictor.max_length)
+    logits, labels = engine.predict_logits(predictor.model, batches)
+    return engine.classification_metrics(logits, labels, threshold), what

@@ -1,0 +1,83 @@
+"""Normaliser, tokenizer and vocabulary, all in one Hugging Face `tokenizers` WordLevel model.
+
+The tokenizer (and so its vocabulary) is one JSON file that travels with every run, so a run
+encodes text exactly as it did in training on a machine that never saw the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordLevel
+from tokenizers.trainers import WordLevelTrainer
+
+PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1
+# Longest raw text passed to the tokenizer: a multi-megabyte line is cut first so that memory
+# stays bounded; any model's max_length is far below the tokens this many characters yields.
+MAX_CHARS = 100_000
+
+
+def new_tokenizer() -> Tokenizer:
+    """An untrained tokenizer: drop IMDB's `<br />` tags, NFKC, lowercase, split punctuation off words."""
+    tok = Tokenizer(WordLevel(unk_token=UNK))
+    tok.normalizer = normalizers.Sequence(
+        [
+            normalizers.Replace(Regex(r"<br\s*/?>"), " "),
+            normalizers.NFKC(),
+            normalizers.Lowercase(),
+        ]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok
+
+
+def fit_tokenizer(
+    texts: Iterable[str], max_vocab: int = 25_000, min_freq: int = 1, length: int | None = None
+) -> Tokenizer:
+    """Learn the vocabulary: the `max_vocab` most frequent words seen `min_freq` times or more,
+    plus `<pad>` (id 0) and `<unk>` (id 1)."""
+    tok = new_tokenizer()
+    trainer = WordLevelTrainer(
+        vocab_size=max_vocab + 2,
+        min_frequency=min_freq,
+        special_tokens=[PAD, UNK],
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer, length=length)
+    return tok
+
+
+def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text (in parallel, in Rust); over-long texts are cut to MAX_CHARS first."""
+    clipped = [t[:MAX_CHARS] for t in texts]
+    return [e.ids for e in tok.encode_batch(clipped, add_special_tokens=False)]
+
+
+def tokens(tok: Tokenizer, text: str) -> list[str]:
+    """The tokens of one text, as the model sees them (for explanations and tests)."""
+    return tok.encode(text[:MAX_CHARS], add_special_tokens=False).tokens
+
+
+def iter_batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Group a stream into lists of `size` (the last may be shorter), never holding more."""
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def save(tok: Tokenizer, path: Path) -> None:
+    """Write the tokenizer JSON (the caller makes it atomic)."""
+    tok.save(str(path))
+
+
+def load(path: Path) -> Tokenizer:
+    """Read a tokenizer JSON written by `save`."""
+    return Tokenizer.from_file(str(path))

@@ -1,0 +1,52 @@
+"""Pretrained word vectors from a local GloVe or word2vec text file, into a model's embedding.
+
+Words of the vocabulary found in the file take its vector; the others keep their random
+initialisation; `<pad>` is zero. Only the vocabulary's words are kept in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from imdbsent.errors import UserError
+from imdbsent.text import PAD_ID
+
+
+def read_vectors(path: Path, vocab: dict[str, int], dim: int) -> dict[int, torch.Tensor]:
+    """The vectors of the vocabulary's words: {id: vector}. A word2vec header line is skipped."""
+    found: dict[int, torch.Tensor] = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for lineno, line in enumerate(fh, 1):
+                parts = line.rstrip().split(" ")
+                if lineno == 1 and len(parts) == 2:
+                    continue  # word2vec text header: "<count> <dim>"
+                if len(parts) < 2 or parts[0] not in vocab:
+                    continue
+                if len(parts) - 1 != dim:
+                    raise UserError(f"{path}, line {lineno}: {len(parts) - 1} numbers, but the "
+                                    f"model's embedding has {dim} (set model.embedding_dim)")
+                try:
+                    found[vocab[parts[0]]] = torch.tensor([float(x) for x in parts[1:]])
+                except ValueError:
+                    raise UserError(f"{path}, line {lineno}: not a word and numbers") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read vectors ({exc.strerror})") from None
+    return found
+
+
+def load_into(model: nn.Module, tokenizer: Tokenizer, path: Path) -> int:
+    """Copy the file's vectors into `model.embedding`; returns how many words were found."""
+    embedding = model.embedding
+    found = read_vectors(path, tokenizer.get_vocab(), embedding.weight.shape[1])
+    if not found:
+        raise UserError(f"{path}: no word of the vocabulary has a vector in this file")
+    with torch.no_grad():
+        ids = torch.tensor(list(found))
+        embedding.weight[ids] = torch.stack(list(found.values()))
+        embedding.weight[PAD_ID] = 0.0
+    return len(found)
