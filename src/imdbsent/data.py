@@ -124,9 +124,10 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # from here on, a crash leaves "not prepared"
 
-    report(f"loading {args.source}")
     source = load_source(args.source, text_column=args.text_column,
                          label_column=args.label_column, unsupervised=args.unsupervised)
+    report(f"loaded {args.source}: " + ", ".join(f"{len(ds):,} {name}"
+                                                 for name, ds in source.splits.items()))
     warnings = _duplicate_warnings(source)
     for w in warnings:
         report(f"warning: {w}")

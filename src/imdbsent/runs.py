@@ -159,9 +159,11 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise UserError(f"{self.path.parent} is in use by another imdbsent train "
-                            "process; wait for it to finish or use another --run-dir") from None
+            raise UserError(f"{self.path.parent} is in use by another imdbsent train process "
+                            f"(pid {holder}); wait for it to finish or use another --run-dir") \
+                from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

@@ -161,6 +161,8 @@ def _read_files(fmt: str, paths: list[Path]) -> datasets.Dataset:
         return datasets.load_dataset(fmt, data_files=[str(p) for p in paths], split="train")
     except Exception as exc:  # parser errors come in many types; name the file, not a traceback
         names = ", ".join(str(p) for p in paths)
+        if "corresponds to no data" in str(exc):  # a header and nothing else
+            raise UserError(f"{names}: no rows") from None
         raise UserError(f"{names}: cannot read as {fmt}: {str(exc).splitlines()[0]}") from None
 
 

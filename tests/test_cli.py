@@ -1,0 +1,180 @@
+"""End to end: Typer's runner in-process, and the installed `imdbsent` in a subprocess."""
+
+import csv
+import io
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import SMALL_GRU, make_reviews, run_exe
+from imdbsent import text
+from imdbsent.cli import app
+
+runner = CliRunner()
+
+
+def test_prepare_train_evaluate_predict_through_typers_runner(source_dir, tmp_path):
+    out = tmp_path / "prepared"
+    res = runner.invoke(app, ["prepare", "--source", str(source_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "train\t280\t140\t140\t0" in res.stdout
+    config = tmp_path / "c.toml"
+    config.write_text(SMALL_GRU.format(data=out))
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "--config", str(config), "--run-dir", str(run),
+                              "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("The model has ") and lines[0].endswith(" trainable parameters")
+    assert lines[1].startswith("Epoch: 01 | Epoch Time: 0m ")
+    assert lines[2].startswith("\tTrain Loss: ") and "| Train Acc: " in lines[2]
+    assert lines[3].startswith("\t Val. Loss: ") and "|  Val. Acc: " in lines[3]
+    assert lines[-1].startswith("Test Loss: ") and "| Test Acc: " in lines[-1]
+    for name in ("config.toml", "tokenizer.json", "best.safetensors", "last.safetensors"):
+        assert (run / name).is_file()
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("epoch") for r in records[:2]] == [1, 2] and records[-1]["split"] == "test"
+    res = runner.invoke(app, ["evaluate", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.stdout)
+    assert metrics["examples"] == 200
+    assert metrics["accuracy"] == pytest.approx(records[-1]["test_acc"], abs=1e-6)
+    assert set(metrics["confusion"]) == {"tn", "fp", "fn", "tp"}
+    res = runner.invoke(app, ["evaluate", str(run), "--split", "valid"])
+    assert res.exit_code == 0 and "examples\t120" in res.stdout
+    res = runner.invoke(app, ["predict", "--run", str(run), "great superb wonderful",
+                              "awful boring terrible"])
+    assert res.exit_code == 0, res.output
+    rows = [line.split("\t") for line in res.stdout.splitlines()]
+    assert [r[0] for r in rows] == ["pos", "neg"]
+    assert float(rows[0][1]) > 0.5 > float(rows[1][1])
+    assert rows[0][2] == "great superb wonderful"
+
+
+def test_resolved_config_and_tokenizer_are_in_the_run(trained_run, prepared_dir):
+    from imdbsent import config
+    cfg = config.load(trained_run / "config.toml")
+    assert cfg.model.name == "gru" and cfg.data == str(prepared_dir)
+    assert (trained_run / "tokenizer.json").read_bytes() == \
+        (prepared_dir / "tokenizer.json").read_bytes()
+
+
+def test_predict_from_stdin_in_every_format(trained_run):
+    lines = ["great wonderful film", "", "awful, boring\tmess", "   ", "superb"]
+    stdin = "\n".join(lines).encode() + b"\n"
+    res = run_exe(["predict", "-", "--run", str(trained_run)], input=stdin)
+    assert res.returncode == 0, res.stderr
+    rows = res.stdout.decode().splitlines()
+    assert len(rows) == len(lines)
+    assert rows[1] == "skip\t\t" and rows[3] == "skip\t\t   "
+    assert rows[2].endswith("\tawful, boring mess")  # the tab cannot break the TSV
+    assert [r.split("\t")[0] for r in rows] == ["pos", "skip", "neg", "skip", "pos"]
+    res = run_exe(["predict", "-", "--run", str(trained_run), "--format", "jsonl"], input=stdin)
+    objs = [json.loads(x) for x in res.stdout.decode().splitlines()]
+    assert [o["text"] for o in objs] == lines
+    assert objs[1] == {"label": None, "prob_pos": None, "text": "", "skipped": "no words"}
+    assert 0.0 <= objs[0]["prob_pos"] <= 1.0
+    res = run_exe(["predict", "-", "--run", str(trained_run), "--format", "csv"], input=stdin)
+    parsed = list(csv.reader(io.StringIO(res.stdout.decode())))
+    assert [r[2] for r in parsed] == lines and parsed[0][0] == "pos"
+    assert res.stderr == b"" or b"Traceback" not in res.stderr
+
+
+def test_predict_reads_files_and_applies_the_threshold(trained_run, tmp_path):
+    path = tmp_path / "reviews.txt"
+    path.write_text("great wonderful\nawful boring\n")
+    res = run_exe(["predict", "--file", str(path), "--run", str(trained_run),
+                   "--threshold", "1.0"])
+    assert res.returncode == 0, res.stderr
+    assert [r.split("\t")[0] for r in res.stdout.decode().splitlines()] == ["neg", "neg"]
+
+
+def test_predict_uses_the_latest_run_by_default(trained_run, tmp_path):
+    shutil.copytree(trained_run, tmp_path / "runs" / "copied")
+    res = run_exe(["predict", "great superb"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().startswith("pos\t")
+
+
+def test_predict_needs_only_the_run_directory(trained_run, tmp_path):
+    alone = tmp_path / "elsewhere"
+    shutil.copytree(trained_run, alone)
+    res = run_exe(["predict", "--run", str(alone), "superb"], cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.decode().startswith("pos\t")
+
+
+def test_evaluate_a_labeled_file(trained_run, tmp_path):
+    texts, labels = make_reviews(30, seed=9)
+    path = tmp_path / "extra.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows(zip(texts, ["pos" if x else "neg" for x in labels]))
+    res = run_exe(["evaluate", str(trained_run), "--data-file", str(path), "--json"])
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads(res.stdout)
+    assert metrics["examples"] == 30 and metrics["on"] == str(path)
+
+
+def test_seeded_training_is_repeatable(prepared_dir, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(SMALL_GRU.format(data=prepared_dir))
+    results = []
+    for name in ("a", "b"):
+        res = runner.invoke(app, ["train", "--config", str(config), "--run-dir",
+                                  str(tmp_path / name), "--epochs", "1"])
+        assert res.exit_code == 0, res.output
+        results.append((tmp_path / name / "metrics.jsonl").read_text())
+    strip = [[{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in r.splitlines()]
+             for r in results]
+    assert strip[0] == strip[1]
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "imdbsent", "--help"], capture_output=True)
+    assert res.returncode == 0 and b"prepare" in res.stdout and b"predict" in res.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--data", "nowhere"], "no prepared dataset in nowhere: run imdbsent prepare"),
+    (["train", "--bogus"], "No such option: --bogus"),
+    (["train", "--epochs", "many"], "Invalid value for '--epochs'"),
+    (["train", "--config", "nope"], "no recipe named 'nope'"),
+    (["evaluate", "no/such/run"], "no/such/run: no such run directory"),
+    (["predict", "--run", "no/such/run", "hi"], "no such run directory"),
+    (["predict"], "nothing to predict"),
+    (["predict", "hi"], "no runs in runs/"),
+    (["prepare", "--source", "./missing"], "./missing: no such file or folder"),
+    (["prepare", "--split-ratio", "1.5", "--source", "."], "--split-ratio must be between 0 and 1"),
+])
+def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
+    res = run_exe(args, cwd=tmp_path)
+    err = res.stderr.decode()
+    assert res.returncode != 0
+    assert err.count("\n") == 1 and err.startswith("imdbsent: error: "), err
+    assert message in err
+    assert res.stdout == b""
+
+
+def test_training_into_a_finished_run_refuses_and_keeps_it(trained_run, tmp_path):
+    def files():  # the lock file only names its last holder
+        return {p.name: p.read_bytes() for p in trained_run.iterdir() if p.name != ".lock"}
+
+    before = files()
+    res = run_exe(["train", "--config", str(trained_run / "config.toml"),
+                   "--run-dir", str(trained_run)])
+    assert res.returncode == 1 and b"already holds a run" in res.stderr
+    assert files() == before
+
+
+def test_checkpoint_and_tokenizer_that_do_not_match(trained_run, tmp_path):
+    run = tmp_path / "mismatch"
+    shutil.copytree(trained_run, run)
+    text.save(text.fit_tokenizer(["only three words"], max_vocab=10), run / "tokenizer.json")
+    res = run_exe(["predict", "--run", str(run), "hello"])
+    assert res.returncode == 1
+    assert b"do not belong together" in res.stderr and b"Traceback" not in res.stderr

@@ -1,0 +1,52 @@
+import pytest
+
+from imdbsent import config
+from imdbsent.errors import UserError
+
+
+def test_baseline_recipe_is_the_tutorial():
+    cfg = config.load("baseline")
+    assert (cfg.model.name, cfg.model.embedding_dim, cfg.model.hidden_dim) == ("rnn", 100, 256)
+    t = cfg.train
+    assert (t.optimizer, t.lr, t.momentum, t.batch_size, t.epochs) == ("sgd", 1e-3, 0.0, 64, 5)
+    assert (t.max_length, t.clip_grad, t.schedule, t.weight_decay) == (0, 0.0, "constant", 0.0)
+
+
+def test_every_shipped_recipe_loads():
+    names = config.recipe_names()
+    assert {"baseline", "default"} <= set(names)
+    for name in names:
+        assert config.load(name).model.name in config.MODELS
+
+
+def test_overrides_apply_and_ints_become_floats():
+    cfg = config.load("baseline", {"train.epochs": 2, "train.lr": 1, "model.name": "gru"})
+    assert cfg.train.epochs == 2 and cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.model.name == "gru"
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    cfg = config.load("default", {"train.vectors": 'a "quoted" path'})
+    path = tmp_path / "c.toml"
+    path.write_text(cfg.to_toml())
+    assert config.load(path) == cfg
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[model]\nname = 'transformer'", "model.name must be one of"),
+    ("[train]\nepochs = 'five'", "train.epochs must be int"),
+    ("[train]\nbogus = 1", "unknown config key 'train.bogus'"),
+    ("version = 99", "newer than this imdbsent"),
+    ("[train\n", "not valid TOML"),
+    ("[train]\nlr = -1.0", "train.lr must be positive"),
+])
+def test_bad_configs_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        config.load(path)
+
+
+def test_unknown_recipe_lists_the_shipped_ones():
+    with pytest.raises(UserError, match="baseline"):
+        config.load("nope")

@@ -1,0 +1,83 @@
+import pytest
+import torch
+from torch import nn
+
+from imdbsent import data, engine, models
+from imdbsent.config import ModelConfig, TrainConfig
+
+
+def test_binary_accuracy_rounds_the_sigmoid():
+    preds = torch.tensor([2.0, -1.0, 0.5, -3.0])
+    assert engine.binary_accuracy(preds, torch.tensor([1.0, 0.0, 0.0, 1.0])).item() == 0.5
+
+
+def test_count_parameters_counts_only_trainable():
+    model = nn.Linear(3, 2)
+    assert engine.count_parameters(model) == 8
+    model.bias.requires_grad_(False)
+    assert engine.count_parameters(model) == 6
+
+
+def test_epoch_time_splits_minutes_and_seconds():
+    assert engine.epoch_time(100.0, 100.0 + 125.7) == (2, 5)
+    assert engine.epoch_time(0.0, 42.0) == (0, 42)
+
+
+def test_train_lowers_the_loss_and_evaluate_changes_nothing(prepared_dir):
+    torch.manual_seed(0)
+    p = data.load_prepared(prepared_dir)
+    model = models.build(ModelConfig(name="nbow", embedding_dim=8, ngram_buckets=50),
+                         p.tokenizer.get_vocab_size())
+    batches = data.Batches(p.split("train"), 16, shuffle=True)
+    valid = data.Batches(p.split("valid"), 16)
+    criterion = nn.BCEWithLogitsLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    before, _ = engine.evaluate(model, valid, criterion)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    assert engine.evaluate(model, valid, criterion)[0] == before
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    seen = []
+    for _ in range(3):
+        engine.train(model, batches, optimizer, criterion, on_batch=lambda n, l, a: seen.append(n))
+    after, acc = engine.evaluate(model, valid, criterion)
+    assert after < before and acc > 0.9
+    assert sum(seen) == 3 * 280
+
+
+def test_classification_metrics_from_a_known_confusion():
+    logits = torch.tensor([3.0, 3.0, -3.0, -3.0, 3.0])
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])
+    m = engine.classification_metrics(logits, labels)
+    assert m["confusion"] == {"tn": 1, "fp": 1, "fn": 1, "tp": 2}
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+
+
+def test_schedules_warm_up_then_decay():
+    total = 100
+    assert engine.lr_factor(0, total, "constant", 0.0) == 1.0
+    assert engine.lr_factor(0, total, "cosine", 0.1) == pytest.approx(0.1)
+    assert engine.lr_factor(9, total, "cosine", 0.1) == pytest.approx(1.0)
+    assert engine.lr_factor(10, total, "cosine", 0.1) == pytest.approx(1.0)
+    assert engine.lr_factor(55, total, "cosine", 0.1) == pytest.approx(0.5)
+    assert engine.lr_factor(99, total, "cosine", 0.1) < 0.01
+    assert engine.lr_factor(55, total, "linear", 0.1) == pytest.approx(0.5)
+    assert engine.lr_factor(50, total, "constant", 0.1) == 1.0
+
+
+@pytest.mark.parametrize("name, kind", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                        ("adamw", torch.optim.AdamW)])
+def test_optimizers_by_name(name, kind):
+    opt = engine.make_optimizer(TrainConfig(optimizer=name, lr=0.1, momentum=0.9 * (name == "sgd"),
+                                            weight_decay=0.01), nn.Linear(2, 1).parameters())
+    assert isinstance(opt, kind) and opt.param_groups[0]["lr"] == 0.1
+    assert opt.param_groups[0]["weight_decay"] == 0.01
+
+
+def test_cuda_without_a_gpu_is_a_user_error(monkeypatch):
+    from imdbsent.errors import UserError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA device"):
+        engine.resolve_device("cuda")
+    assert engine.resolve_device("auto").type == "cpu"

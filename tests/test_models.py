@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from imdbsent import models
+from imdbsent.config import ModelConfig
+
+VOCAB = 50
+
+
+def _batch():
+    text = torch.tensor([[5, 6, 7, 8, 9], [3, 4, 0, 0, 0], [2, 0, 0, 0, 0]])
+    return text, torch.tensor([5, 2, 1])
+
+
+@pytest.mark.parametrize("cfg", [
+    ModelConfig(name="rnn", embedding_dim=8, hidden_dim=6),
+    ModelConfig(name="lstm", embedding_dim=8, hidden_dim=6, num_layers=2, bidirectional=True,
+                dropout=0.2),
+    ModelConfig(name="gru", embedding_dim=8, hidden_dim=6, pooling="max"),
+    ModelConfig(name="gru", embedding_dim=8, hidden_dim=6, bidirectional=True, pooling="mean"),
+    ModelConfig(name="cnn", embedding_dim=8, num_filters=4, filter_sizes=[2, 3, 7]),
+    ModelConfig(name="nbow", embedding_dim=8, ngram_buckets=100),
+], ids=lambda c: f"{c.name}-{c.pooling}")
+def test_every_model_gives_one_logit_per_review_and_learns(cfg):
+    torch.manual_seed(0)
+    model = models.build(cfg, VOCAB)
+    text, lengths = _batch()
+    out = model(text, lengths)
+    assert out.shape == (3,) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert model.embedding.weight.grad is not None
+
+
+def test_tutorial_rnn_has_the_tutorials_parameter_count():
+    from imdbsent.engine import count_parameters
+    model = models.build(ModelConfig(name="rnn", embedding_dim=100, hidden_dim=256), 25_002)
+    assert count_parameters(model) == 2_592_105
+    assert isinstance(model.rnn, torch.nn.RNN) and model.fc.out_features == 1
+
+
+@pytest.mark.parametrize("name, pooling", [("lstm", "last"), ("gru", "last"), ("gru", "max"),
+                                           ("lstm", "mean")])
+def test_packing_makes_padding_invisible(name, pooling):
+    torch.manual_seed(0)
+    model = models.build(ModelConfig(name=name, embedding_dim=8, hidden_dim=6, num_layers=2,
+                                     bidirectional=True, pooling=pooling), VOCAB).eval()
+    alone = model(torch.tensor([[3, 4, 5]]), torch.tensor([3]))
+    padded = model(torch.tensor([[3, 4, 5, 0, 0, 0], [7, 8, 9, 10, 11, 12]]), torch.tensor([3, 6]))
+    torch.testing.assert_close(padded[0], alone[0])
+
+
+def test_cnn_pads_inputs_shorter_than_its_widest_filter():
+    model = models.build(ModelConfig(name="cnn", embedding_dim=4, num_filters=2,
+                                     filter_sizes=[3, 5]), VOCAB)
+    assert model(torch.tensor([[4]]), torch.tensor([1])).shape == (1,)
+
+
+def test_nbow_hashes_bigrams_beyond_the_vocabulary_and_ignores_padding():
+    model = models.NBOW(VOCAB, ModelConfig(name="nbow", embedding_dim=4, ngram_buckets=10))
+    ids = model.ngram_ids(torch.tensor([[5, 6, 7, 0]]))
+    words, bigrams = ids[0, :4].tolist(), ids[0, 4:].tolist()
+    assert words == [5, 6, 7, 0]
+    assert all(VOCAB <= b < VOCAB + 10 for b in bigrams[:2]) and bigrams[2] == 0
+    assert model.embedding.weight.shape[0] == VOCAB + 10
+    model.eval()
+    torch.testing.assert_close(model(torch.tensor([[5, 6, 7, 0, 0]]), None),
+                               model(torch.tensor([[5, 6, 7]]), None))

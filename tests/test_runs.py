@@ -1,0 +1,115 @@
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from imdbsent import runs
+from imdbsent.errors import UserError
+
+
+def _ckpt(with_optimizer=False):
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(2, 3)).sum().backward()
+    opt.step()
+    return model, runs.Checkpoint(
+        model.state_dict(), {"epoch": 2, "vocab_size": 3, "metrics": {"valid_loss": 0.5}},
+        optimizer=opt.state_dict() if with_optimizer else None,
+        rng=torch.get_rng_state() if with_optimizer else None)
+
+
+def test_checkpoint_round_trip_with_optimizer_and_rng(tmp_path):
+    model, ckpt = _ckpt(with_optimizer=True)
+    runs.save_checkpoint(tmp_path / "last.safetensors", ckpt)
+    back = runs.load_checkpoint(tmp_path / "last.safetensors")
+    assert back.meta["epoch"] == 2 and back.meta["metrics"] == {"valid_loss": 0.5}
+    assert all(torch.equal(back.weights[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(back.rng, ckpt.rng)
+    fresh = torch.optim.Adam(model.parameters())
+    fresh.load_state_dict(back.optimizer)
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(fresh.state_dict()["state"][0][key], ckpt.optimizer["state"][0][key])
+
+
+def test_checkpoint_weights_only_has_no_optimizer(tmp_path):
+    _, ckpt = _ckpt()
+    runs.save_checkpoint(tmp_path / "best.safetensors", ckpt)
+    back = runs.load_checkpoint(tmp_path / "best.safetensors")
+    assert back.optimizer is None and set(back.weights) == {"weight", "bias"}
+
+
+def test_truncated_checkpoint_is_a_clear_error_and_left_alone(tmp_path):
+    _, ckpt = _ckpt()
+    path = tmp_path / "best.safetensors"
+    runs.save_checkpoint(path, ckpt)
+    path.write_bytes(path.read_bytes()[:-20])
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="truncated or corrupted"):
+        runs.load_checkpoint(path)
+    assert path.read_bytes() == before
+
+
+def test_checkpoint_from_a_newer_format_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    path = tmp_path / "best.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"imdbsent": json.dumps({"format": 99})})
+    with pytest.raises(UserError, match="newer than this imdbsent"):
+        runs.load_checkpoint(path)
+
+
+def test_a_pickle_planted_as_checkpoint_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "best.safetensors"
+    path.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(UserError):
+        runs.load_checkpoint(path)
+    assert not marker.exists()
+    torch.save({"x": Payload()}, tmp_path / "best.pt")  # a torch.load-style payload as well
+    path.write_bytes((tmp_path / "best.pt").read_bytes())
+    with pytest.raises(UserError):
+        runs.load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
+    with runs.RunLock(tmp_path):
+        with pytest.raises(UserError, match="in use by another imdbsent train"):
+            with runs.RunLock(tmp_path):
+                pass
+    with runs.RunLock(tmp_path):  # released: can be taken again
+        pass
+
+
+def test_lock_of_a_killed_process_is_not_held_forever(tmp_path):
+    code = ("import sys, time; from imdbsent.runs import RunLock; "
+            f"l = RunLock({str(tmp_path)!r}).__enter__(); print('locked', flush=True); "
+            "time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"locked"
+    with pytest.raises(UserError):
+        runs.RunLock(tmp_path).__enter__()
+    proc.kill()
+    proc.wait()
+    with runs.RunLock(tmp_path):
+        pass
+
+
+def test_latest_run_and_missing_runs(tmp_path):
+    with pytest.raises(UserError, match="no runs in"):
+        runs.latest_run(tmp_path)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / runs.CONFIG).write_text("version = 1\n")
+    os.utime(tmp_path / "a" / runs.CONFIG, (1, 1))
+    assert runs.latest_run(tmp_path).name == "b"
+    with pytest.raises(UserError, match="no such run directory"):
+        runs.check_run(tmp_path / "zzz")

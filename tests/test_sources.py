@@ -1,0 +1,160 @@
+"""Every source format gives the same splits; bad sources give errors naming file and row."""
+
+import json
+import socket
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import make_reviews, write_parquet
+from imdbsent import sources
+from imdbsent.errors import UserError
+
+TRAIN = make_reviews(20, seed=5)
+TEST = make_reviews(10, seed=6)
+
+
+def _as_acl(root: Path) -> Path:
+    for split, (texts, labels) in (("train", TRAIN), ("test", TEST)):
+        for i, (t, lab) in enumerate(zip(texts, labels)):
+            folder = root / "aclImdb" / split / ("pos" if lab else "neg")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i}_7.txt").write_text(t, encoding="utf-8")
+    unsup = root / "aclImdb" / "train" / "unsup"
+    unsup.mkdir()
+    (unsup / "0_0.txt").write_text("unlabeled words", encoding="utf-8")
+    return root / "aclImdb"
+
+
+def _write(folder: Path, fmt: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, (texts, labels) in (("train", TRAIN), ("test", TEST)):
+        named = ["pos" if lab else "neg" for lab in labels]  # label names must work too
+        if fmt == "parquet":
+            write_parquet(folder / f"{split}.parquet", texts, labels)
+        elif fmt == "csv":
+            import csv
+            with open(folder / f"{split}.csv", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["text", "label"])
+                w.writerows(zip(texts, named))
+        else:
+            with open(folder / f"{split}.jsonl", "w") as fh:
+                for t, lab in zip(texts, named):
+                    fh.write(json.dumps({"text": t, "label": lab}) + "\n")
+    return folder
+
+
+def _sorted_rows(ds):
+    return sorted(zip(ds["text"], ds["label"]))
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv", "jsonl", "acl-folder", "acl-tarball"])
+def test_every_format_loads_the_same_reviews(tmp_path, kind):
+    if kind.startswith("acl"):
+        root = _as_acl(tmp_path)
+        path = root
+        if kind == "acl-tarball":
+            path = tmp_path / "aclImdb_v1.tar.gz"
+            with tarfile.open(path, "w:gz") as tar:
+                tar.add(root, arcname="aclImdb")
+    else:
+        path = _write(tmp_path / kind, kind)
+    src = sources.load_source(str(path))
+    assert _sorted_rows(src.splits["train"]) == sorted(zip(*TRAIN))
+    assert _sorted_rows(src.splits["test"]) == sorted(zip(*TEST))
+    assert src.fingerprint.startswith("sha256:")
+    if kind.startswith("acl"):
+        assert src.splits["unsupervised"]["label"] == [-1]
+    assert "unsupervised" not in sources.load_source(str(path), unsupervised=False).splits
+
+
+def test_custom_column_names(tmp_path):
+    folder = tmp_path / "cols"
+    folder.mkdir()
+    for split in ("train", "test"):
+        (folder / f"{split}.jsonl").write_text(
+            json.dumps({"review": "nice", "sentiment": "pos"}) + "\n")
+    src = sources.load_source(str(folder), text_column="review", label_column="sentiment")
+    assert src.splits["train"]["text"] == ["nice"] and src.splits["train"]["label"] == [1]
+
+
+def test_bad_label_names_file_and_row(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\ngood,pos\nmeh,neutral\n")
+    (folder / "test.csv").write_text("text,label\ngood,1\n")
+    with pytest.raises(UserError, match=r"train\.csv, row 2: label 'neutral' is not one of"):
+        sources.load_source(str(folder))
+
+
+def test_missing_text_column_is_named(tmp_path):
+    folder = tmp_path / "nocol"
+    folder.mkdir()
+    (folder / "train.csv").write_text("review,label\ngood,1\n")
+    (folder / "test.csv").write_text("review,label\ngood,1\n")
+    with pytest.raises(UserError, match=r"train\.csv: no 'text' column \(columns: review, label\)"):
+        sources.load_source(str(folder))
+
+
+def test_empty_file_is_named(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "train.csv").write_text("")
+    (folder / "test.csv").write_text("text,label\ngood,1\n")
+    with pytest.raises(UserError, match=r"train\.csv: empty file"):
+        sources.load_source(str(folder))
+
+
+def test_header_only_file_has_no_rows(tmp_path):
+    folder = tmp_path / "header"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\n")
+    (folder / "test.csv").write_text("text,label\ngood,1\n")
+    with pytest.raises(UserError, match=r"train\.csv: (no rows|empty)"):
+        sources.load_source(str(folder))
+
+
+def test_tarball_that_is_not_aclimdb(tmp_path):
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    path = tmp_path / "other.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(other, arcname="notes.txt")
+    with pytest.raises(UserError, match="not an aclImdb archive"):
+        sources.load_source(str(path))
+
+
+def test_corrupt_tarball(tmp_path):
+    path = tmp_path / "broken.tar.gz"
+    path.write_bytes(b"not a tarball at all")
+    with pytest.raises(UserError, match="not a readable tar archive"):
+        sources.load_source(str(path))
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(UserError, match="no such file or folder"):
+        sources.load_source(str(tmp_path / "nowhere"))
+
+
+def test_folder_without_splits(tmp_path):
+    with pytest.raises(UserError, match="no train/test files"):
+        sources.load_source(str(tmp_path))
+
+
+def test_unreachable_hub_names_the_local_source_option(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(UserError, match="cannot reach the Hugging Face Hub.*--source PATH"):
+        sources.load_source("stanfordnlp/imdb")
+
+
+def test_duplicate_rows_are_reported_by_row():
+    import datasets
+    ds = datasets.Dataset.from_dict({"text": ["a", "b", "a", "a"], "label": [0, 1, 0, 0]})
+    assert sources.duplicate_rows(ds) == [3, 4]

@@ -1,0 +1,38 @@
+from imdbsent import text
+
+
+def test_normaliser_drops_br_tags_lowercases_and_splits_punctuation():
+    tok = text.fit_tokenizer(["Great film!<br /><br />Loved it."], max_vocab=100)
+    assert text.tokens(tok, "Great film!<br />Loved it.") == ["great", "film", "!", "loved", "it", "."]
+
+
+def test_vocabulary_is_capped_to_the_most_frequent_words_plus_pad_and_unk():
+    corpus = ["a a a a b b b c c d"]
+    tok = text.fit_tokenizer(corpus, max_vocab=2)
+    vocab = tok.get_vocab()
+    assert vocab[text.PAD] == text.PAD_ID == 0 and vocab[text.UNK] == text.UNK_ID == 1
+    assert set(vocab) == {text.PAD, text.UNK, "a", "b"}
+    assert text.encode(tok, ["a c zzz"]) == [[vocab["a"], text.UNK_ID, text.UNK_ID]]
+
+
+def test_min_freq_drops_rare_words():
+    tok = text.fit_tokenizer(["a a b"], max_vocab=100, min_freq=2)
+    assert "a" in tok.get_vocab() and "b" not in tok.get_vocab()
+
+
+def test_overlong_text_is_cut_before_tokenizing():
+    tok = text.fit_tokenizer(["word"], max_vocab=10)
+    ids = text.encode(tok, ["word " * (text.MAX_CHARS // 2)])[0]
+    assert len(ids) == text.MAX_CHARS // 5
+
+
+def test_iter_batches_groups_a_stream_without_losing_items():
+    assert list(text.iter_batches(iter(range(7)), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_tokenizer_round_trips_through_its_json(tmp_path):
+    tok = text.fit_tokenizer(["good bad ugly"], max_vocab=10)
+    text.save(tok, tmp_path / "t.json")
+    again = text.load(tmp_path / "t.json")
+    assert again.get_vocab() == tok.get_vocab()
+    assert text.encode(again, ["Good, BAD"]) == text.encode(tok, ["Good, BAD"])
