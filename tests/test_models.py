@@ -38,15 +38,42 @@ def test_tutorial_rnn_has_the_tutorials_parameter_count():
     assert isinstance(model.rnn, torch.nn.RNN) and model.fc.out_features == 1
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 @pytest.mark.parametrize("name, pooling", [("lstm", "last"), ("gru", "last"), ("gru", "max"),
                                            ("lstm", "mean")])
-def test_packing_makes_padding_invisible(name, pooling):
+def test_padding_is_invisible_and_packed_equals_dense(name, pooling, packed):
     torch.manual_seed(0)
-    model = models.build(ModelConfig(name=name, embedding_dim=8, hidden_dim=6, num_layers=2,
-                                     bidirectional=True, pooling=pooling), VOCAB).eval()
+    cfg = ModelConfig(name=name, embedding_dim=8, hidden_dim=6, num_layers=2, bidirectional=True,
+                      pooling=pooling, packed=packed)
+    model = models.build(cfg, VOCAB).eval()
     alone = model(torch.tensor([[3, 4, 5]]), torch.tensor([3]))
-    padded = model(torch.tensor([[3, 4, 5, 0, 0, 0], [7, 8, 9, 10, 11, 12]]), torch.tensor([3, 6]))
+    text = torch.tensor([[3, 4, 5, 0, 0, 0], [7, 8, 9, 10, 11, 12]])
+    padded = model(text, torch.tensor([3, 6]))
     torch.testing.assert_close(padded[0], alone[0])
+    other = models.build(ModelConfig(**{**cfg.__dict__, "packed": not packed}), VOCAB).eval()
+    other.load_state_dict(model.state_dict())
+    torch.testing.assert_close(other(text, torch.tensor([3, 6])), padded)
+
+
+def test_last_pooling_is_the_final_state_of_each_direction():
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="gru", embedding_dim=4, hidden_dim=3, bidirectional=True)
+    model = models.build(cfg, VOCAB).eval()
+    reference = torch.nn.GRU(4, 3, batch_first=True, bidirectional=True)
+    fwd, bwd = model.layers[0]
+    with torch.no_grad():
+        for name, value in fwd.named_parameters():
+            getattr(reference, name).copy_(value)
+            getattr(reference, name + "_reverse").copy_(dict(bwd.named_parameters())[name])
+        text = torch.tensor([[3, 4, 5, 6]])
+        _, h = reference(model.embedding(text))
+        expected = model.fc(torch.cat([h[0], h[1]], dim=1)).squeeze(1)
+        torch.testing.assert_close(model(text, torch.tensor([4])), expected)
+
+
+def test_reversal_index_reverses_within_length_only():
+    idx = models.reversal_index(torch.tensor([3, 1, 4]), 4)
+    assert idx.tolist() == [[2, 1, 0, 3], [0, 1, 2, 3], [3, 2, 1, 0]]
 
 
 def test_cnn_pads_inputs_shorter_than_its_widest_filter():

@@ -33,6 +33,7 @@ class ModelConfig:
     bidirectional: bool = False
     dropout: float = 0.0
     pooling: str = "last"
+    packed: bool = False
     filter_sizes: list[int] = field(default_factory=lambda: [3, 4, 5])
     num_filters: int = 100
     ngram_buckets: int = 0
