@@ -20,6 +20,7 @@ def _batch():
     ModelConfig(name="gru", embedding_dim=8, hidden_dim=6, bidirectional=True, pooling="mean"),
     ModelConfig(name="cnn", embedding_dim=8, num_filters=4, filter_sizes=[2, 3, 7]),
     ModelConfig(name="nbow", embedding_dim=8, ngram_buckets=100),
+    ModelConfig(name="nblr", ngram_buckets=100, ngrams=3),
 ], ids=lambda c: f"{c.name}-{c.pooling}")
 def test_every_model_gives_one_logit_per_review_and_learns(cfg):
     torch.manual_seed(0)
@@ -84,7 +85,7 @@ def test_cnn_pads_inputs_shorter_than_its_widest_filter():
 
 def test_nbow_hashes_bigrams_beyond_the_vocabulary_and_ignores_padding():
     model = models.NBOW(VOCAB, ModelConfig(name="nbow", embedding_dim=4, ngram_buckets=10))
-    ids = model.ngram_ids(torch.tensor([[5, 6, 7, 0]]))
+    ids = models.ngram_ids(torch.tensor([[5, 6, 7, 0]]), VOCAB, 10, 2)
     words, bigrams = ids[0, :4].tolist(), ids[0, 4:].tolist()
     assert words == [5, 6, 7, 0]
     assert all(VOCAB <= b < VOCAB + 10 for b in bigrams[:2]) and bigrams[2] == 0
@@ -92,3 +93,22 @@ def test_nbow_hashes_bigrams_beyond_the_vocabulary_and_ignores_padding():
     model.eval()
     torch.testing.assert_close(model(torch.tensor([[5, 6, 7, 0, 0]]), None),
                                model(torch.tensor([[5, 6, 7]]), None))
+
+
+def test_trigrams_hash_three_words_and_skip_padding():
+    ids = models.ngram_ids(torch.tensor([[5, 6, 7, 8, 0]]), VOCAB, 1000, 3)[0].tolist()
+    words, bigrams, trigrams = ids[:5], ids[5:9], ids[9:]
+    assert len(trigrams) == 3 and trigrams[2] == 0 and trigrams[1] != 0
+    assert bigrams[3] == 0 and len(set(bigrams[:3] + trigrams[:2])) == 5
+    same = models.ngram_ids(torch.tensor([[1, 5, 6, 7]]), VOCAB, 1000, 3)[0].tolist()
+    assert trigrams[0] in same  # the same three words hash alike wherever they stand
+
+
+def test_nblr_prior_favours_words_of_the_positive_class():
+    from imdbsent.data import Batch
+    model = models.NBLR(VOCAB, ModelConfig(name="nblr", ngram_buckets=0, ngrams=1))
+    text = torch.tensor([[5, 5, 6], [7, 6, 0]])
+    batch = Batch(text, torch.tensor([3, 2]), torch.tensor([1.0, 0.0]))
+    model.fit_prior([batch])
+    assert model.ratio[5] > 0 > model.ratio[7] and model.ratio[6] == pytest.approx(0.0, abs=1e-6)
+    assert model.features(torch.tensor([[5, 5, 6]])).tolist() == [[5, 0, 6]]  # binarized

@@ -15,7 +15,7 @@ from typing import Any
 from imdbsent.errors import UserError
 
 CONFIG_VERSION = 1
-MODELS = ("rnn", "lstm", "gru", "cnn", "nbow")
+MODELS = ("rnn", "lstm", "gru", "cnn", "nbow", "nblr")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 POOLINGS = ("last", "max", "mean")
@@ -37,6 +37,7 @@ class ModelConfig:
     filter_sizes: list[int] = field(default_factory=lambda: [3, 4, 5])
     num_filters: int = 100
     ngram_buckets: int = 0
+    ngrams: int = 2
 
 
 @dataclass
@@ -135,7 +136,8 @@ def validate(cfg: Config, where: str) -> None:
         (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (len(m.filter_sizes) > 0 and min(m.filter_sizes) > 0 and m.num_filters > 0,
          "model.filter_sizes and num_filters must be positive"),
-        (m.ngram_buckets >= 0, "model.ngram_buckets must be 0 or more"),
+        (m.ngram_buckets >= 0 and m.ngrams >= 1, "model.ngram_buckets must be 0 or more, "
+         "model.ngrams 1 or more"),
         (t.epochs > 0, "train.epochs must be at least 1"),
         (t.batch_size > 0, "train.batch_size must be at least 1"),
         (t.lr > 0, "train.lr must be positive"),

@@ -217,6 +217,8 @@ def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: b
         first_epoch = last.meta["epoch"] + 1
         best_loss, best_epoch, stale = (last.meta["best_valid_loss"], last.meta["best_epoch"],
                                         last.meta["stale_epochs"])
+    elif hasattr(model, "fit_prior"):  # models with a prior from the training data (nblr)
+        model.fit_prior(Batches(data.split("train"), 256, max_length=max_length))
     reporter.start(run, count_parameters(model), str(device), first_epoch)
 
     meta = {"vocab_size": vocab_size, "model": cfg.model.name}

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -121,31 +121,88 @@ class CNN(nn.Module):
         return self.fc(self.dropout(torch.cat(pooled, dim=1))).squeeze(1)
 
 
-class NBOW(nn.Module):
-    """fastText-style: the mean of word embeddings and of hashed word-bigram embeddings, then a
-    linear layer. Bigram ids are computed on the device from the batch, no Python per example."""
+def ngram_ids(text: torch.Tensor, vocab_size: int, buckets: int, n: int) -> torch.Tensor:
+    """Word ids followed by hashed ids of word 2..n-grams, in [vocab_size, vocab_size + buckets);
+    any n-gram touching padding maps to padding. Computed on the batch's device, no Python per
+    example."""
+    parts = [text]
+    if buckets:
+        hashed = text
+        for k in range(1, n):
+            if text.shape[1] <= k:
+                break
+            hashed = hashed[:, :-1] * HASH_PRIME + text[:, k:]
+            ids = hashed % buckets + vocab_size
+            pad = torch.zeros_like(ids, dtype=torch.bool)
+            for j in range(k + 1):
+                pad |= text[:, j:j + ids.shape[1]] == PAD_ID
+            parts.append(ids.masked_fill(pad, PAD_ID))
+    return torch.cat(parts, dim=1)
 
-    HASH_PRIME = 1_000_003
+
+HASH_PRIME = 1_000_003
+
+
+class NBOW(nn.Module):
+    """fastText-style: the mean of the embeddings of the words and of their hashed n-grams
+    (up to `ngrams` words), then a linear layer."""
 
     def __init__(self, vocab_size: int, cfg: ModelConfig) -> None:
         super().__init__()
-        self.vocab_size, self.buckets = vocab_size, cfg.ngram_buckets
+        self.vocab_size, self.buckets, self.n = vocab_size, cfg.ngram_buckets, cfg.ngrams
         self.embedding = nn.EmbeddingBag(vocab_size + self.buckets, cfg.embedding_dim,
                                          mode="mean", padding_idx=PAD_ID)
         self.dropout = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(cfg.embedding_dim, 1)
 
-    def ngram_ids(self, text: torch.Tensor) -> torch.Tensor:
-        """Word ids followed by hashed bigram ids; pairs touching padding map to padding."""
-        if not self.buckets or text.shape[1] < 2:
-            return text
-        left, right = text[:, :-1], text[:, 1:]
-        bigrams = (left * self.HASH_PRIME + right) % self.buckets + self.vocab_size
-        bigrams = bigrams.masked_fill((left == PAD_ID) | (right == PAD_ID), PAD_ID)
-        return torch.cat([text, bigrams], dim=1)
+    def forward(self, text: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        ids = ngram_ids(text, self.vocab_size, self.buckets, self.n)
+        return self.fc(self.dropout(self.embedding(ids))).squeeze(1)
+
+
+class NBLR(nn.Module):
+    """NB-weighted logistic regression over binarized word n-grams: Wang & Manning's NBSVM in
+    the form of fastai's "NB-LR". Each n-gram's learned weight is scaled by its naive-Bayes
+    log-count ratio, computed once from the training split (`fit_prior`)."""
+
+    W_ADJ, R_ADJ = 0.4, 10.0
+
+    def __init__(self, vocab_size: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.vocab_size, self.buckets, self.n = vocab_size, cfg.ngram_buckets, cfg.ngrams
+        size = vocab_size + self.buckets
+        self.weight = nn.EmbeddingBag(size, 1, mode="sum", padding_idx=PAD_ID)
+        nn.init.uniform_(self.weight.weight, -0.1, 0.1)
+        self.register_buffer("ratio", torch.zeros(size))
+        self.bias = nn.Parameter(torch.zeros(1))
+        self.embedding = self.weight  # the id-indexed table (for vectors and tests)
+
+    def features(self, text: torch.Tensor) -> torch.Tensor:
+        """Binarized n-gram ids: each distinct n-gram of a review once, repeats set to padding."""
+        ids = ngram_ids(text, self.vocab_size, self.buckets, self.n).sort(dim=1).values
+        repeat = torch.zeros_like(ids, dtype=torch.bool)
+        repeat[:, 1:] = ids[:, 1:] == ids[:, :-1]
+        return ids.masked_fill(repeat, PAD_ID)
+
+    @torch.no_grad()
+    def fit_prior(self, batches: Iterable, alpha: float = 1.0) -> None:
+        """Set the NB log-count ratios log((p/|p|)/(q/|q|)) from labeled batches."""
+        counts = torch.zeros(2, self.ratio.numel(), dtype=torch.float64)
+        for batch in batches:
+            ids = self.features(batch.text.to(self.ratio.device)).cpu()
+            for label in (0, 1):
+                rows = ids[batch.label.cpu() == label].flatten()
+                counts[label] += torch.bincount(rows[rows != PAD_ID], minlength=counts.shape[1])
+        p, q = counts[1] + alpha, counts[0] + alpha
+        ratio = torch.log((p / p.sum()) / (q / q.sum()))
+        ratio[PAD_ID] = 0.0
+        self.ratio.copy_(ratio.to(self.ratio.dtype))
 
     def forward(self, text: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        return self.fc(self.dropout(self.embedding(self.ngram_ids(text)))).squeeze(1)
+        ids = self.features(text)
+        r = self.ratio[ids]
+        score = self.weight(ids, per_sample_weights=r).squeeze(1) + self.W_ADJ * r.sum(dim=1)
+        return score / self.R_ADJ + self.bias
 
 
 Builder = Callable[[int, ModelConfig], nn.Module]
@@ -155,6 +212,7 @@ REGISTRY: dict[str, Builder] = {
     "gru": lambda vocab, cfg: Recurrent("gru", vocab, cfg),
     "cnn": CNN,
     "nbow": NBOW,
+    "nblr": NBLR,
 }
 
 
