@@ -143,7 +143,7 @@ def _format_row(p: Prediction, fmt: str) -> str:
     if fmt == "jsonl":
         return json.dumps({"label": p.label, "prob_pos": None if p.skipped else round(p.prob_pos, 6),
                            "text": p.text, **({"skipped": "no words"} if p.skipped else {})},
-                          ensure_ascii=False) + "\n"
+                          ensure_ascii=True) + "\n"  # no raw U+2028 etc. to split a row
     if fmt == "csv":
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow([label, prob, p.text])
@@ -151,6 +151,11 @@ def _format_row(p: Prediction, fmt: str) -> str:
     return f"{label}\t{prob}\t{_one_field(p.text)}\n"
 
 
+# Tab, and every character that str.splitlines() takes for a line break.
+_FIELD_BREAKS = dict.fromkeys(map(ord, "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), " ")
+
+
 def _one_field(text: str) -> str:
-    """A text made safe for one TSV field: tabs and line breaks become spaces."""
-    return text.translate({9: " ", 10: " ", 13: " "})
+    """A text made safe for one TSV field: tabs and line breaks become spaces, so row N of the
+    output is line N of the input for any line-splitting reader."""
+    return text.translate(_FIELD_BREAKS)

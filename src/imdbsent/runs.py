@@ -167,6 +167,8 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        for stale in self.path.parent.glob(".*.tmp"):  # left by a writer that was killed
+            stale.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc: object) -> None:

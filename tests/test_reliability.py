@@ -1,0 +1,267 @@
+"""Nothing lost, nothing let in: interruption and resume, kills at any moment, concurrent
+runs, full disks, hostile input, streaming."""
+
+from __future__ import annotations
+
+import errno
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import EXE, SMALL_GRU, run_cli, run_exe
+from imdbsent import config, runs, text
+from imdbsent.errors import UserError
+
+LONG = SMALL_GRU.replace("epochs = 3", "epochs = 40").replace('optimizer = "adam"',
+                                                              'optimizer = "adam"\nschedule = "cosine"')
+
+
+def _config(tmp_path: Path, prepared_dir: Path) -> Path:
+    path = tmp_path / "long.toml"
+    path.write_text(LONG.format(data=prepared_dir))
+    return path
+
+
+def _epochs_done(run: Path) -> int:
+    try:
+        return len((run / "metrics.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def _start_train(cfg: Path, run: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(EXE), "train", "--config", str(cfg), "--run-dir", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_epochs(run: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while _epochs_done(run) < n:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "training made no progress"
+        time.sleep(0.05)
+
+
+def _final(run: Path) -> list[dict]:
+    """The metrics that must not depend on an interruption: all but wall times."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_metrics(run)]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_then_resumed_run_ends_as_an_uninterrupted_one(prepared_dir, tmp_path, sig,
+                                                                   code):
+    cfg = _config(tmp_path, prepared_dir)
+    straight = tmp_path / "straight"
+    assert run_cli(["train", "--config", str(cfg), "--run-dir", str(straight)]) == 0
+
+    run = tmp_path / "interrupted"
+    proc = _start_train(cfg, run)
+    _wait_for_epochs(run, 3, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code
+    assert f"resume with: imdbsent train --resume {run}" in err.decode()
+    assert b"Traceback" not in err
+    done = _epochs_done(run)
+    assert 3 <= done < 41
+    last = runs.load_checkpoint(run / "last.safetensors")
+    assert last.meta["epoch"] == done  # the resumable state matches the metrics on disk
+
+    res = run_exe(["train", "--resume", str(run)])
+    assert res.returncode == 0, res.stderr
+    assert b"resuming at epoch" in res.stderr
+    assert _final(run) == _final(straight)
+
+
+def test_sigkill_at_any_moment_leaves_every_file_whole(prepared_dir, tmp_path):
+    cfg = _config(tmp_path, prepared_dir)
+    for i, delay in enumerate([0.0, 0.5, 1.3, 2.2]):
+        run = tmp_path / f"killed{i}"
+        proc = _start_train(cfg, run)
+        _wait_for_epochs(run, 1, proc)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        config.load(run / "config.toml")
+        assert text.load(run / "tokenizer.json").get_vocab_size() > 2
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for name in ("best", "last"):
+            ckpt = runs.load_checkpoint(run / f"{name}.safetensors")
+            assert 1 <= ckpt.meta["epoch"] <= len(records) + 1
+        res = run_exe(["train", "--resume", str(run), "--epochs", str(len(records) + 1)])
+        assert res.returncode == 0, res.stderr
+        assert not list(run.glob(".*.tmp"))  # a killed writer's temporary files are swept
+
+
+def test_a_second_train_on_a_busy_run_directory_refuses(prepared_dir, tmp_path):
+    cfg = _config(tmp_path, prepared_dir)
+    run = tmp_path / "busy"
+    run.mkdir()
+    with runs.RunLock(run):
+        res = run_exe(["train", "--config", str(cfg), "--run-dir", str(run)])
+    assert res.returncode == 1
+    assert b"in use by another imdbsent train process" in res.stderr
+    assert res.stderr.count(b"\n") == 1
+    assert not (run / "config.toml").exists()  # nothing was written by the refused process
+
+
+def test_full_disk_keeps_the_previous_best_checkpoint(trained_run, tmp_path, monkeypatch):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "best.safetensors").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs, "save_file", full)
+    ckpt = runs.load_checkpoint(run / "best.safetensors")
+    with pytest.raises(UserError, match="cannot write .*best.safetensors: No space left"):
+        runs.save_checkpoint(run / "best.safetensors", ckpt)
+    assert (run / "best.safetensors").read_bytes() == before
+    assert not list(run.glob(".best*.tmp"))  # no half-written temporary left behind
+    runs.load_checkpoint(run / "best.safetensors")
+
+
+def test_read_only_run_directory_is_a_clear_error(trained_run, tmp_path, monkeypatch):
+    import os
+    import shutil
+    run = tmp_path / "ro"
+    shutil.copytree(trained_run, run)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", read_only)
+    with pytest.raises(UserError, match="Read-only file system"):
+        runs.append_metrics(run, {"epoch": 99})
+    assert len(runs.read_metrics(run)) == 4  # the three epochs and the test line, unchanged
+
+
+def test_truncated_checkpoint_through_the_cli(trained_run, tmp_path):
+    import shutil
+    run = tmp_path / "trunc"
+    shutil.copytree(trained_run, run)
+    data = (run / "best.safetensors").read_bytes()
+    (run / "best.safetensors").write_bytes(data[: len(data) // 2])
+    res = run_exe(["predict", "--run", str(run), "hello"])
+    assert res.returncode == 1 and res.stderr.count(b"\n") == 1
+    assert b"truncated or corrupted" in res.stderr
+
+
+def test_config_from_a_newer_version_through_the_cli(trained_run, tmp_path):
+    import shutil
+    run = tmp_path / "newer"
+    shutil.copytree(trained_run, run)
+    cfg = (run / "config.toml").read_text().replace("version = 1", "version = 2")
+    (run / "config.toml").write_text(cfg)
+    res = run_exe(["predict", "--run", str(run), "hello"])
+    assert res.returncode == 1 and b"newer than this imdbsent" in res.stderr
+    assert (run / "config.toml").read_text() == cfg
+
+
+HOSTILE = [
+    b"",
+    b"   \t  ",
+    b"!!! ... ???",
+    "\U0001F600\U0001F44D\U0001F3AC".encode(),
+    "\u05e1\u05e8\u05d8 \u05e0\u05d4\u05d3\u05e8 \u0641\u064a\u0644\u0645 \u0631\u0627\u0626\u0639".encode(),
+    "\u8fd9\u90e8\u7535\u5f71\u592a\u68d2\u4e86 \u3068\u3066\u3082\u9762\u767d\u3044".encode(),
+    b"great\x00film\x01\x02\x1b[31m",
+    b"\xff\xfe\xc3\x28 invalid utf-8 superb",
+    b"<html><body><p>great <b>film</b></p><script>alert(1)</script></body></html>",
+    "line\u2028separator\x85next\x0cpage".encode(),
+    b"great " * 1_000_000,  # one line of 6 MB
+    b"awful boring",
+]
+
+
+def test_hostile_lines_each_get_exactly_one_row(trained_run):
+    stdin = b"\n".join(HOSTILE) + b"\n"
+    for fmt in ("tsv", "jsonl", "csv"):
+        res = run_exe(["predict", "-", "--run", str(trained_run), "--format", fmt], input=stdin)
+        assert res.returncode == 0, res.stderr
+        out = res.stdout.decode()
+        if fmt == "csv":
+            import csv
+            import io
+            csv.field_size_limit(1 << 24)  # the 6 MB line, cut to 1 MiB, is one field
+            rows = list(csv.reader(io.StringIO(out)))
+        else:
+            rows = out.splitlines()
+        assert len(rows) == len(HOSTILE), fmt
+        if fmt == "jsonl":
+            objs = [json.loads(r) for r in rows]
+            assert [o["label"] for o in objs[:2]] == [None, None]  # blank lines: marked skips
+            assert all(o["label"] in ("pos", "neg") for o in objs[2:])
+            assert len(objs[10]["text"]) <= 1 << 20  # the 6 MB line was cut to its first MiB
+            assert objs[11]["label"] == "neg"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(), max_size=8))
+def test_any_unicode_gives_one_prediction_per_text(trained_run, texts):
+    from imdbsent.console import _format_row
+    predictor = _predictor(trained_run)
+    tok = predictor.tokenizer
+    assert len(text.encode(tok, texts)) == len(texts)
+    for t in texts:
+        assert isinstance(text.tokens(tok, t), list)
+    preds = predictor.predict(texts)
+    assert len(preds) == len(texts)
+    assert [p.text for p in preds] == texts
+    rows = "".join(_format_row(p, "tsv") for p in preds)
+    assert len(rows.splitlines()) == len(texts)
+    assert all(p.skipped == (not t.strip()) for p, t in zip(preds, texts))
+
+
+_PREDICTORS: dict = {}
+
+
+def _predictor(run: Path):
+    from imdbsent.predict import Predictor
+    if run not in _PREDICTORS:
+        _PREDICTORS[run] = Predictor(run)
+    return _PREDICTORS[run]
+
+
+def test_predict_streams_rows_before_the_input_ends(trained_run):
+    proc = subprocess.Popen([str(EXE), "predict", "-", "--run", str(trained_run),
+                             "--batch-size", "4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc.stdin.write(b"great film\n" * 4)
+    proc.stdin.flush()
+    first = proc.stdout.readline()  # arrives while standard input is still open
+    assert first.startswith(b"pos\t")
+    proc.stdin.close()
+    assert len(proc.stdout.read().splitlines()) == 3
+    assert proc.wait(timeout=30) == 0
+
+
+def test_head_ends_an_endless_pipeline_promptly_and_quietly(trained_run, tmp_path):
+    script = (f"yes 'great film' | {EXE} predict - --run {trained_run} 2>{tmp_path / 'err'}"
+              " | head -n 5")
+    start = time.time()
+    res = subprocess.run(["bash", "-c", script], capture_output=True, timeout=120)
+    assert time.time() - start < 60
+    lines = res.stdout.decode().splitlines()
+    assert len(lines) == 5
+    assert all(line.startswith("pos\t") and line.endswith("\tgreat film") for line in lines)
+    assert (tmp_path / "err").read_bytes() == b""  # no BrokenPipe traceback
+
+
+def test_prepare_warns_about_duplicate_rows(tmp_path):
+    folder = tmp_path / "dups"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\ngood film,1\nbad film,0\ngood film,1\n"
+                                      + "".join(f"review {i},{i % 2}\n" for i in range(20)))
+    (folder / "test.csv").write_text("text,label\nok,1\n")
+    res = run_exe(["prepare", "--source", str(folder), "--out", str(tmp_path / "out")])
+    assert res.returncode == 0, res.stderr
+    assert f"{folder} [train]".encode() in res.stderr
+    assert b"1 duplicate review(s), kept as in the source (first at row 3)" in res.stderr
