@@ -142,12 +142,18 @@ def main() -> None:
         ref = tfidf_reference(args.source, 0.7, 1234)
     except ImportError:
         ref = None
-    write_results(args.out, rows, ref, machine(), started, command)
+    memory = []
+    if (args.work / "runs" / "default" / "best.safetensors").exists():
+        from predict_memory import measure
+        for n in (10_000, 1_000_000):
+            print(f"predict memory, {n:,} lines", flush=True)
+            memory.append((n, *measure(args.work / "runs" / "default", n)))
+    write_results(args.out, rows, ref, memory, machine(), started, command)
     print(f"wrote {args.out}")
 
 
-def write_results(path: Path, rows: list[dict], ref: dict | None, host: str, started: str,
-                  command: str) -> None:
+def write_results(path: Path, rows: list[dict], ref: dict | None, memory: list[tuple],
+                  host: str, started: str, command: str) -> None:
     lines = [
         "# Benchmark results", "",
         f"- machine: {host}",
@@ -168,6 +174,13 @@ def write_results(path: Path, rows: list[dict], ref: dict | None, host: str, sta
         lines.append(f"| reference: TF-IDF 1-2 grams + logistic regression (scikit-learn) | "
                      f"linear | {ref['test_acc'] * 100:.2f}% | - | - | "
                      f"{ref['train_seconds']:.0f} | - | - | - |")
+    if memory:
+        lines += ["", "Streaming `imdbsent predict -` with the default recipe's run (short "
+                  "review lines, one in five blank):", "",
+                  "| lines in | rows out | wall s | lines/s | peak RSS MiB |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {n:,} | {rows_out:,} | {sec:.0f} | {n / sec:,.0f} | {rss:,.0f} |"
+                  for n, sec, rss, rows_out in memory]
     if rows:
         best = max(rows, key=lambda r: r["test_acc"])
         lines += ["", f"best: configs/{best['recipe']}.toml"]

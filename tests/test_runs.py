@@ -113,3 +113,18 @@ def test_latest_run_and_missing_runs(tmp_path):
     assert runs.latest_run(tmp_path).name == "b"
     with pytest.raises(UserError, match="no such run directory"):
         runs.check_run(tmp_path / "zzz")
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "cnn", "nbow", "nblr"])
+def test_every_model_round_trips_through_a_checkpoint(tmp_path, name):
+    from imdbsent import models
+    from imdbsent.config import ModelConfig
+    cfg = ModelConfig(name=name, embedding_dim=4, hidden_dim=3, num_filters=2, ngram_buckets=20,
+                      bidirectional=True)
+    model = models.build(cfg, 30)
+    runs.save_checkpoint(tmp_path / "m.safetensors", runs.Checkpoint(model.state_dict(), {}))
+    again = models.build(cfg, 30)
+    again.load_state_dict(runs.load_checkpoint(tmp_path / "m.safetensors").weights)
+    text = torch.tensor([[3, 4, 5, 6, 7]])
+    torch.testing.assert_close(again.eval()(text, torch.tensor([5])),
+                               model.eval()(text, torch.tensor([5])))

@@ -175,7 +175,6 @@ class NBLR(nn.Module):
         nn.init.uniform_(self.weight.weight, -0.1, 0.1)
         self.register_buffer("ratio", torch.zeros(size))
         self.bias = nn.Parameter(torch.zeros(1))
-        self.embedding = self.weight  # the id-indexed table (for vectors and tests)
 
     def features(self, text: torch.Tensor) -> torch.Tensor:
         """Binarized n-gram ids: each distinct n-gram of a review once, repeats set to padding."""

@@ -41,7 +41,9 @@ def read_vectors(path: Path, vocab: dict[str, int], dim: int) -> dict[int, torch
 
 def load_into(model: nn.Module, tokenizer: Tokenizer, path: Path) -> int:
     """Copy the file's vectors into `model.embedding`; returns how many words were found."""
-    embedding = model.embedding
+    embedding = getattr(model, "embedding", None)
+    if embedding is None or embedding.weight.shape[1] < 2:
+        raise UserError(f"{type(model).__name__} has no word embedding for --vectors")
     found = read_vectors(path, tokenizer.get_vocab(), embedding.weight.shape[1])
     if not found:
         raise UserError(f"{path}: no word of the vocabulary has a vector in this file")
