@@ -183,8 +183,39 @@ def write_results(path: Path, rows: list[dict], ref: dict | None, memory: list[t
                   for n, sec, rss, rows_out in memory]
     if rows:
         best = max(rows, key=lambda r: r["test_acc"])
-        lines += ["", f"best: configs/{best['recipe']}.toml"]
+        lines += ["", f"best: configs/{best['recipe']}.toml", "", "## Targets (issue 3)", ""]
+        lines += [f"- {line}" for line in check_targets({r["recipe"]: r for r in rows}, best)]
+    notes = path.parent / "notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
     path.write_text("\n".join(lines) + "\n")
+
+
+def check_targets(by_name: dict[str, dict], best: dict) -> list[str]:
+    """Each target of issue 3 against the measured numbers: met, or missed by how much."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    out = []
+    if d := by_name.get("default"):
+        out.append(f"default: test accuracy >= 89.0% and the whole command <= 600 s: "
+                   f"{d['test_acc'] * 100:.2f}%, {d['command_seconds']:.0f} s: "
+                   f"{verdict(d['test_acc'] >= 0.89 and d['command_seconds'] <= 600)}")
+        out.append(f"default: predict >= 1,000 reviews/s: {d['predict_per_second']:,.0f}: "
+                   f"{verdict(d['predict_per_second'] >= 1000)}")
+    out.append(f"best ({best['recipe']}): test accuracy >= 92.0%, training <= 1,200 s: "
+               f"{best['test_acc'] * 100:.2f}%, {best['train_seconds']:.0f} s: "
+               f"{verdict(best['test_acc'] >= 0.92 and best['train_seconds'] <= 1200)}")
+    if n := by_name.get("nbow"):
+        out.append(f"nbow: test accuracy >= 89.5% within 120 s of training: "
+                   f"{n['test_acc'] * 100:.2f}%, {n['train_seconds']:.0f} s: "
+                   f"{verdict(n['test_acc'] >= 0.895 and n['train_seconds'] <= 120)}")
+        out.append(f"nbow: predict >= 6,000 reviews/s: {n['predict_per_second']:,.0f}: "
+                   f"{verdict(n['predict_per_second'] >= 6000)}")
+    if b := by_name.get("baseline"):
+        out.append(f"baseline: near 50% and <= 60 s an epoch: {b['test_acc'] * 100:.2f}%, "
+                   f"{b['epoch_seconds']:.1f} s: {verdict(b['epoch_seconds'] <= 60)}")
+    return out
 
 
 if __name__ == "__main__":
