@@ -178,3 +178,15 @@ def test_checkpoint_and_tokenizer_that_do_not_match(trained_run, tmp_path):
     res = run_exe(["predict", "--run", str(run), "hello"])
     assert res.returncode == 1
     assert b"do not belong together" in res.stderr and b"Traceback" not in res.stderr
+
+
+def test_resume_refuses_data_prepared_with_another_vocabulary(trained_run, source_dir, tmp_path):
+    other = tmp_path / "other"
+    assert runner.invoke(app, ["prepare", "--source", str(source_dir), "--out", str(other),
+                               "--max-vocab", "5"]).exit_code == 0
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "tokenizer.json").read_bytes()
+    res = run_exe(["train", "--resume", str(run), "--data", str(other), "--epochs", "4"])
+    assert res.returncode == 1 and b"another vocabulary" in res.stderr
+    assert (run / "tokenizer.json").read_bytes() == before

@@ -40,6 +40,7 @@ def test_prepared_folder_has_splits_tokenizer_and_manifest(prepared_dir):
 def test_vocabulary_comes_from_train_only(source_dir, tmp_path):
     # A word only in the test split must not enter the vocabulary.
     import pyarrow.parquet as pq
+
     from conftest import write_parquet
     folder = tmp_path / "src"
     folder.mkdir()

@@ -38,7 +38,8 @@ def test_train_lowers_the_loss_and_evaluate_changes_nothing(prepared_dir):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
     seen = []
     for _ in range(3):
-        engine.train(model, batches, optimizer, criterion, on_batch=lambda n, l, a: seen.append(n))
+        engine.train(model, batches, optimizer, criterion,
+                     on_batch=lambda n, _loss, _acc: seen.append(n))
     after, acc = engine.evaluate(model, valid, criterion)
     assert after < before and acc > 0.9
     assert sum(seen) == 3 * 280

@@ -99,6 +99,7 @@ def test_nbow_hashes_bigrams_beyond_the_vocabulary_and_ignores_padding():
 def test_trigrams_hash_three_words_and_skip_padding():
     ids = models.ngram_ids(torch.tensor([[5, 6, 7, 8, 0]]), VOCAB, 1000, 3)[0].tolist()
     words, bigrams, trigrams = ids[:5], ids[5:9], ids[9:]
+    assert words == [5, 6, 7, 8, 0]
     assert len(trigrams) == 3 and trigrams[2] == 0 and trigrams[1] != 0
     assert bigrams[3] == 0 and len(set(bigrams[:3] + trigrams[:2])) == 5
     same = models.ngram_ids(torch.tensor([[1, 5, 6, 7]]), VOCAB, 1000, 3)[0].tolist()

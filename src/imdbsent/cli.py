@@ -6,14 +6,14 @@ Every user error ends as one line on standard error and a non-zero exit, never a
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 import os
 import signal
 import sys
 from collections.abc import Iterator
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, BinaryIO, Optional
+from typing import Annotated, BinaryIO
 
 import typer
 
@@ -79,25 +79,25 @@ def prepare(
 
 @app.command("train")
 def train_cmd(
-    config_name: Annotated[Optional[str], typer.Option(
+    config_name: Annotated[str | None, typer.Option(
         "--config", help=f"Recipe name ({', '.join(config.recipe_names())}) or TOML path. "
         "Default: default.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Number of epochs.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Examples per batch.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="sgd, adam or adamw.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="rnn, lstm, gru, cnn or nbow.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for weights and batch order.")] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Tokens kept per review (0: all).")
+    epochs: Annotated[int | None, typer.Option(help="Number of epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per batch.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd, adam or adamw.")] = None,
+    model: Annotated[str | None, typer.Option(help="rnn, lstm, gru, cnn or nbow.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for weights and batch order.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Tokens kept per review (0: all).")
                           ] = None,
-    vectors: Annotated[Optional[Path], typer.Option(help="GloVe/word2vec text file of "
+    vectors: Annotated[Path | None, typer.Option(help="GloVe/word2vec text file of "
                                                     "pretrained word vectors.")] = None,
-    device: Annotated[Optional[Device], typer.Option(help="auto: CUDA if available.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset folder.")
+    device: Annotated[Device | None, typer.Option(help="auto: CUDA if available.")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder.")
                         ] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default: "
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: "
                                                     "runs/<model>-<time>).")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue this run from its last "
+    resume: Annotated[Path | None, typer.Option(help="Continue this run from its last "
                                                    "checkpoint.")] = None,
 ) -> None:
     """Train a model; checkpoints, config and metrics go to a run directory."""
@@ -122,8 +122,12 @@ def train_cmd(
         if resume is None and (run / "last.safetensors").exists():
             raise UserError(f"{run} already holds a run: continue it with --resume {run}, "
                             "or choose another --run-dir")
+        if resume is None:
+            runs.copy_tokenizer(prepared.folder / data.TOKENIZER, run)
+        elif runs.load_tokenizer(run).get_vocab() != prepared.tokenizer.get_vocab():
+            raise UserError(f"{prepared.folder} was prepared with another vocabulary than "
+                            f"{run} was trained on; resume with the run's data (--data)")
         runs.write_config(run, cfg)
-        runs.copy_tokenizer(prepared.folder / data.TOKENIZER, run)
         try:
             engine.fit(cfg, prepared, run, view, resume=resume is not None)
         except (KeyboardInterrupt, Terminated) as exc:
@@ -138,12 +142,12 @@ def train_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    run: Annotated[Optional[Path], typer.Argument(help="Run directory (default: the latest).")
+    run: Annotated[Path | None, typer.Argument(help="Run directory (default: the latest).")
                    ] = None,
     split: Annotated[Split, typer.Option(help="Split of the prepared dataset.")] = Split.test,
-    data_file: Annotated[Optional[Path], typer.Option(help="Score this labeled CSV/JSONL/"
+    data_file: Annotated[Path | None, typer.Option(help="Score this labeled CSV/JSONL/"
                                                       "Parquet file instead.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset folder "
+    data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder "
                                                      "(default: the run's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     threshold: Annotated[float, typer.Option(help="P(pos) at or above which a review is pos.")
@@ -164,14 +168,14 @@ def evaluate_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to score; - reads "
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to score; - reads "
                                                          "standard input, one text per line.")
                      ] = None,
-    file: Annotated[Optional[Path], typer.Option(help="Read texts from this file, one a line.")
+    file: Annotated[Path | None, typer.Option(help="Read texts from this file, one a line.")
                     ] = None,
-    run: Annotated[Optional[Path], typer.Option(help="Run directory (default: the latest).")
+    run: Annotated[Path | None, typer.Option(help="Run directory (default: the latest).")
                    ] = None,
-    fmt: Annotated[Optional[Format], typer.Option("--format", help="tsv (default when piped), "
+    fmt: Annotated[Format | None, typer.Option("--format", help="tsv (default when piped), "
                                                   "jsonl, csv, or table (on a terminal).")] = None,
     threshold: Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")
                          ] = 0.5,

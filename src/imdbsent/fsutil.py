@@ -9,7 +9,6 @@ from pathlib import Path
 
 from imdbsent.errors import UserError
 
-
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 

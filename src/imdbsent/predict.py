@@ -21,6 +21,10 @@ from imdbsent.sources import read_labeled_file
 # Reviews are cut to the model's max_length; models trained on whole reviews see at most this
 # many tokens (the longest IMDB review has about 2,800).
 DEFAULT_MAX_TOKENS = 3_000
+# Reviews a forward pass scores at once. Small batches of similar length are fastest on the CPU
+# (the default LSTM, 4,096 test reviews sorted by length: 1,465 a second at 64, 1,029 at 256,
+# 627 at 1,024), as the recurrent state stays in cache.
+MODEL_BATCH = 64
 
 
 @dataclass
@@ -44,10 +48,7 @@ class Predictor:
         if not 0.0 <= threshold <= 1.0:
             raise UserError(f"--threshold must be between 0 and 1, not {threshold}")
         self.config = runs.load_config(run)
-        try:
-            self.tokenizer = text.load(run / runs.TOKENIZER)
-        except Exception:
-            raise UserError(f"{run / runs.TOKENIZER}: missing or unreadable tokenizer") from None
+        self.tokenizer = runs.load_tokenizer(run)
         ckpt = runs.load_checkpoint(run / "best.safetensors")
         self.device = engine.resolve_device(device)
         self.model = engine.load_model(self.config, ckpt, run / "best.safetensors",
@@ -62,8 +63,8 @@ class Predictor:
         order = np.argsort(enc.lengths, kind="stable")
         probs = np.empty(len(texts), dtype=np.float64)
         with torch.inference_mode():
-            for start in range(0, len(order), 256):
-                idx = order[start:start + 256]
+            for start in range(0, len(order), MODEL_BATCH):
+                idx = order[start:start + MODEL_BATCH]
                 batch = make_batch(enc, idx, self.max_length).to(self.device)
                 probs[idx] = torch.sigmoid(self.model(batch.text, batch.lengths)).float().cpu().numpy()
         return probs
@@ -84,8 +85,8 @@ class Predictor:
 
 
 def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = None,
-                 data_dir: Path | None = None, threshold: float = 0.5, device: str = "cpu",
-                 batch_size: int = 256) -> tuple[dict, str]:
+                 data_dir: Path | None = None, threshold: float = 0.5, device: str = "cpu"
+                 ) -> tuple[dict, str]:
     """Metrics of a run's best checkpoint on a prepared split or on a labeled file; returns the
     metrics and a description of what was scored."""
     predictor = Predictor(run, device, threshold)
@@ -100,6 +101,6 @@ def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = Non
                             "give the run's data with --data, or use --data-file")
         enc = prepared.split(split)
         what = f"{prepared.folder} [{split}]"
-    batches = Batches(enc, batch_size, max_length=predictor.max_length)
+    batches = Batches(enc, MODEL_BATCH, max_length=predictor.max_length)
     logits, labels = engine.predict_logits(predictor.model, batches)
     return engine.classification_metrics(logits, labels, threshold), what

@@ -26,8 +26,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
+from tokenizers import Tokenizer
 
 from imdbsent import config as configs
+from imdbsent import text
 from imdbsent.errors import UserError
 from imdbsent.fsutil import append_line, atomic_write, atomic_write_text
 
@@ -85,6 +87,14 @@ def load_config(run: Path) -> configs.Config:
 
 def write_config(run: Path, cfg: configs.Config) -> None:
     atomic_write_text(run / CONFIG, cfg.to_toml())
+
+
+def load_tokenizer(run: Path) -> Tokenizer:
+    """The run's tokenizer; a missing or broken one is a clear error."""
+    try:
+        return text.load(run / TOKENIZER)
+    except Exception:  # tokenizers raises a bare Exception for unreadable JSON
+        raise UserError(f"{run / TOKENIZER}: missing or unreadable tokenizer") from None
 
 
 def copy_tokenizer(src: Path, run: Path) -> None:
