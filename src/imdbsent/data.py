@@ -8,6 +8,7 @@ never taken for a finished one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -118,8 +119,8 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
     """
     args.check()
     out = Path(out)
-    existing = _read_manifest(out)
-    if existing and not force and existing.get("args") == _args_dict(args) and _complete(out, existing):
+    existing, wanted = _read_manifest(out), dataclasses.asdict(args)
+    if existing and not force and existing.get("args") == wanted and _complete(out, existing):
         return existing, False
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # from here on, a crash leaves "not prepared"
@@ -150,7 +151,7 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
         "tool": "imdbsent",
         "version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "args": _args_dict(args),
+        "args": wanted,
         "source_fingerprint": source.fingerprint,
         "vocab_size": tok.get_vocab_size(),
         "splits": counts,
@@ -260,10 +261,6 @@ def make_batch(data: Encoded, idx: np.ndarray, max_length: int | None = None) ->
         lengths=torch.from_numpy(np.maximum(lengths, 1).astype(np.int64)),
         label=torch.from_numpy(data.labels[idx].astype(np.float32)),
     )
-
-
-def _args_dict(args: PrepareArgs) -> dict:
-    return dict(args.__dict__)
 
 
 def _read_manifest(folder: Path) -> dict | None:
