@@ -27,7 +27,14 @@ def test_overlong_text_is_cut_before_tokenizing():
 
 
 def test_iter_batches_groups_a_stream_without_losing_items():
-    assert list(text.iter_batches(iter(range(7)), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    items = [str(i) for i in range(7)]
+    assert list(text.iter_batches(iter(items), 3)) == [items[0:3], items[3:6], items[6:]]
+
+
+def test_iter_batches_closes_a_batch_once_it_holds_max_chars():
+    items = ["a" * 5, "b", "c" * 9, "d", "e", "f"]
+    assert list(text.iter_batches(iter(items), 4, max_chars=6)) == [
+        ["a" * 5, "b"], ["c" * 9], ["d", "e", "f"]]
 
 
 def test_tokenizer_round_trips_through_its_json(tmp_path):

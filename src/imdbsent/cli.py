@@ -63,6 +63,8 @@ def prepare(
                          ] = 25_000,
     min_freq: Annotated[int, typer.Option(help="Fewest occurrences for a word to be kept.")] = 1,
     unsupervised: Annotated[bool, typer.Option(help="Also encode the unlabeled reviews.")] = True,
+    vectors_dim: Annotated[int, typer.Option(help="Size of the word vectors learned from the "
+                                             "training and unlabeled reviews (0: none).")] = 128,
     text_column: Annotated[str, typer.Option(help="Text column of CSV/JSONL/Parquet files.")
                            ] = "text",
     label_column: Annotated[str, typer.Option(help="Label column (0/1 or neg/pos).")] = "label",
@@ -70,7 +72,7 @@ def prepare(
 ) -> None:
     """Load IMDB, split train into train/valid, build the vocabulary, encode every split."""
     args = data.PrepareArgs(source=source, split_ratio=split_ratio, seed=seed, max_vocab=max_vocab,
-                            min_freq=min_freq, unsupervised=unsupervised,
+                            min_freq=min_freq, unsupervised=unsupervised, vectors_dim=vectors_dim,
                             text_column=text_column, label_column=label_column)
     with console.err.status("preparing") if console.err.is_terminal else nullcontext():
         manifest, built = data.prepare(args, out, force=force, report=console.log)
@@ -90,8 +92,9 @@ def train_cmd(
     seed: Annotated[int | None, typer.Option(help="Seed for weights and batch order.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Tokens kept per review (0: all).")
                           ] = None,
-    vectors: Annotated[Path | None, typer.Option(help="GloVe/word2vec text file of "
-                                                    "pretrained word vectors.")] = None,
+    vectors: Annotated[str | None, typer.Option(help="Word vectors: a GloVe/word2vec text "
+                                                   "file, prepared (the prepared dataset's "
+                                                   "own), or none.")] = None,
     device: Annotated[Device | None, typer.Option(help="auto: CUDA if available.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder.")
                         ] = None,
@@ -104,7 +107,7 @@ def train_cmd(
     overrides = {"train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
                  "train.optimizer": optimizer, "model.name": model, "train.seed": seed,
                  "train.max_length": max_length, "train.device": device and device.value,
-                 "train.vectors": vectors and str(vectors), "data": data_dir and str(data_dir)}
+                 "train.vectors": None if vectors is None else ("" if vectors == "none" else vectors), "data": data_dir and str(data_dir)}
     if resume is not None:
         if config_name or run_dir:
             raise UserError("--resume continues a run with its own config; drop --config/--run-dir")
@@ -179,7 +182,8 @@ def predict_cmd(
                                                   "jsonl, csv, or table (on a terminal).")] = None,
     threshold: Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")
                          ] = 0.5,
-    batch_size: Annotated[int, typer.Option(help="Texts scored at once.")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Texts read before scoring (sorted by length "
+                                            "within).")] = 2048,
     device: Annotated[Device, typer.Option(help="auto: CUDA if available.")] = Device.cpu,
 ) -> None:
     """Label texts pos or neg with the probability of pos: `label<TAB>prob_pos<TAB>text`."""

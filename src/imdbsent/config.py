@@ -43,7 +43,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     """The optimisation. `max_length` 0 keeps whole reviews; `patience` 0 never stops early;
-    `clip_grad` 0 does not clip; `vectors` is an optional GloVe/word2vec text file."""
+    `clip_grad` 0 does not clip; `vectors` is empty (none), a GloVe/word2vec text file, or
+    `prepared`: the vectors that `prepare` learned from the dataset's own reviews."""
 
     epochs: int = 5
     batch_size: int = 64

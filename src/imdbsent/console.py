@@ -93,7 +93,8 @@ def prepare_summary(manifest: dict, out_dir: Path, built: bool) -> None:
     rows = [(name, c.get("total", 0), c.get("neg", 0), c.get("pos", 0), c.get("unlabeled", 0))
             for name, c in manifest["splits"].items()]
     log(("prepared " if built else "already prepared (same arguments; --force rebuilds) ")
-        + f"{out_dir}: vocabulary {manifest['vocab_size']:,} ids")
+        + f"{out_dir}: vocabulary {manifest['vocab_size']:,} ids"
+        + (f", word vectors in {manifest['vectors']}" if manifest.get("vectors") else ""))
     if out.is_terminal:
         table = Table("split", "reviews", "neg", "pos", "unlabeled", title=str(out_dir))
         for row in rows:

@@ -2,8 +2,9 @@
 length-bucketed batches built without per-example Python work.
 
 On disk (`--out`, default data/imdb): `train/valid/test[/unsupervised].parquet` (token ids and
-label), `tokenizer.json`, and `manifest.json`, written last, so a folder without a manifest is
-never taken for a finished one.
+label), `tokenizer.json`, `vectors.txt` (word vectors learned from the training and unlabeled
+reviews, unless `vectors_dim` is 0), and `manifest.json`, written last, so a folder without a
+manifest is never taken for a finished one.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import pyarrow.parquet as pq
 import torch
 from tokenizers import Tokenizer
 
-from imdbsent import __version__, text
+from imdbsent import __version__, text, vectors, word2vec
 from imdbsent.errors import UserError
 from imdbsent.fsutil import atomic_write, atomic_write_text
 from imdbsent.sources import Source, duplicate_rows, load_source
 
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
+VECTORS = "vectors.txt"  # word vectors learned in prepare, GloVe text format
+PREPARED_VECTORS = "prepared"  # a config's `vectors` value that names them
 POOL_BATCHES = 100  # bucketing pool, as torchtext's BucketIterator: sort 100 batches by length
 Report = Callable[[str], None]
 
@@ -43,6 +46,7 @@ class PrepareArgs:
     max_vocab: int = 25_000
     min_freq: int = 1
     unsupervised: bool = True
+    vectors_dim: int = 128
     text_column: str = "text"
     label_column: str = "label"
 
@@ -53,6 +57,8 @@ class PrepareArgs:
             raise UserError(f"--max-vocab must be at least 1, not {self.max_vocab}")
         if self.min_freq < 1:
             raise UserError(f"--min-freq must be at least 1, not {self.min_freq}")
+        if self.vectors_dim < 0:
+            raise UserError(f"--vectors-dim must be 0 (none) or more, not {self.vectors_dim}")
 
 
 @dataclass
@@ -96,6 +102,15 @@ class Prepared:
                 raise UserError(f"{self.folder}: no {name!r} split (run imdbsent prepare again)")
             self._cache[name] = read_encoded(path)
         return self._cache[name]
+
+    def vectors_file(self, setting: str) -> Path:
+        """The vectors file a config's `vectors` names: `prepared` is this dataset's own."""
+        if setting != PREPARED_VECTORS:
+            return Path(setting)
+        if not self.manifest.get("vectors"):
+            raise UserError(f"{self.folder} has no word vectors of its own (prepared with "
+                            "--vectors-dim 0): prepare it again, or train with --vectors none")
+        return self.folder / VECTORS
 
 
 @dataclass
@@ -141,12 +156,15 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
     parts = {"train": train, "valid": valid, "test": source.splits["test"]}
     if "unsupervised" in source.splits:
         parts["unsupervised"] = source.splits["unsupervised"]
-    counts = {}
+    counts, encoded = {}, {}
     for name, ds in parts.items():
         report(f"encoding {name} ({len(ds):,} reviews)")
-        enc = Encoded.from_lists(text.encode(tok, ds["text"]), ds["label"])
+        encoded[name] = enc = Encoded.from_lists(text.encode(tok, ds["text"]), ds["label"])
         write_encoded(out / f"{name}.parquet", enc)
         counts[name] = _label_counts(enc.labels)
+    (out / VECTORS).unlink(missing_ok=True)
+    if args.vectors_dim:
+        _learn_vectors(args, tok, encoded, out / VECTORS, report)
     manifest = {
         "tool": "imdbsent",
         "version": __version__,
@@ -155,10 +173,24 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
         "source_fingerprint": source.fingerprint,
         "vocab_size": tok.get_vocab_size(),
         "splits": counts,
+        "vectors": VECTORS if args.vectors_dim else None,
         "warnings": warnings,
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest, True
+
+
+def _learn_vectors(args: PrepareArgs, tok: Tokenizer, encoded: dict[str, Encoded], path: Path,
+                   report: Report) -> None:
+    """Word vectors from the training split and the unlabeled reviews (never valid or test)."""
+    names = [n for n in ("train", "unsupervised") if n in encoded]
+    stream = np.concatenate([encoded[n].flat for n in names])
+    report(f"learning {args.vectors_dim}-dimensional word vectors from {' and '.join(names)} "
+           f"({len(stream):,} tokens)")
+    weights = word2vec.train_vectors(
+        stream, tok.get_vocab_size(), word2vec.Word2VecArgs(dim=args.vectors_dim, seed=args.seed),
+        report=lambda epoch, loss: report(f"  word vectors, epoch {epoch}: loss {loss:.3f}"))
+    atomic_write(path, lambda tmp: vectors.write_text(tmp, tok, weights))
 
 
 def load_prepared(folder: Path) -> Prepared:
@@ -272,8 +304,10 @@ def _read_manifest(folder: Path) -> dict | None:
 
 def _complete(folder: Path, manifest: dict) -> bool:
     splits = manifest.get("splits") or {}
-    return bool(splits) and (folder / TOKENIZER).exists() and \
-        all((folder / f"{name}.parquet").exists() for name in splits)
+    files = [TOKENIZER, *(f"{name}.parquet" for name in splits)]
+    if manifest.get("vectors"):
+        files.append(manifest["vectors"])
+    return bool(splits) and all((folder / f).exists() for f in files)
 
 
 def _label_counts(labels: np.ndarray) -> dict[str, int]:

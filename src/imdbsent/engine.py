@@ -193,8 +193,9 @@ def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: b
     device = resolve_device(t.device)
     vocab_size = data.tokenizer.get_vocab_size()
     model = models.build(cfg.model, vocab_size)
-    if t.vectors:
-        vectors.load_into(model, data.tokenizer, Path(t.vectors))
+    resuming = resume and (run / "last.safetensors").exists()
+    if t.vectors and not resuming:
+        vectors.load_into(model, data.tokenizer, data.vectors_file(t.vectors))
     model.to(device)
     max_length = t.max_length or None
     train_batches = Batches(data.split("train"), t.batch_size, shuffle=True, seed=t.seed,
@@ -207,7 +208,7 @@ def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: b
     criterion = nn.BCEWithLogitsLoss().to(device)
 
     first_epoch, best_loss, best_epoch, stale = 1, math.inf, 0, 0
-    if resume and (run / "last.safetensors").exists():
+    if resuming:
         last = runs.load_checkpoint(run / "last.safetensors")
         _load_weights(model, last, run / "last.safetensors")
         optimizer.load_state_dict(last.optimizer)

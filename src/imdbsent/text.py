@@ -61,14 +61,18 @@ def tokens(tok: Tokenizer, text: str) -> list[str]:
     return tok.encode(text[:MAX_CHARS], add_special_tokens=False).tokens
 
 
-def iter_batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    """Group a stream into lists of `size` (the last may be shorter), never holding more."""
+def iter_batches(items: Iterable[str], size: int, max_chars: int | None = None
+                 ) -> Iterator[list[str]]:
+    """Group a stream into lists of `size` items, or fewer once they hold `max_chars`
+    characters (the last may be shorter), never holding more."""
     batch: list[str] = []
+    chars = 0
     for item in items:
         batch.append(item)
-        if len(batch) == size:
+        chars += len(item)
+        if len(batch) == size or (max_chars is not None and chars >= max_chars):
             yield batch
-            batch = []
+            batch, chars = [], 0
     if batch:
         yield batch
 

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from imdbsent.errors import UserError
-from imdbsent.text import PAD_ID
+from imdbsent.text import PAD_ID, UNK_ID
 
 
 def read_vectors(path: Path, vocab: dict[str, int], dim: int) -> dict[int, torch.Tensor]:
@@ -52,3 +52,13 @@ def load_into(model: nn.Module, tokenizer: Tokenizer, path: Path) -> int:
         embedding.weight[ids] = torch.stack(list(found.values()))
         embedding.weight[PAD_ID] = 0.0
     return len(found)
+
+
+def write_text(path: Path, tokenizer: Tokenizer, weights: torch.Tensor) -> None:
+    """Write vectors in GloVe text format, `word x1 x2 ...` a line, for every word of the
+    vocabulary but `<pad>` and `<unk>` (the caller makes it atomic)."""
+    words = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    with open(path, "w", encoding="utf-8") as fh:
+        for word, i in words:
+            if i not in (PAD_ID, UNK_ID):
+                fh.write(word + " " + " ".join(f"{x:.5f}" for x in weights[i].tolist()) + "\n")
