@@ -2,10 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SMALL_GRU, run_cli
 from imdbsent import data, runs, text, word2vec
 from imdbsent.errors import UserError
-
-from conftest import SMALL_GRU, run_cli
 
 ARGS = word2vec.Word2VecArgs(dim=8, epochs=30, window=1, negatives=3, subsample=1.0,
                              lr=0.1, batch_size=64, seed=7)

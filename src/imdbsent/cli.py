@@ -107,7 +107,8 @@ def train_cmd(
     overrides = {"train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
                  "train.optimizer": optimizer, "model.name": model, "train.seed": seed,
                  "train.max_length": max_length, "train.device": device and device.value,
-                 "train.vectors": None if vectors is None else ("" if vectors == "none" else vectors), "data": data_dir and str(data_dir)}
+                 "train.vectors": "" if vectors == "none" else vectors,
+                 "data": data_dir and str(data_dir)}
     if resume is not None:
         if config_name or run_dir:
             raise UserError("--resume continues a run with its own config; drop --config/--run-dir")
@@ -116,13 +117,19 @@ def train_cmd(
     else:
         cfg = config.load(config_name, overrides)
         run = None
+    if cfg.model.name == "ensemble":
+        fixed = [k for k, v in overrides.items() if v is not None and k not in ("data", "train.device")]
+        if fixed:
+            flags = ", ".join("--" + k.split(".")[-1].replace("_", "-") for k in fixed)
+            raise UserError(f"{flags}: an ensemble trains each member by its own recipe; "
+                            "change the member recipes instead")
     prepared = data.load_prepared(Path(cfg.data))
     if run is None:
         run = run_dir if run_dir is not None else runs.new_run_dir(Path("runs"), cfg.model.name)
         run.mkdir(parents=True, exist_ok=True)
     view = console.TrainView()
     with runs.RunLock(run):
-        if resume is None and (run / "last.safetensors").exists():
+        if resume is None and any((run / f).exists() for f in ("last.safetensors", runs.MEMBERS)):
             raise UserError(f"{run} already holds a run: continue it with --resume {run}, "
                             "or choose another --run-dir")
         if resume is None:

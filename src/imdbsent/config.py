@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from imdbsent.errors import UserError
 
 CONFIG_VERSION = 1
-MODELS = ("rnn", "lstm", "gru", "cnn", "nbow", "nblr")
+MODELS = ("rnn", "lstm", "gru", "cnn", "nbow", "nblr", "ensemble")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 POOLINGS = ("last", "max", "mean")
@@ -24,7 +25,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass
 class ModelConfig:
-    """The network. Fields a model does not use are ignored by it (e.g. filter_sizes by gru)."""
+    """The network. Fields a model does not use are ignored by it (e.g. filter_sizes by gru).
+    An `ensemble` names its `members`: recipes (names or paths) trained one after another."""
 
     name: str = "gru"
     embedding_dim: int = 100
@@ -38,6 +40,7 @@ class ModelConfig:
     num_filters: int = 100
     ngram_buckets: int = 0
     ngrams: int = 2
+    members: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +85,20 @@ class Config:
             lines += ["", f"[{table}]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in getattr(self, table).__dict__.items()]
         return "\n".join(lines) + "\n"
+
+
+def members(cfg: Config) -> list[tuple[str, Config]]:
+    """An ensemble's member recipes by name, loaded, reading the ensemble's data on its device."""
+    out: list[tuple[str, Config]] = []
+    for ref in cfg.model.members:
+        member = load(ref, {"data": cfg.data, "train.device": cfg.train.device})
+        name = Path(ref).stem
+        if member.model.name == "ensemble":
+            raise UserError(f"model.members: {ref} is itself an ensemble")
+        if name in (n for n, _ in out):
+            raise UserError(f"model.members: two members are named {name!r}")
+        out.append((name, member))
+    return out
 
 
 def recipe_names() -> list[str]:
@@ -139,6 +156,8 @@ def validate(cfg: Config, where: str) -> None:
          "model.filter_sizes and num_filters must be positive"),
         (m.ngram_buckets >= 0 and m.ngrams >= 1, "model.ngram_buckets must be 0 or more, "
          "model.ngrams 1 or more"),
+        ((m.name == "ensemble") == bool(m.members) and len(m.members) != 1,
+         "model.members: an ensemble names two or more recipes, other models none"),
         (t.epochs > 0, "train.epochs must be at least 1"),
         (t.batch_size > 0, "train.batch_size must be at least 1"),
         (t.lr > 0, "train.lr must be positive"),
@@ -178,23 +197,29 @@ def _set(cfg: Config, dotted: str, value: Any, where: str) -> None:
         target = getattr(target, part, None)
         if not dataclasses.is_dataclass(target):
             raise UserError(f"{where}: unknown config key {dotted!r}")
-    fields = {f.name: f for f in dataclasses.fields(target)}
-    if leaf not in fields or dataclasses.is_dataclass(getattr(target, leaf)):
+    hints = typing.get_type_hints(type(target))
+    if leaf not in hints or dataclasses.is_dataclass(getattr(target, leaf)):
         raise UserError(f"{where}: unknown config key {dotted!r}")
-    setattr(target, leaf, _coerce(getattr(target, leaf), value, dotted, where))
+    setattr(target, leaf, _coerce(hints[leaf], value, dotted, where))
 
 
-def _coerce(current: Any, value: Any, key: str, where: str) -> Any:
-    """Accept a value of the field's type (an int where a float is expected too)."""
-    kind = type(current)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+def _coerce(hint: Any, value: Any, key: str, where: str) -> Any:
+    """Accept a value of the field's type (an int where a float is expected too; a list of
+    the element type for list fields)."""
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, list) and all(_is(v, item) for v in value):
+            return value
+        raise UserError(f"{where}: {key} must be a list of {item.__name__}, not {value!r}")
+    if hint is float and _is(value, int):
         return float(value)
-    if kind is list and isinstance(value, list) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if _is(value, hint):
         return value
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    raise UserError(f"{where}: {key} must be {kind.__name__}, not {value!r}")
+    raise UserError(f"{where}: {key} must be {hint.__name__}, not {value!r}")
+
+
+def _is(value: Any, kind: type) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
 
 def _toml_value(value: Any) -> str:

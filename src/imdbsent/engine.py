@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from imdbsent import config as configs
 from imdbsent import models, runs, vectors
 from imdbsent.config import Config, TrainConfig
-from imdbsent.data import Batch, Batches, Prepared
+from imdbsent.data import TOKENIZER, Batch, Batches, Prepared
 from imdbsent.errors import UserError
 
 OnBatch = Callable[[int, float, float], None]  # (examples in batch, loss, accuracy)
@@ -186,9 +187,12 @@ def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
 def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: bool = False
         ) -> FitResult:
     """Train `cfg` on the prepared data into `run`, keeping `best` and `last` checkpoints, then
-    test the best. With `resume`, continue from `last` (at its epoch boundary)."""
+    test the best. With `resume`, continue from `last` (at its epoch boundary). An ensemble
+    trains its members first (`fit_ensemble`)."""
     t = cfg.train
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    if cfg.model.name == "ensemble":
+        return fit_ensemble(cfg, data, run, reporter, resume=resume)
     seed_everything(t.seed)
     device = resolve_device(t.device)
     vocab_size = data.tokenizer.get_vocab_size()
@@ -265,6 +269,81 @@ def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: b
     runs.append_metrics(run, test_record)
     reporter.test(test_record)
     return FitResult(run, epoch, best.meta["epoch"], test_record)
+
+
+def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
+                 resume: bool = False) -> FitResult:
+    """Train each member recipe into `run/members/NAME` (a run of its own; with `resume`,
+    finished members are kept and unfinished ones continued), fit the stacking weights on the
+    validation split, then test the ensemble."""
+    names = []
+    for name, member_cfg in configs.members(cfg):
+        names.append(name)
+        member_run = run / runs.MEMBERS / name
+        if resume and (member_run / runs.CONFIG).exists():
+            if any(m.get("split") == "test" for m in runs.read_metrics(member_run)):
+                continue  # finished
+            member_cfg = runs.load_config(member_run)  # as it started, not the recipe of today
+        else:
+            member_run.mkdir(parents=True, exist_ok=True)
+            runs.copy_tokenizer(data.folder / TOKENIZER, member_run)
+            runs.write_config(member_run, member_cfg)
+        fit(member_cfg, data, member_run, reporter, resume=resume)
+
+    device = resolve_device(cfg.train.device)
+    vocab_size = data.tokenizer.get_vocab_size()
+    ensemble = _load_ensemble(run, names, vocab_size).to(device)
+    logits, labels = [], []
+    ensemble.eval()
+    with torch.inference_mode():
+        for batch in Batches(data.split("valid"), cfg.train.batch_size):
+            logits.append(ensemble.member_logits(batch.to(device).text, batch.lengths).float())
+            labels.append(batch.label.to(device))
+    member_logits, valid_labels = torch.cat(logits), torch.cat(labels)
+    ensemble.fit_weights(member_logits, valid_labels)
+    valid = classification_metrics(
+        (member_logits @ ensemble.weight.detach() + ensemble.bias.detach()).cpu(),
+        valid_labels.cpu())
+    record = {"members": ensemble.names, "weights": ensemble.weight.tolist(),
+              "bias": ensemble.bias.item(), "valid_loss": valid["loss"],
+              "valid_acc": valid["accuracy"]}
+    runs.save_checkpoint(run / "best.safetensors", runs.Checkpoint(
+        {"weight": ensemble.weight.detach(), "bias": ensemble.bias.detach()},
+        {"vocab_size": vocab_size, "model": "ensemble", "members": ensemble.names,
+         "metrics": record}))
+    runs.append_metrics(run, record)
+    test_loss, test_acc = evaluate(ensemble, Batches(data.split("test"), cfg.train.batch_size),
+                                   nn.BCEWithLogitsLoss())
+    test_record = {"split": "test", "test_loss": test_loss, "test_acc": test_acc}
+    runs.append_metrics(run, test_record)
+    reporter.test(test_record)
+    return FitResult(run, 0, 0, test_record)
+
+
+def load_best(run: Path, cfg: Config, vocab_size: int) -> nn.Module:
+    """A run's best model, ready to score: an ensemble with its members from run/members."""
+    path = run / "best.safetensors"
+    ckpt = runs.load_checkpoint(path)
+    if cfg.model.name != "ensemble":
+        return load_model(cfg, ckpt, path, vocab_size)
+    ensemble = _load_ensemble(run, ckpt.meta.get("members", []), vocab_size)
+    try:
+        with torch.no_grad():
+            ensemble.weight.copy_(ckpt.weights["weight"])
+            ensemble.bias.copy_(ckpt.weights["bias"])
+    except (KeyError, RuntimeError):
+        raise UserError(f"{path}: weights do not fit the ensemble's members") from None
+    return ensemble
+
+
+def _load_ensemble(run: Path, names: list[str], vocab_size: int) -> models.Ensemble:
+    members, limits = [], []
+    for name in names:
+        member_run = runs.check_run(run / runs.MEMBERS / name)
+        member_cfg = runs.load_config(member_run)
+        members.append(load_best(member_run, member_cfg, vocab_size))
+        limits.append(member_cfg.train.max_length)
+    return models.Ensemble(members, limits, names)
 
 
 def load_model(cfg: Config, ckpt: runs.Checkpoint, where: Path, vocab_size: int) -> nn.Module:

@@ -131,7 +131,7 @@ def ngram_ids(text: torch.Tensor, vocab_size: int, buckets: int, n: int) -> torc
         for k in range(1, n):
             if text.shape[1] <= k:
                 break
-            hashed = hashed[:, :-1] * HASH_PRIME + text[:, k:]
+            hashed = (hashed[:, :-1] * HASH_MULTIPLIER + text[:, k:]) % HASH_PRIME
             ids = hashed % buckets + vocab_size
             pad = torch.zeros_like(ids, dtype=torch.bool)
             for j in range(k + 1):
@@ -140,7 +140,11 @@ def ngram_ids(text: torch.Tensor, vocab_size: int, buckets: int, n: int) -> torc
     return torch.cat(parts, dim=1)
 
 
-HASH_PRIME = 1_000_003
+# n-gram hash: h = (h * MULTIPLIER + next id) mod PRIME, a polynomial hash modulo a prime
+# (products stay below 2**63). A large multiplier spreads neighbouring ids over the whole
+# range; the earlier 1,000,003 without a modulus put bigrams in a quarter of 4,000,000 buckets.
+HASH_PRIME = 2_147_483_647  # 2**31 - 1
+HASH_MULTIPLIER = 1_583_458_089
 
 
 class NBOW(nn.Module):
@@ -202,6 +206,52 @@ class NBLR(nn.Module):
         r = self.ratio[ids]
         score = self.weight(ids, per_sample_weights=r).squeeze(1) + self.W_ADJ * r.sum(dim=1)
         return score / self.R_ADJ + self.bias
+
+
+class Ensemble(nn.Module):
+    """Trained models combined by stacking: a logistic regression over their logits, fitted on
+    the validation split (`fit_weights`). Each member reads at most its own `max_length`
+    tokens (0: all), as in its training."""
+
+    def __init__(self, members: list[nn.Module], max_lengths: list[int], names: list[str]
+                 ) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.max_lengths, self.names = max_lengths, names
+        self.weight = nn.Parameter(torch.full((len(members),), 1.0 / len(members)))
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def member_logits(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[batch, members]: each member's logit."""
+        out = []
+        for member, limit in zip(self.members, self.max_lengths):
+            if limit and text.shape[1] > limit:
+                out.append(member(text[:, :limit], lengths.clamp(max=limit)))
+            else:
+                out.append(member(text, lengths))
+        return torch.stack(out, dim=1)
+
+    def forward(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.member_logits(text, lengths) @ self.weight + self.bias
+
+    def fit_weights(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Fit the combination to members' logits [n, members] and 0/1 labels (L-BFGS, to
+        the minimum of the log loss: a handful of parameters, a few thousand examples)."""
+        weight = torch.zeros(logits.shape[1], device=logits.device, requires_grad=True)
+        bias = torch.zeros(1, device=logits.device, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weight, bias], max_iter=200,
+                                      line_search_fn="strong_wolfe")
+
+        def loss() -> torch.Tensor:
+            optimizer.zero_grad()
+            value = nn.functional.binary_cross_entropy_with_logits(logits @ weight + bias, labels)
+            value.backward()
+            return value
+
+        optimizer.step(loss)
+        with torch.no_grad():
+            self.weight.copy_(weight)
+            self.bias.copy_(bias)
 
 
 Builder = Callable[[int, ModelConfig], nn.Module]

@@ -54,10 +54,9 @@ class Predictor:
             raise UserError(f"--threshold must be between 0 and 1, not {threshold}")
         self.config = runs.load_config(run)
         self.tokenizer = runs.load_tokenizer(run)
-        ckpt = runs.load_checkpoint(run / "best.safetensors")
         self.device = engine.resolve_device(device)
-        self.model = engine.load_model(self.config, ckpt, run / "best.safetensors",
-                                       self.tokenizer.get_vocab_size()).to(self.device).eval()
+        self.model = engine.load_best(run, self.config,
+                                      self.tokenizer.get_vocab_size()).to(self.device).eval()
         self.max_length = self.config.train.max_length or DEFAULT_MAX_TOKENS
         self.threshold = threshold
 

@@ -5,6 +5,8 @@
     best.safetensors    weights at the best validation loss
     last.safetensors    weights, optimizer and RNG state after the last finished epoch (resume)
     metrics.jsonl       one JSON line per epoch, then one for the test pass
+    members/NAME/       an ensemble's member runs (its best.safetensors holds the stacking
+                        weights only)
     .lock               held (flock) by the training process; the kernel frees it if it dies
 
 A checkpoint is one safetensors file whose header carries its JSON metadata (epoch, metrics,
@@ -35,6 +37,7 @@ from imdbsent.fsutil import append_line, atomic_write, atomic_write_text
 
 CHECKPOINT_FORMAT = 1
 CONFIG, TOKENIZER, METRICS, LOCK = "config.toml", "tokenizer.json", "metrics.jsonl", ".lock"
+MEMBERS = "members"  # an ensemble's member runs, one folder each
 OPTIM_PREFIX, RNG_KEY = "optimizer.", "rng.torch"
 
 
