@@ -50,3 +50,31 @@ def test_bad_configs_name_the_problem(tmp_path, text, message):
 def test_unknown_recipe_lists_the_shipped_ones():
     with pytest.raises(UserError, match="baseline"):
         config.load("nope")
+
+
+def test_ensemble_names_two_or_more_member_recipes(tmp_path):
+    cfg = config.load("ensemble")
+    assert cfg.model.members == ["default", "nblr"]
+    cfg.data = "elsewhere"
+    members = config.members(cfg)
+    assert [n for n, _ in members] == ["default", "nblr"]
+    assert all(m.data == "elsewhere" for _, m in members)  # members read the ensemble's data
+
+
+@pytest.mark.parametrize("model, message", [
+    ('name = "ensemble"\nmembers = ["default"]', "an ensemble names two or more recipes"),
+    ('name = "gru"\nmembers = ["default", "nblr"]', "an ensemble names two or more recipes"),
+    ('name = "ensemble"\nmembers = [1, 2]', "model.members must be a list of str"),
+])
+def test_bad_ensembles_are_refused(tmp_path, model, message):
+    path = tmp_path / "e.toml"
+    path.write_text(f"[model]\n{model}\n")
+    with pytest.raises(UserError, match=message):
+        config.load(path)
+
+
+def test_an_ensemble_cannot_hold_an_ensemble(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text('[model]\nname = "ensemble"\nmembers = ["ensemble", "nblr"]\n')
+    with pytest.raises(UserError, match="ensemble.* is itself an ensemble"):
+        config.members(config.load(path))

@@ -114,3 +114,43 @@ def test_nblr_prior_favours_words_of_the_positive_class():
     model.fit_prior([batch])
     assert model.ratio[5] > 0 > model.ratio[7] and model.ratio[6] == pytest.approx(0.0, abs=1e-6)
     assert model.features(torch.tensor([[5, 5, 6]])).tolist() == [[5, 0, 6]]  # binarized
+
+
+def test_ngram_hash_spreads_bigrams_over_the_buckets():
+    a, b = torch.meshgrid(torch.arange(2, 302), torch.arange(2, 302), indexing="ij")
+    text = torch.stack([a.flatten(), b.flatten()], dim=1)  # 90,000 distinct bigrams
+    bigrams = models.ngram_ids(text, VOCAB, 4_000_000, 2)[:, 2]
+    # uniform hashing would leave about 1% of them sharing a bucket
+    assert bigrams.unique().numel() > 0.98 * len(bigrams)
+
+
+class _Fixed(torch.nn.Module):
+    """A stand-in member: its logit is the review's length as it sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, text, lengths):
+        assert text.shape[1] >= int(lengths.max())
+        return lengths.float() + self.p
+
+
+def test_ensemble_members_read_their_own_max_length_and_logits_combine_linearly():
+    ens = models.Ensemble([_Fixed(), _Fixed()], [0, 2], ["whole", "cut"])
+    text, lengths = _batch()
+    assert ens.member_logits(text, lengths).tolist() == [[5, 2], [2, 2], [1, 1]]
+    with torch.no_grad():
+        ens.weight.copy_(torch.tensor([1.0, -2.0]))
+        ens.bias.fill_(0.5)
+    assert ens(text, lengths).tolist() == [1.5, -1.5, -0.5]
+
+
+def test_ensemble_stacking_weights_follow_the_informative_member():
+    torch.manual_seed(0)
+    labels = (torch.rand(2000) < 0.5).float()
+    informative = (labels * 2 - 1) * 2 + torch.randn(2000)
+    noise = torch.randn(2000)
+    ens = models.Ensemble([_Fixed(), _Fixed()], [0, 0], ["a", "b"])
+    ens.fit_weights(torch.stack([informative, noise], dim=1), labels)
+    assert ens.weight[0] > 1.0 and abs(ens.weight[1]) < 0.2

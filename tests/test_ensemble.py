@@ -1,0 +1,77 @@
+"""The ensemble recipe end to end: members train into members/, stacking on validation,
+and the run scores like any other."""
+
+import json
+
+import pytest
+
+from conftest import SMALL_GRU, run_cli
+from imdbsent import runs
+
+SMALL_NBLR = """
+version = 1
+data = "{data}"
+[model]
+name = "nblr"
+ngram_buckets = 1000
+ngrams = 2
+[train]
+epochs = 2
+batch_size = 16
+optimizer = "adam"
+lr = 0.02
+"""
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(prepared_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ensemble")
+    (folder / "gru.toml").write_text(SMALL_GRU.format(data=prepared_dir))
+    (folder / "nblr.toml").write_text(SMALL_NBLR.format(data=prepared_dir))
+    (folder / "ens.toml").write_text(
+        f'data = "{prepared_dir}"\n[model]\nname = "ensemble"\n'
+        f'members = ["{folder / "gru.toml"}", "{folder / "nblr.toml"}"]\n')
+    run = folder / "run"
+    assert run_cli(["train", "--config", str(folder / "ens.toml"), "--run-dir", str(run)]) == 0
+    return run
+
+
+def test_members_are_runs_of_their_own_and_the_ensemble_keeps_only_its_weights(ensemble_run):
+    for name in ("gru", "nblr"):
+        member = ensemble_run / "members" / name
+        assert (member / "best.safetensors").is_file() and (member / "tokenizer.json").is_file()
+        assert runs.read_metrics(member)[-1]["split"] == "test"
+    ckpt = runs.load_checkpoint(ensemble_run / "best.safetensors")
+    assert set(ckpt.weights) == {"weight", "bias"} and ckpt.meta["members"] == ["gru", "nblr"]
+    stacking, test = runs.read_metrics(ensemble_run)
+    assert stacking["members"] == ["gru", "nblr"] and len(stacking["weights"]) == 2
+    assert test["split"] == "test" and 0.0 <= test["test_acc"] <= 1.0
+
+
+def test_evaluate_and_predict_use_the_ensemble(ensemble_run, capsys):
+    test = runs.read_metrics(ensemble_run)[-1]
+    capsys.readouterr()
+    assert run_cli(["evaluate", str(ensemble_run), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["accuracy"] == pytest.approx(test["test_acc"], abs=1e-6)
+    assert run_cli(["predict", "--run", str(ensemble_run), "--format", "tsv",
+                    "great superb wonderful", "awful boring terrible"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [r[0] for r in rows] == ["pos", "neg"]
+
+
+def test_resume_keeps_finished_members(ensemble_run):
+    before = {n: (ensemble_run / "members" / n / "metrics.jsonl").read_bytes()
+              for n in ("gru", "nblr")}
+    assert run_cli(["train", "--resume", str(ensemble_run)]) == 0
+    for name, metrics in before.items():
+        assert (ensemble_run / "members" / name / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_training_overrides_and_a_second_run_into_it_are_refused(ensemble_run, capsys):
+    cfg = str(ensemble_run.parent / "ens.toml")
+    assert run_cli(["train", "--config", cfg, "--epochs", "3", "--lr", "0.1"]) == 1
+    assert "--epochs, --lr: an ensemble trains each member by its own recipe" in \
+        capsys.readouterr().err
+    assert run_cli(["train", "--config", cfg, "--run-dir", str(ensemble_run)]) == 1
+    assert "already holds a run" in capsys.readouterr().err
