@@ -123,9 +123,7 @@ def main() -> None:
             print(f"  {name} failed (exit {code}): see {args.work / f'train-{name}.log'}")
             continue
         test = runs.read_metrics(run)[-1]
-        # an ensemble's epochs are its members'
-        epochs = [m for r in (run, *sorted((run / runs.MEMBERS).glob("*")))
-                  for m in runs.read_metrics(r) if "epoch" in m]
+        epochs = runs.epoch_records(run)
         single = cfg.model.name != "ensemble"
         out = subprocess.run([sys.executable, __file__, "--source", str(args.source),
                               "--throughput", str(run), str(args.source)],

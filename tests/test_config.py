@@ -56,9 +56,21 @@ def test_ensemble_names_two_or_more_member_recipes(tmp_path):
     cfg = config.load("ensemble")
     assert cfg.model.members == ["default", "nblr"]
     cfg.data = "elsewhere"
-    members = config.members(cfg)
-    assert [n for n, _ in members] == ["default", "nblr"]
-    assert all(m.data == "elsewhere" for _, m in members)  # members read the ensemble's data
+    assert config.member_names(cfg) == ["default", "nblr"]
+    member = config.load_member(cfg, "nblr")
+    assert member.model.name == "nblr" and member.data == "elsewhere"  # the ensemble's data
+
+
+def test_member_paths_are_relative_to_the_ensembles_file_and_names_unique(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "e.toml").write_text(
+        '[model]\nname = "ensemble"\nmembers = ["mine.toml", "nblr"]\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load("sub/e.toml")
+    assert cfg.model.members == [str(tmp_path / "sub" / "mine.toml"), "nblr"]
+    cfg.model.members = ["a/nblr.toml", "nblr"]
+    with pytest.raises(UserError, match="two members are named 'nblr'"):
+        config.member_names(cfg)
 
 
 @pytest.mark.parametrize("model, message", [
@@ -77,4 +89,4 @@ def test_an_ensemble_cannot_hold_an_ensemble(tmp_path):
     path = tmp_path / "e.toml"
     path.write_text('[model]\nname = "ensemble"\nmembers = ["ensemble", "nblr"]\n')
     with pytest.raises(UserError, match="ensemble.* is itself an ensemble"):
-        config.members(config.load(path))
+        config.load_member(config.load(path), "ensemble")

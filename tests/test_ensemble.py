@@ -70,8 +70,20 @@ def test_resume_keeps_finished_members(ensemble_run):
 
 def test_training_overrides_and_a_second_run_into_it_are_refused(ensemble_run, capsys):
     cfg = str(ensemble_run.parent / "ens.toml")
-    assert run_cli(["train", "--config", cfg, "--epochs", "3", "--lr", "0.1"]) == 1
-    assert "--epochs, --lr: an ensemble trains each member by its own recipe" in \
+    assert run_cli(["train", "--config", cfg, "--epochs", "3", "--lr", "0.1",
+                    "--model", "ensemble"]) == 1
+    assert "--epochs, --lr, --model: an ensemble trains each member by its own recipe" in \
         capsys.readouterr().err
     assert run_cli(["train", "--config", cfg, "--run-dir", str(ensemble_run)]) == 1
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_resume_finishes_an_unfinished_member_and_only_it(ensemble_run):
+    gru, nblr = (ensemble_run / "members" / n / "metrics.jsonl" for n in ("gru", "nblr"))
+    gru_before = gru.read_bytes()
+    lines = nblr.read_text().splitlines()
+    nblr.write_text("\n".join(lines[:-1]) + "\n")  # as if stopped before its test pass
+    assert run_cli(["train", "--resume", str(ensemble_run)]) == 0
+    assert gru.read_bytes() == gru_before
+    again = nblr.read_text().splitlines()
+    assert len(again) == len(lines) and json.loads(again[-1])["split"] == "test"

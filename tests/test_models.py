@@ -154,3 +154,16 @@ def test_ensemble_stacking_weights_follow_the_informative_member():
     ens = models.Ensemble([_Fixed(), _Fixed()], [0, 0], ["a", "b"])
     ens.fit_weights(torch.stack([informative, noise], dim=1), labels)
     assert ens.weight[0] > 1.0 and abs(ens.weight[1]) < 0.2
+
+
+def test_hashed_ngram_weights_load_only_under_the_hash_they_were_trained_with(tmp_path):
+    from imdbsent import engine, runs
+    from imdbsent.config import Config
+    from imdbsent.errors import UserError
+    cfg = Config(model=ModelConfig(name="nbow", embedding_dim=4, ngram_buckets=10))
+    weights = models.build(cfg.model, VOCAB).state_dict()
+    current = runs.Checkpoint(weights, {"vocab_size": VOCAB, "ngram_hash": models.NGRAM_HASH})
+    assert isinstance(engine.load_model(cfg, current, tmp_path, VOCAB), models.NBOW)
+    older = runs.Checkpoint(weights, {"vocab_size": VOCAB})
+    with pytest.raises(UserError, match="older n-gram hash"):
+        engine.load_model(cfg, older, tmp_path, VOCAB)

@@ -88,7 +88,7 @@ def train_cmd(
     batch_size: Annotated[int | None, typer.Option(help="Examples per batch.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd, adam or adamw.")] = None,
-    model: Annotated[str | None, typer.Option(help="rnn, lstm, gru, cnn or nbow.")] = None,
+    model: Annotated[str | None, typer.Option(help=", ".join(config.MODELS) + ".")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights and batch order.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Tokens kept per review (0: all).")
                           ] = None,
@@ -120,7 +120,8 @@ def train_cmd(
     if cfg.model.name == "ensemble":
         fixed = [k for k, v in overrides.items() if v is not None and k not in ("data", "train.device")]
         if fixed:
-            flags = ", ".join("--" + k.split(".")[-1].replace("_", "-") for k in fixed)
+            flags = ", ".join("--model" if k == "model.name" else
+                              "--" + k.split(".")[-1].replace("_", "-") for k in fixed)
             raise UserError(f"{flags}: an ensemble trains each member by its own recipe; "
                             "change the member recipes instead")
     prepared = data.load_prepared(Path(cfg.data))
@@ -143,7 +144,7 @@ def train_cmd(
         except (KeyboardInterrupt, Terminated) as exc:
             view.close()
             code = 143 if isinstance(exc, Terminated) else 130
-            done = runs.read_metrics(run)
+            done = runs.epoch_records(run)
             console.log(f"interrupted after {len(done)} finished epoch(s); resume with: "
                         f"imdbsent train --resume {run}")
             raise typer.Exit(code) from None

@@ -87,18 +87,21 @@ class Config:
         return "\n".join(lines) + "\n"
 
 
-def members(cfg: Config) -> list[tuple[str, Config]]:
-    """An ensemble's member recipes by name, loaded, reading the ensemble's data on its device."""
-    out: list[tuple[str, Config]] = []
-    for ref in cfg.model.members:
-        member = load(ref, {"data": cfg.data, "train.device": cfg.train.device})
-        name = Path(ref).stem
-        if member.model.name == "ensemble":
-            raise UserError(f"model.members: {ref} is itself an ensemble")
-        if name in (n for n, _ in out):
+def member_names(cfg: Config) -> list[str]:
+    """An ensemble's member names (a recipe's name, or a path's file stem), each once."""
+    names = [Path(ref).stem for ref in cfg.model.members]
+    for name in names:
+        if names.count(name) > 1:
             raise UserError(f"model.members: two members are named {name!r}")
-        out.append((name, member))
-    return out
+    return names
+
+
+def load_member(cfg: Config, ref: str) -> Config:
+    """An ensemble's member recipe, reading the ensemble's data on its device."""
+    member = load(ref, {"data": cfg.data, "train.device": cfg.train.device})
+    if member.model.name == "ensemble":
+        raise UserError(f"model.members: {ref} is itself an ensemble")
+    return member
 
 
 def recipe_names() -> list[str]:
@@ -115,7 +118,12 @@ def load(name_or_path: str | Path | None = None, overrides: dict[str, Any] | Non
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{where}: not valid TOML ({exc})") from None
-    return from_dict(raw, where, overrides)
+    cfg = from_dict(raw, where, overrides)
+    if _is_path(name_or_path or "default"):  # members named by path: relative to this file
+        base = Path(where).parent
+        cfg.model.members = [str((base / m).resolve()) if _is_path(m) else m
+                             for m in cfg.model.members]
+    return cfg
 
 
 def from_dict(raw: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> Config:
@@ -171,9 +179,14 @@ def validate(cfg: Config, where: str) -> None:
             raise UserError(f"{where}: {message}")
 
 
+def _is_path(ref: str | Path) -> bool:
+    """A recipe reference that names a file, not a shipped recipe."""
+    return Path(ref).suffix == ".toml" or "/" in str(ref)
+
+
 def _read(name_or_path: str | Path) -> tuple[str, str]:
     path = Path(name_or_path).expanduser()
-    if path.suffix != ".toml" and "/" not in str(name_or_path):
+    if not _is_path(name_or_path):
         shipped = _recipes() / f"{name_or_path}.toml"
         if shipped.is_file():
             return shipped.read_text(encoding="utf-8"), f"{name_or_path}.toml"

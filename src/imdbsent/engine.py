@@ -226,7 +226,7 @@ def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: b
         model.fit_prior(Batches(data.split("train"), 256, max_length=max_length))
     reporter.start(run, count_parameters(model), str(device), first_epoch)
 
-    meta = {"vocab_size": vocab_size, "model": cfg.model.name}
+    meta = {"vocab_size": vocab_size, "model": cfg.model.name, "ngram_hash": models.NGRAM_HASH}
     epoch = first_epoch - 1
     for epoch in range(first_epoch, t.epochs + 1):
         if t.patience and stale >= t.patience:
@@ -276,22 +276,30 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
     """Train each member recipe into `run/members/NAME` (a run of its own; with `resume`,
     finished members are kept and unfinished ones continued), fit the stacking weights on the
     validation split, then test the ensemble."""
-    names = []
-    for name, member_cfg in configs.members(cfg):
-        names.append(name)
+    names = configs.member_names(cfg)
+    todo = []  # every member recipe is loaded (and checked) before any training starts
+    for ref, name in zip(cfg.model.members, names):
         member_run = run / runs.MEMBERS / name
         if resume and (member_run / runs.CONFIG).exists():
             if any(m.get("split") == "test" for m in runs.read_metrics(member_run)):
                 continue  # finished
             member_cfg = runs.load_config(member_run)  # as it started, not the recipe of today
+            member_cfg.train.device = cfg.train.device
+            todo.append((member_run, member_cfg, False))
         else:
+            todo.append((member_run, configs.load_member(cfg, ref), True))
+    for member_run, member_cfg, fresh in todo:
+        if fresh:
             member_run.mkdir(parents=True, exist_ok=True)
             runs.copy_tokenizer(data.folder / TOKENIZER, member_run)
             runs.write_config(member_run, member_cfg)
-        fit(member_cfg, data, member_run, reporter, resume=resume)
+        fit(member_cfg, data, member_run, reporter, resume=not fresh)
 
     device = resolve_device(cfg.train.device)
     vocab_size = data.tokenizer.get_vocab_size()
+    if not len(data.split("valid")):
+        raise UserError(f"{data.folder}: an ensemble fits its weights on the validation split, "
+                        "which is empty")
     ensemble = _load_ensemble(run, names, vocab_size).to(device)
     logits, labels = [], []
     ensemble.eval()
@@ -301,9 +309,8 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
             labels.append(batch.label.to(device))
     member_logits, valid_labels = torch.cat(logits), torch.cat(labels)
     ensemble.fit_weights(member_logits, valid_labels)
-    valid = classification_metrics(
-        (member_logits @ ensemble.weight.detach() + ensemble.bias.detach()).cpu(),
-        valid_labels.cpu())
+    with torch.no_grad():
+        valid = classification_metrics(ensemble.combine(member_logits).cpu(), valid_labels.cpu())
     record = {"members": ensemble.names, "weights": ensemble.weight.tolist(),
               "bias": ensemble.bias.item(), "valid_loss": valid["loss"],
               "valid_acc": valid["accuracy"]}
@@ -326,7 +333,9 @@ def load_best(run: Path, cfg: Config, vocab_size: int) -> nn.Module:
     ckpt = runs.load_checkpoint(path)
     if cfg.model.name != "ensemble":
         return load_model(cfg, ckpt, path, vocab_size)
-    ensemble = _load_ensemble(run, ckpt.meta.get("members", []), vocab_size)
+    if not ckpt.meta.get("members"):
+        raise UserError(f"{path}: not an ensemble's checkpoint (it names no members)")
+    ensemble = _load_ensemble(run, ckpt.meta["members"], vocab_size)
     try:
         with torch.no_grad():
             ensemble.weight.copy_(ckpt.weights["weight"])
@@ -351,6 +360,9 @@ def load_model(cfg: Config, ckpt: runs.Checkpoint, where: Path, vocab_size: int)
     if ckpt.meta.get("vocab_size") != vocab_size:
         raise UserError(f"{where}: checkpoint has a vocabulary of {ckpt.meta.get('vocab_size')} "
                         f"ids but the tokenizer has {vocab_size}; they do not belong together")
+    if cfg.model.ngram_buckets and ckpt.meta.get("ngram_hash") != models.NGRAM_HASH:
+        raise UserError(f"{where}: trained with an older n-gram hash than this imdbsent uses; "
+                        "train the run again")
     model = models.build(cfg.model, vocab_size)
     _load_weights(model, ckpt, where)
     return model

@@ -145,6 +145,7 @@ def ngram_ids(text: torch.Tensor, vocab_size: int, buckets: int, n: int) -> torc
 # range; the earlier 1,000,003 without a modulus put bigrams in a quarter of 4,000,000 buckets.
 HASH_PRIME = 2_147_483_647  # 2**31 - 1
 HASH_MULTIPLIER = 1_583_458_089
+NGRAM_HASH = 2  # recorded in checkpoints: weights of hashed buckets fit only the same hash
 
 
 class NBOW(nn.Module):
@@ -231,8 +232,12 @@ class Ensemble(nn.Module):
                 out.append(member(text, lengths))
         return torch.stack(out, dim=1)
 
+    def combine(self, member_logits: torch.Tensor) -> torch.Tensor:
+        """The ensemble's logit from its members' logits [batch, members]."""
+        return member_logits @ self.weight + self.bias
+
     def forward(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.member_logits(text, lengths) @ self.weight + self.bias
+        return self.combine(self.member_logits(text, lengths))
 
     def fit_weights(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Fit the combination to members' logits [n, members] and 0/1 labels (L-BFGS, to

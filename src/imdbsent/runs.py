@@ -115,6 +115,12 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def epoch_records(run: Path) -> list[dict[str, Any]]:
+    """The finished epochs of a run, an ensemble's being those of its members."""
+    return [m for r in (run, *sorted((run / MEMBERS).glob("*"))) for m in read_metrics(r)
+            if "epoch" in m]
+
+
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write weights, metadata and optional optimizer/RNG state as one safetensors file."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in ckpt.weights.items()}

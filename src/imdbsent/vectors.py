@@ -1,4 +1,5 @@
-"""Pretrained word vectors from a local GloVe or word2vec text file, into a model's embedding.
+"""Word vectors in GloVe or word2vec text format: read into a model's embedding, and written
+(GloVe format) for the vectors `prepare` learns.
 
 Words of the vocabulary found in the file take its vector; the others keep their random
 initialisation; `<pad>` is zero. Only the vocabulary's words are kept in memory.
@@ -29,7 +30,8 @@ def read_vectors(path: Path, vocab: dict[str, int], dim: int) -> dict[int, torch
                     continue
                 if len(parts) - 1 != dim:
                     raise UserError(f"{path}, line {lineno}: {len(parts) - 1} numbers, but the "
-                                    f"model's embedding has {dim} (set model.embedding_dim)")
+                                    f"model's embedding has {dim} (set model.embedding_dim, or "
+                                    "for prepared vectors imdbsent prepare --vectors-dim)")
                 try:
                     found[vocab[parts[0]]] = torch.tensor([float(x) for x in parts[1:]])
                 except ValueError:

@@ -1,9 +1,10 @@
 """Word vectors learned from IMDB's own reviews: word2vec's CBOW with negative sampling
 (Mikolov et al. 2013), in torch, with sparse gradients and no Python work per token.
 
-Each kept token is predicted from the mean of the vectors of the words around it (a window of
-up to `window` on each side) against `negatives` words drawn from the unigram distribution
-raised to 3/4; frequent words are subsampled. On the full data (18.6 million tokens of the
+Each kept token is predicted from the mean of the vectors of the `window` words on each side
+of it (reviews run end to end; at the two ends of the stream the end word stands in for the
+missing ones) against `negatives` words drawn from the unigram distribution raised to 3/4;
+frequent words are subsampled. On the full data (18.6 million tokens of the
 training split and the unlabeled reviews) an epoch takes about 27 s on 2 CPU cores.
 """
 
