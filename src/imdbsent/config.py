@@ -113,13 +113,14 @@ def recipe_names() -> list[str]:
 def load(name_or_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Load a recipe (a path, or the name of a shipped recipe; None is `default`), apply
     `overrides` (dotted keys such as "train.epochs"), and validate the result."""
-    text, where = _read(name_or_path or "default")
+    ref = name_or_path or "default"
+    text, where = _read(ref)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{where}: not valid TOML ({exc})") from None
     cfg = from_dict(raw, where, overrides)
-    if _is_path(name_or_path or "default"):  # members named by path: relative to this file
+    if _is_path(ref):  # members named by path: relative to this file
         base = Path(where).parent
         cfg.model.members = [str((base / m).resolve()) if _is_path(m) else m
                              for m in cfg.model.members]

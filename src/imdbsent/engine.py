@@ -99,14 +99,18 @@ def epoch_time(start_time: float, end_time: float) -> tuple[int, int]:
     return elapsed_mins, elapsed_secs
 
 
-def predict_logits(model: nn.Module, iterator: Iterable[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every logit and label of the iterator, on the CPU, in iteration order."""
+def predict_logits(model: nn.Module, iterator: Iterable[Batch],
+                   score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every logit and label of the iterator, on the CPU, in iteration order. `score` replaces
+    the model's forward (e.g. an ensemble's per-member logits)."""
     device = _device_of(model)
+    score = score or model
     model.eval()
     logits, labels = [], []
     with torch.inference_mode():
         for batch in iterator:
-            logits.append(model(batch.to(device).text, batch.lengths).float().cpu())
+            logits.append(score(batch.to(device).text, batch.lengths).float().cpu())
             labels.append(batch.label)
     return torch.cat(logits), torch.cat(labels)
 
@@ -301,16 +305,12 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
         raise UserError(f"{data.folder}: an ensemble fits its weights on the validation split, "
                         "which is empty")
     ensemble = _load_ensemble(run, names, vocab_size).to(device)
-    logits, labels = [], []
-    ensemble.eval()
-    with torch.inference_mode():
-        for batch in Batches(data.split("valid"), cfg.train.batch_size):
-            logits.append(ensemble.member_logits(batch.to(device).text, batch.lengths).float())
-            labels.append(batch.label.to(device))
-    member_logits, valid_labels = torch.cat(logits), torch.cat(labels)
+    member_logits, valid_labels = predict_logits(
+        ensemble, Batches(data.split("valid"), cfg.train.batch_size), ensemble.member_logits)
     ensemble.fit_weights(member_logits, valid_labels)
     with torch.no_grad():
-        valid = classification_metrics(ensemble.combine(member_logits).cpu(), valid_labels.cpu())
+        valid = classification_metrics(ensemble.combine(member_logits.to(device)).cpu(),
+                                       valid_labels)
     record = {"members": ensemble.names, "weights": ensemble.weight.tolist(),
               "bias": ensemble.bias.item(), "valid_loss": valid["loss"],
               "valid_acc": valid["accuracy"]}
