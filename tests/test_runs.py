@@ -106,11 +106,13 @@ def test_lock_of_a_killed_process_is_not_held_forever(tmp_path):
 def test_latest_run_and_missing_runs(tmp_path):
     with pytest.raises(UserError, match="no runs in"):
         runs.latest_run(tmp_path)
-    for name in ("a", "b"):
+    for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
         (tmp_path / name / runs.CONFIG).write_text("version = 1\n")
+    for name in ("a", "b"):
+        (tmp_path / name / "best.safetensors").write_bytes(b"")
     os.utime(tmp_path / "a" / runs.CONFIG, (1, 1))
-    assert runs.latest_run(tmp_path).name == "b"
+    assert runs.latest_run(tmp_path).name == "b"  # c is newer but has no model (failed early)
     with pytest.raises(UserError, match="no such run directory"):
         runs.check_run(tmp_path / "zzz")
 

@@ -67,10 +67,14 @@ def new_run_dir(root: Path, model_name: str) -> Path:
 
 
 def latest_run(root: Path = Path("runs")) -> Path:
-    """The most recently started run under `root` (the one whose config was written last)."""
-    runs = [p.parent for p in Path(root).glob(f"*/{CONFIG}")]
+    """The most recently started run under `root` that has a model to score with (its config
+    written last among those with a best checkpoint), so a run that failed before its first
+    epoch, or is still in it, is passed over."""
+    runs = [p.parent for p in Path(root).glob(f"*/{CONFIG}")
+            if (p.parent / "best.safetensors").is_file()]
     if not runs:
-        raise UserError(f"no runs in {root}/: train one with imdbsent train, or name a run directory")
+        raise UserError(f"no runs in {root}/ with a trained model: train one with imdbsent "
+                        "train, or name a run directory")
     return max(runs, key=lambda p: (p / CONFIG).stat().st_mtime)
 
 
