@@ -102,7 +102,13 @@ def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 class CNN(nn.Module):
-    """Kim (2014): convolutions of several widths over the embeddings, max over time, dropout."""
+    """Kim (2014): convolutions of several widths over the embeddings, max over time, dropout.
+
+    The max runs over the windows that lie within the review's length only, so a review scores
+    the same in any batch: never over windows of padding. A review shorter than a filter has one
+    window for it, the first, which sees the review and the zero `<pad>` embedding after it, as
+    it does in any batch.
+    """
 
     def __init__(self, vocab_size: int, cfg: ModelConfig) -> None:
         super().__init__()
@@ -117,7 +123,15 @@ class CNN(nn.Module):
         if text.shape[1] < self.widest:
             text = nn.functional.pad(text, (0, self.widest - text.shape[1]), value=PAD_ID)
         embedded = self.dropout(self.embedding(text)).transpose(1, 2)  # [batch, emb, time]
-        pooled = [torch.relu(conv(embedded)).amax(dim=2) for conv in self.convs]
+        if lengths is None:
+            lengths = torch.full((text.shape[0],), text.shape[1])
+        lengths = lengths.to(text.device)
+        pooled = []
+        for conv in self.convs:
+            features = torch.relu(conv(embedded))  # [batch, filters, windows]
+            windows = (lengths - conv.kernel_size[0] + 1).clamp(min=1)
+            inside = torch.arange(features.shape[2], device=text.device)[None, :] < windows[:, None]
+            pooled.append(features.masked_fill(~inside.unsqueeze(1), float("-inf")).amax(dim=2))
         return self.fc(self.dropout(torch.cat(pooled, dim=1))).squeeze(1)
 
 
