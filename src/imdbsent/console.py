@@ -12,23 +12,28 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from imdbsent.engine import epoch_time
-from imdbsent.predict import Prediction
+if TYPE_CHECKING:  # not at run time: importing predict imports torch, and --help must start fast
+    from imdbsent.predict import Prediction
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Text from users and files (reviews, paths, split names) must reach the terminal as it is: no
+# rich markup (`[red]`, `[/x]`), no emoji codes (`:smile:`). Strings given to these consoles are
+# never parsed; what goes into a table or a title is a `Text`, which is never parsed either.
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 FORMATS = ("tsv", "jsonl", "csv", "table")
 
 
 def log(message: str) -> None:
     """One line of progress or a warning, on standard error."""
-    err.print(message, markup=False)
+    err.print(message, markup=False, emoji=False, highlight=False)
 
 
 def result(line: str) -> None:
@@ -73,6 +78,8 @@ class TrainView:
             self._progress.update(self._task, advance=1, loss=self._loss, acc=self._acc, rate=rate)
 
     def epoch_end(self, record: dict[str, Any]) -> None:
+        from imdbsent.engine import epoch_time  # here: engine imports torch (loaded by now)
+
         self.close()
         mins, secs = epoch_time(0.0, record["seconds"])
         result(f"Epoch: {record['epoch']:02} | Epoch Time: {mins}m {secs}s")
@@ -96,9 +103,9 @@ def prepare_summary(manifest: dict, out_dir: Path, built: bool) -> None:
         + f"{out_dir}: vocabulary {manifest['vocab_size']:,} ids"
         + (f", word vectors in {manifest['vectors']}" if manifest.get("vectors") else ""))
     if out.is_terminal:
-        table = Table("split", "reviews", "neg", "pos", "unlabeled", title=str(out_dir))
+        table = Table("split", "reviews", "neg", "pos", "unlabeled", title=Text(str(out_dir)))
         for row in rows:
-            table.add_row(*(f"{v:,}" if isinstance(v, int) else v for v in row))
+            table.add_row(*(f"{v:,}" if isinstance(v, int) else Text(str(v)) for v in row))
         out.print(table)
     else:
         result("split\treviews\tneg\tpos\tunlabeled")
@@ -114,7 +121,7 @@ def metrics_table(metrics: dict[str, Any], title: str) -> None:
     rows += [("confusion (rows true neg/pos, cols predicted neg/pos)",
               f"{c['tn']} {c['fp']} / {c['fn']} {c['tp']}")]
     if out.is_terminal:
-        table = Table("metric", "value", title=title)
+        table = Table("metric", "value", title=Text(title))
         for row in rows:
             table.add_row(*row)
         out.print(table)
@@ -126,16 +133,51 @@ def metrics_table(metrics: dict[str, Any], title: str) -> None:
 def write_predictions(batches: Iterable[list[Prediction]], fmt: str) -> None:
     """Write predictions to standard output in `fmt`, flushing after every batch."""
     if fmt == "table":
-        table = Table("label", "prob_pos", "text")
-        for batch in batches:
-            for p in batch:
-                short = p.text if len(p.text) <= 70 else p.text[:67] + "..."
-                table.add_row(p.label or "skip", "" if p.skipped else f"{p.prob_pos:.4f}", short)
-        out.print(table)
+        write_table(batches)
         return
     for batch in batches:
         sys.stdout.write("".join(_format_row(p, fmt) for p in batch))
         sys.stdout.flush()
+
+
+LABEL_WIDTH, PROB_WIDTH = 5, 8
+# What a table adds to its columns' widths: padding of 1 each side of 3 columns, 2 separators.
+TABLE_EXTRA = 8
+
+
+def write_table(batches: Iterable[list[Prediction]]) -> None:
+    """Predictions as a table on the terminal, printed chunk by chunk as they are scored: each
+    input chunk is a table of its own with the same fixed column widths (the text column takes
+    the rest of the terminal's width), the header only above the first, and no borders between
+    chunks, so that they read as one table while only one chunk is ever held."""
+    text_width = max(10, out.width - LABEL_WIDTH - PROB_WIDTH - TABLE_EXTRA)
+    shown = False
+    for batch in batches:
+        table = _prediction_table(text_width, header=not shown)
+        for p in batch:
+            table.add_row(p.label or "skip", "" if p.skipped else f"{p.prob_pos:.4f}",
+                          Text(_displayed(p.text, text_width)))
+        out.print(table)
+        shown = True
+    if not shown:  # no input at all: the header alone, as for an empty table
+        out.print(_prediction_table(text_width, header=True))
+
+
+def _prediction_table(text_width: int, header: bool) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, show_header=header)
+    table.add_column("label", width=LABEL_WIDTH, no_wrap=True)
+    table.add_column("prob_pos", width=PROB_WIDTH, justify="right", no_wrap=True)
+    table.add_column("text", width=text_width, no_wrap=True, overflow="ellipsis")
+    return table
+
+
+def _displayed(text: str, width: int) -> str:
+    """A text as a table cell shows it: on one line (tabs and line breaks become spaces), every
+    other control character (ESC could drive the terminal) a visible U+FFFD, and cut long before
+    any terminal's width ends (rich then cuts it to the cell, with an ellipsis)."""
+    if len(text) > 4 * width:
+        text = text[:4 * width] + "\u2026"
+    return text.translate(_CELL_CONTROLS)
 
 
 def _format_row(p: Prediction, fmt: str) -> str:
@@ -154,6 +196,11 @@ def _format_row(p: Prediction, fmt: str) -> str:
 
 # Tab, and every character that str.splitlines() takes for a line break.
 _FIELD_BREAKS = dict.fromkeys(map(ord, "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), " ")
+
+
+# Control characters (C0, DEL, C1) a table cell shows as U+FFFD; line breaks and tabs as spaces.
+_CELL_CONTROLS = {**dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)], "\ufffd"),
+                  **_FIELD_BREAKS}
 
 
 def _one_field(text: str) -> str:
