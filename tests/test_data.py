@@ -8,17 +8,144 @@ from imdbsent.errors import UserError
 
 
 def test_split_is_stratified_seeded_and_sized(source_dir):
+    import datasets
+
     from imdbsent.sources import load_source
     train = load_source(str(source_dir)).splits["train"]
-    a_train, a_valid = data.split(train, 0.7, 1234)
-    b_train, b_valid = data.split(train, 0.7, 1234)
-    assert (len(a_train), len(a_valid)) == (280, 120)
+    a_train, a_valid, moved = data.split(train, 0.7, 1234)
+    b_train, b_valid, _ = data.split(train, 0.7, 1234)
+    assert (len(a_train), len(a_valid), moved) == (280, 120, 0)
     assert a_valid["text"] == b_valid["text"]
     assert sorted(a_valid["label"]).count(1) == 60  # half positive, as the whole
-    _, c_valid = data.split(train, 0.7, 99)
+    _, c_valid, _ = data.split(train, 0.7, 99)
     assert c_valid["text"] != a_valid["text"]
     assert len(set(train["text"])) == len(train)  # so no review can sit on both sides:
     assert not set(a_train["text"]) & set(a_valid["text"])
+    # without duplicates, exactly datasets' seeded stratified split, rows in its order
+    labeled = train.cast_column("label", datasets.ClassLabel(names=["neg", "pos"]))
+    plain = labeled.train_test_split(train_size=0.7, seed=1234, stratify_by_column="label")
+    assert a_train["text"] == plain["train"]["text"] and a_valid["text"] == plain["test"]["text"]
+    assert a_train["label"] == plain["train"]["label"]
+
+
+def _with_duplicates():
+    """60 distinct reviews, then copies: 10 reviews twice more, 5 of them with the other label
+    (IMDB's duplicates are not always labeled alike), 4 reviews five times more."""
+    import datasets
+
+    from conftest import make_reviews
+    texts, labels = make_reviews(60, seed=11)
+    for i in range(10):
+        texts += [texts[i]] * 2
+        labels += [labels[i], 1 - labels[i] if i < 5 else labels[i]]
+    for i in range(10, 14):
+        texts += [texts[i]] * 5
+        labels += [labels[i]] * 5
+    return datasets.Dataset.from_dict({"text": texts, "label": labels})
+
+
+@pytest.mark.parametrize("seed", [1234, 7, 99])
+def test_duplicate_reviews_never_sit_on_both_sides_of_the_split(seed):
+    import datasets
+    ds = _with_duplicates()
+    labeled = ds.cast_column("label", datasets.ClassLabel(names=["neg", "pos"]))
+    plain = labeled.train_test_split(train_size=0.7, seed=seed, stratify_by_column="label")
+    leaked = set(plain["train"]["text"]) & set(plain["test"]["text"])
+    assert leaked  # the plain seeded split does put copies on both sides
+
+    parts = data.split(ds, 0.7, seed)
+    train, valid = parts[0], parts[1]
+    assert not set(train["text"]) & set(valid["text"])
+    moved = parts.moved
+    assert sorted(zip([*train["text"], *valid["text"]], [*train["label"], *valid["label"]])) == \
+        sorted(zip(ds["text"], ds["label"]))  # every row kept, with its label
+    copies = [t for t in plain["test"]["text"] if t in leaked]
+    assert moved == len(copies) and len(valid) == len(plain["test"]) - moved
+    assert train["text"][:len(plain["train"])] == plain["train"]["text"]  # train: as before,
+    assert train["text"][len(plain["train"]):] == copies  # then the valid copies moved to it
+    assert valid["text"] == [t for t in plain["test"]["text"] if t not in leaked]
+    again = data.split(ds, 0.7, seed)
+    assert (again.train["text"], again.valid["text"], again.moved) == \
+        (train["text"], valid["text"], moved)
+
+
+def test_prepare_records_moved_duplicates_and_overlap_with_train(tmp_path):
+    """Reviews of valid, test and unsupervised that also occur in train are counted in the
+    manifest, with a warning each; valid's count is 0, its copies having moved to train."""
+    from conftest import make_reviews, write_parquet
+    ds = _with_duplicates()
+    in_train, only_valid, moved = data.split(ds, 0.7, 1234)
+    assert moved and set(only_valid["text"]).isdisjoint(in_train["text"])
+    folder = tmp_path / "src"
+    folder.mkdir()
+    write_parquet(folder / "train.parquet", ds["text"], ds["label"])
+    test_texts, test_labels = make_reviews(20, seed=12)
+    # 3 training reviews, one twice, and a valid one (not in train: not counted)
+    test_texts += in_train["text"][:3] + in_train["text"][:1] + only_valid["text"][:1]
+    write_parquet(folder / "test.parquet", test_texts, test_labels + [1, 0, 1, 1, 0])
+    unsup, _ = make_reviews(10, seed=13, labeled=False)
+    write_parquet(folder / "unsupervised.parquet", unsup + in_train["text"][5:7], [-1] * 12)
+    lines = []
+    manifest, _ = data.prepare(data.PrepareArgs(source=str(folder), vectors_dim=0),
+                               tmp_path / "out", report=lines.append)
+    assert manifest["overlap_with_train"] == {"valid": 0, "test": 4, "unsupervised": 2}
+    assert manifest["duplicates_moved_to_train"] == moved
+    assert manifest["splits"]["train"]["total"] == len(in_train)
+    assert manifest["splits"]["valid"]["total"] == len(only_valid)
+    overlap = [w for w in manifest["warnings"] if "also in the train split" in w]
+    assert len(overlap) == 2
+    assert "[test]: 4 review(s) also in the train split" in overlap[0]
+    assert "[unsupervised]: 2 review(s)" in overlap[1]
+    assert [f"warning: {w}" for w in manifest["warnings"]] == \
+        [line for line in lines if line.startswith("warning: ")]
+    assert any(f"moved {moved} valid review(s) to train" in line for line in lines)
+
+
+def test_prepare_of_data_without_overlap_warns_of_none(prepared_dir):
+    manifest = json.loads((prepared_dir / "manifest.json").read_text())
+    assert manifest["overlap_with_train"] == {"valid": 0, "test": 0, "unsupervised": 0}
+    assert manifest["duplicates_moved_to_train"] == 0 and manifest["warnings"] == []
+
+
+def _tiny(labels):
+    import datasets
+    return datasets.Dataset.from_dict({"text": [f"review {i}" for i in range(len(labels))],
+                                       "label": labels})
+
+
+@pytest.mark.parametrize("labels, ratio, says", [
+    ([1], 0.7, "each label needs 2 reviews or more.* pos has 1"),
+    ([0, 1], 0.7, "neg and pos has 1"),
+    ([0] * 19 + [1], 0.7, "pos has 1"),
+    ([0, 1] * 10, 0.99, "leaves 19 for train and 1 for valid"),
+    ([0, 1] * 10, 0.01, "leaves 0 for train and 20 for valid"),
+], ids=["one-review", "two-reviews", "one-of-a-label", "valid-empty", "train-empty"])
+def test_a_train_split_too_small_to_split_is_one_clear_line(labels, ratio, says):
+    with pytest.raises(UserError, match=says) as info:
+        data.split(_tiny(labels), ratio, 1234)
+    message = str(info.value)
+    assert message.startswith("cannot split") and "\n" not in message
+
+
+def test_the_smallest_splits_that_can_be_made_are_made():
+    assert [len(part) for part in data.split(_tiny([1, 1]), 0.7, 1)[:2]] == [1, 1]
+    assert [len(part) for part in data.split(_tiny([0, 1] * 2), 0.5, 1)[:2]] == [2, 2]
+
+
+def test_a_split_whose_valid_side_would_hold_only_copies_is_refused():
+    import datasets
+    ds = datasets.Dataset.from_dict({"text": ["same words"] * 6, "label": [0, 1] * 3})
+    with pytest.raises(UserError, match="every valid review is a copy of one in train"):
+        data.split(ds, 0.5, 1234)
+
+
+def test_prepare_says_in_one_line_when_train_is_too_small(tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\ngood,1\nbad,0\n")
+    (folder / "test.csv").write_text("text,label\ngood,1\n")
+    with pytest.raises(UserError, match=r"cannot split 2 training review\(s\) \(1 neg, 1 pos\)"):
+        data.prepare(data.PrepareArgs(source=str(folder), vectors_dim=0), tmp_path / "out")
 
 
 def test_prepared_folder_has_splits_tokenizer_and_manifest(prepared_dir):
@@ -63,6 +190,71 @@ def test_prepare_reuses_then_rebuilds_on_changed_arguments(source_dir, tmp_path)
     changed, built = data.prepare(data.PrepareArgs(source=str(source_dir), unsupervised=False,
                                                    max_vocab=5), out)
     assert built and changed["vocab_size"] == 7
+
+
+def test_prepare_locks_its_folder_and_sweeps_only_its_own_temporaries(source_dir, tmp_path):
+    from imdbsent import fsutil
+    out = tmp_path / "p"
+    out.mkdir()
+    stale = out / fsutil.temporary_name("train.parquet")
+    (out / ".notes.tmp").write_text("another program's")
+    args = data.PrepareArgs(source=str(source_dir), unsupervised=False, vectors_dim=0)
+    with fsutil.FolderLock(out, "prepare"):
+        stale.write_text("being written by the holder")  # a refused prepare leaves it alone
+        with pytest.raises(UserError, match=rf"^{out} is in use by another imdbsent prepare "
+                           r"process \(pid \d+\); wait for it to finish or use another --out$"):
+            data.prepare(args, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted([".lock", ".notes.tmp", stale.name])
+    _, built = data.prepare(args, out)
+    assert built and not stale.exists() and (out / ".notes.tmp").exists()
+    assert not fsutil.is_locked(out)  # released
+
+
+def test_prepare_refuses_to_reuse_a_folder_another_prepare_is_rebuilding(source_dir, tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "p"
+    args = data.PrepareArgs(source=str(source_dir), unsupervised=False, vectors_dim=0)
+    data.prepare(args, out)
+    code = ("import time; from imdbsent.fsutil import FolderLock; "
+            f"FolderLock({str(out)!r}, 'prepare').__enter__(); print('locked', flush=True); "
+            "time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"locked"
+        with pytest.raises(UserError, match=rf"prepare process \(pid {proc.pid}\)"):
+            data.prepare(args, out)  # its manifest may be about to go: not reused
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert not data.prepare(args, out)[1]
+
+
+def test_fingerprint_is_the_manifests_hash_and_every_rebuild_changes_it(source_dir, tmp_path):
+    import hashlib
+    out = tmp_path / "p"
+    args = data.PrepareArgs(source=str(source_dir), unsupervised=False, vectors_dim=0)
+    data.prepare(args, out)
+    first = data.load_prepared(out)
+    raw = (out / "manifest.json").read_bytes()
+    assert first.fingerprint == "sha256:" + hashlib.sha256(raw).hexdigest()
+    data.prepare(args, out)  # reused: the same data
+    assert data.load_prepared(out).fingerprint == first.fingerprint
+    data.prepare(args, out, force=True)  # rebuilt within the same second, same content
+    rebuilt = data.load_prepared(out)
+    assert rebuilt.fingerprint != first.fingerprint
+    assert first.fingerprint == "sha256:" + hashlib.sha256(raw).hexdigest()  # as loaded
+
+
+def test_prepare_rebuilds_a_folder_of_an_older_format(source_dir, tmp_path):
+    out = tmp_path / "p"
+    args = data.PrepareArgs(source=str(source_dir), unsupervised=False, vectors_dim=0)
+    manifest, _ = data.prepare(args, out)
+    del manifest["format"]  # as imdbsent 0.x wrote it, splitting duplicates apart
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    rebuilt, built = data.prepare(args, out)
+    assert built and rebuilt["format"] == data.PREPARE_FORMAT
 
 
 @pytest.mark.parametrize("field, value", [("split_ratio", 1.0), ("max_vocab", 0), ("min_freq", 0)])

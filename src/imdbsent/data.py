@@ -4,17 +4,28 @@ length-bucketed batches built without per-example Python work.
 On disk (`--out`, default data/imdb): `train/valid/test[/unsupervised].parquet` (token ids and
 label), `tokenizer.json`, `vectors.txt` (word vectors learned from the training and unlabeled
 reviews, unless `vectors_dim` is 0), and `manifest.json`, written last, so a folder without a
-manifest is never taken for a finished one.
+manifest is never taken for a finished one. `prepare` holds the folder's lock (`.lock`) while it
+builds, so two never write one folder at once.
+
+Reviews that occur more than once in the source's train split (IMDB has 96) stay together: after
+the seeded split, the valid copies of a review that also sits in train move to train, so no
+review is on both sides. The manifest records how many moved, and how many reviews of valid,
+test and unsupervised also occur, exactly, in train.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
+import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import datasets
 import numpy as np
@@ -25,7 +36,7 @@ from tokenizers import Tokenizer
 
 from imdbsent import __version__, text, vectors, word2vec
 from imdbsent.errors import UserError
-from imdbsent.fsutil import atomic_write, atomic_write_text
+from imdbsent.fsutil import FolderLock, atomic_write, atomic_write_text, is_locked
 from imdbsent.sources import Source, duplicate_rows, load_source
 
 MANIFEST = "manifest.json"
@@ -33,6 +44,9 @@ TOKENIZER = "tokenizer.json"
 VECTORS = "vectors.txt"  # word vectors learned in prepare, GloVe text format
 PREPARED_VECTORS = "prepared"  # a config's `vectors` value that names them
 POOL_BATCHES = 100  # bucketing pool, as torchtext's BucketIterator: sort 100 batches by length
+# What prepare makes from the same arguments: a folder of an older format is rebuilt, not reused.
+# 2: duplicate reviews kept on one side of the train/valid split; overlap counts; a build id.
+PREPARE_FORMAT = 2
 Report = Callable[[str], None]
 
 
@@ -94,6 +108,25 @@ class Prepared:
     manifest: dict
     tokenizer: Tokenizer
     _cache: dict[str, Encoded] = field(default_factory=dict)
+    manifest_bytes: bytes | None = field(default=None, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """"sha256:" and the hex digest of the manifest's bytes as loaded: which prepared data
+        this is. Every rebuild changes it (the manifest holds a random id of its build), so a
+        run can record the data it trained on and notice data rebuilt under it."""
+        raw = self.manifest_bytes
+        if raw is None:
+            raw = (self.folder / MANIFEST).read_bytes()
+        return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+    def check_unchanged(self) -> None:
+        """Refuse to go on if the folder was prepared again since it was loaded (a run trains
+        on one dataset and tests on the same)."""
+        now = _read_manifest_bytes(self.folder)
+        if now is None or "sha256:" + hashlib.sha256(now).hexdigest() != self.fingerprint:
+            raise UserError(f"{self.folder} changed while in use (prepared again); the run's "
+                            "checkpoints are kept, but it was not tested on the new data")
 
     def split(self, name: str) -> Encoded:
         if name not in self._cache:
@@ -114,6 +147,15 @@ class Prepared:
         return self.folder / VECTORS
 
 
+class TrainValid(NamedTuple):
+    """The source's train split divided: `moved` valid rows went to train, being copies of a
+    review that the seeded split had put in train."""
+
+    train: datasets.Dataset
+    valid: datasets.Dataset
+    moved: int
+
+
 @dataclass
 class Batch:
     """Padded token ids [batch, time] (pad id 0), true lengths (on the CPU), labels as floats."""
@@ -132,15 +174,27 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
     """Build the prepared dataset in `out`, or reuse it when made with the same arguments.
 
     Returns the manifest and whether it was (re)built. `report` receives one line per step.
+    Building holds `out`'s lock: a second prepare into the same folder stops with a UserError.
     """
     args.check()
     out = Path(out)
-    existing, wanted = _read_manifest(out), dataclasses.asdict(args)
-    if existing and not force and existing.get("args") == wanted and _complete(out, existing):
-        return existing, False
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # from here on, a crash leaves "not prepared"
+    wanted = dataclasses.asdict(args)
+    existing = _read_manifest(out)
+    if not force and _reusable(out, existing, wanted) and not is_locked(out):
+        return existing, False  # (no lock needed to read; a read-only copy stays usable)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out}: {exc.strerror or exc}") from None
+    with FolderLock(out, "prepare", advice="wait for it to finish or use another --out"):
+        existing = _read_manifest(out)  # what the holder before us left
+        if not force and _reusable(out, existing, wanted):
+            return existing, False
+        return _build(args, out, report), True
 
+
+def _build(args: PrepareArgs, out: Path, report: Report) -> dict:
+    (out / MANIFEST).unlink(missing_ok=True)  # from here on, a crash leaves "not prepared"
     source = load_source(args.source, text_column=args.text_column,
                          label_column=args.label_column, unsupervised=args.unsupervised)
     report(f"loaded {args.source}: " + ", ".join(f"{len(ds):,} {name}"
@@ -149,14 +203,22 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
     for w in warnings:
         report(f"warning: {w}")
     report(f"splitting train {args.split_ratio:g}/{1 - args.split_ratio:g} with seed {args.seed}")
-    train, valid = split(source.splits["train"], args.split_ratio, args.seed)
-    report(f"building the vocabulary from {len(train):,} training reviews")
-    tok = text.fit_tokenizer(train["text"], args.max_vocab, args.min_freq, length=len(train))
-    atomic_write(out / TOKENIZER, lambda tmp: text.save(tok, tmp))
-
+    train, valid, moved = split(source.splits["train"], args.split_ratio, args.seed)
+    if moved:
+        report(f"moved {moved:,} valid review(s) to train: copies of reviews in train")
     parts = {"train": train, "valid": valid, "test": source.splits["test"]}
     if "unsupervised" in source.splits:
         parts["unsupervised"] = source.splits["unsupervised"]
+    overlap = overlap_with_train(parts)
+    for name, count in overlap.items():
+        if count:
+            warnings.append(f"{source.name} [{name}]: {count:,} review(s) also in the train "
+                            "split (exact copies)")
+            report(f"warning: {warnings[-1]}")
+
+    report(f"building the vocabulary from {len(train):,} training reviews")
+    tok = text.fit_tokenizer(train["text"], args.max_vocab, args.min_freq, length=len(train))
+    atomic_write(out / TOKENIZER, lambda tmp: text.save(tok, tmp))
     counts, encoded = {}, {}
     for name, ds in parts.items():
         report(f"encoding {name} ({len(ds):,} reviews)")
@@ -169,16 +231,20 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
     manifest = {
         "tool": "imdbsent",
         "version": __version__,
+        "format": PREPARE_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "args": wanted,
+        "build": secrets.token_hex(8),  # so that every rebuild has a fingerprint of its own
+        "args": dataclasses.asdict(args),
         "source_fingerprint": source.fingerprint,
         "vocab_size": tok.get_vocab_size(),
         "splits": counts,
+        "duplicates_moved_to_train": moved,
+        "overlap_with_train": overlap,
         "vectors": VECTORS if args.vectors_dim else None,
         "warnings": warnings,
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    return manifest, True
+    return manifest
 
 
 def _learn_vectors(args: PrepareArgs, tok: Tokenizer, encoded: dict[str, Encoded], path: Path,
@@ -197,7 +263,8 @@ def _learn_vectors(args: PrepareArgs, tok: Tokenizer, encoded: dict[str, Encoded
 def load_prepared(folder: Path) -> Prepared:
     """Open a prepared dataset; a missing one says how to make it."""
     folder = Path(folder)
-    manifest = _read_manifest(folder)
+    raw = _read_manifest_bytes(folder)
+    manifest = _parse_manifest(raw)
     if manifest is None:
         raise UserError(f"no prepared dataset in {folder}: run imdbsent prepare "
                         f"(with --out {folder} if that is not the default)")
@@ -206,15 +273,70 @@ def load_prepared(folder: Path) -> Prepared:
     except Exception:
         raise UserError(f"{folder / TOKENIZER}: missing or unreadable; "
                         "run imdbsent prepare --force") from None
-    return Prepared(folder, manifest, tok)
+    return Prepared(folder, manifest, tok, manifest_bytes=raw)
 
 
-def split(ds: datasets.Dataset, ratio: float, seed: int
-          ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Seeded split stratified by label: the same seed gives the same split on every machine."""
+def split(ds: datasets.Dataset, ratio: float, seed: int) -> TrainValid:
+    """Seeded split stratified by label: the same seed gives the same split on every machine.
+
+    Copies of one review never end on both sides: the valid copies of a review that also sits
+    in train move to train (`moved` counts them), so data without duplicates splits exactly as
+    `datasets`' seeded train_test_split does. A split that cannot be made (too few reviews, a
+    ratio that leaves a side empty, a label with one review) is a UserError.
+    """
+    _check_splittable(ds, ratio)
     ds = ds.cast_column("label", datasets.ClassLabel(names=["neg", "pos"]))
-    parts = ds.train_test_split(train_size=ratio, seed=seed, stratify_by_column="label")
-    return parts["train"], parts["test"]
+    try:
+        parts = ds.train_test_split(train_size=ratio, seed=seed, stratify_by_column="label")
+    except ValueError as exc:  # what _check_splittable did not foresee
+        raise UserError(f"cannot split the training reviews {ratio:g}/{1 - ratio:g}: "
+                        f"{str(exc).splitlines()[0]}") from None
+    train, valid = parts["train"], parts["test"]
+    in_train = set(text_digests(train["text"]))
+    move = [i for i, d in enumerate(text_digests(valid["text"])) if d in in_train]
+    if not move:
+        return TrainValid(train, valid, 0)
+    if len(move) == len(valid):
+        raise UserError(f"cannot split the training reviews {ratio:g}/{1 - ratio:g}: every "
+                        "valid review is a copy of one in train, so valid would be empty")
+    moving = set(move)
+    train = datasets.concatenate_datasets([train, valid.select(move)])
+    valid = valid.select([i for i in range(len(valid)) if i not in moving])
+    return TrainValid(train, valid, len(move))
+
+
+def _check_splittable(ds: datasets.Dataset, ratio: float) -> None:
+    """Refuse, in words, a split that datasets' stratified train_test_split cannot make."""
+    n = len(ds)
+    counts = Counter(ds["label"])
+    n_train = math.floor(ratio * n)  # as train_test_split counts them
+    n_valid = n - n_train
+    labels = ", ".join(f"{counts[v]:,} {name}" for v, name in ((0, "neg"), (1, "pos"))
+                       if counts[v])
+    where = (f"cannot split {n:,} training review(s) ({labels}) into train and valid "
+             f"{ratio:g}/{1 - ratio:g} by label")
+    single = [name for v, name in ((0, "neg"), (1, "pos")) if counts[v] == 1]
+    if single:
+        raise UserError(f"{where}: each label needs 2 reviews or more, one for each side, and "
+                        f"{' and '.join(single)} has 1; add reviews")
+    if min(n_train, n_valid) < len(counts):
+        raise UserError(f"{where}: that leaves {n_train:,} for train and {n_valid:,} for valid, "
+                        "too few for one of each label on each side; add reviews or change "
+                        "--split-ratio")
+
+
+def text_digests(texts: Iterable[str]) -> list[bytes]:
+    """A 16-byte BLAKE2b digest of each text: equal texts, equal digests (sets of these stand
+    in for sets of whole reviews)."""
+    return [hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            for t in texts]
+
+
+def overlap_with_train(parts: dict[str, datasets.Dataset]) -> dict[str, int]:
+    """For each split but train, how many of its reviews also occur, exactly, in train."""
+    in_train = set(text_digests(parts["train"]["text"]))
+    return {name: sum(d in in_train for d in text_digests(ds["text"]))
+            for name, ds in parts.items() if name != "train"}
 
 
 def write_encoded(path: Path, enc: Encoded) -> None:
@@ -297,10 +419,30 @@ def make_batch(data: Encoded, idx: np.ndarray, max_length: int | None = None) ->
 
 
 def _read_manifest(folder: Path) -> dict | None:
+    return _parse_manifest(_read_manifest_bytes(folder))
+
+
+def _read_manifest_bytes(folder: Path) -> bytes | None:
     try:
-        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return (folder / MANIFEST).read_bytes()
+    except OSError:
         return None
+
+
+def _parse_manifest(raw: bytes | None) -> dict | None:
+    if raw is None:
+        return None
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _reusable(folder: Path, manifest: dict | None, wanted: dict) -> bool:
+    """Whether `folder` holds a complete dataset made by this format from `wanted` arguments."""
+    return (manifest is not None and manifest.get("format") == PREPARE_FORMAT
+            and manifest.get("args") == wanted and _complete(folder, manifest))
 
 
 def _complete(folder: Path, manifest: dict) -> bool:
@@ -322,6 +464,7 @@ def _duplicate_warnings(source: Source) -> list[str]:
     for name, ds in source.splits.items():
         dups = duplicate_rows(ds)
         if dups:
+            together = ", each one's copies on one side of train/valid" if name == "train" else ""
             out.append(f"{source.name} [{name}]: {len(dups)} duplicate review(s), kept as in the "
-                       f"source (first at row {dups[0]})")
+                       f"source{together} (first at row {dups[0]})")
     return out
