@@ -38,9 +38,9 @@ from imdbsent import __version__, text, vectors, word2vec
 from imdbsent.errors import UserError
 from imdbsent.fsutil import FolderLock, atomic_write, atomic_write_text, is_locked
 from imdbsent.sources import Source, duplicate_rows, load_source
+from imdbsent.text import TOKENIZER
 
 MANIFEST = "manifest.json"
-TOKENIZER = "tokenizer.json"
 VECTORS = "vectors.txt"  # word vectors learned in prepare, GloVe text format
 PREPARED_VECTORS = "prepared"  # a config's `vectors` value that names them
 POOL_BATCHES = 100  # bucketing pool, as torchtext's BucketIterator: sort 100 batches by length
@@ -118,13 +118,13 @@ class Prepared:
         raw = self.manifest_bytes
         if raw is None:
             raw = (self.folder / MANIFEST).read_bytes()
-        return "sha256:" + hashlib.sha256(raw).hexdigest()
+        return _fingerprint(raw)
 
     def check_unchanged(self) -> None:
         """Refuse to go on if the folder was prepared again since it was loaded (a run trains
         on one dataset and tests on the same)."""
         now = _read_manifest_bytes(self.folder)
-        if now is None or "sha256:" + hashlib.sha256(now).hexdigest() != self.fingerprint:
+        if now is None or _fingerprint(now) != self.fingerprint:
             raise UserError(f"{self.folder} changed while in use (prepared again); the run's "
                             "checkpoints are kept, but it was not tested on the new data")
 
@@ -268,11 +268,7 @@ def load_prepared(folder: Path) -> Prepared:
     if manifest is None:
         raise UserError(f"no prepared dataset in {folder}: run imdbsent prepare "
                         f"(with --out {folder} if that is not the default)")
-    try:
-        tok = text.load(folder / TOKENIZER)
-    except Exception:
-        raise UserError(f"{folder / TOKENIZER}: missing or unreadable; "
-                        "run imdbsent prepare --force") from None
+    tok = text.load(folder / TOKENIZER, fix="run imdbsent prepare --force")
     return Prepared(folder, manifest, tok, manifest_bytes=raw)
 
 
@@ -416,6 +412,10 @@ def make_batch(data: Encoded, idx: np.ndarray, max_length: int | None = None) ->
         lengths=torch.from_numpy(np.maximum(lengths, 1).astype(np.int64)),
         label=torch.from_numpy(data.labels[idx].astype(np.float32)),
     )
+
+
+def _fingerprint(manifest_bytes: bytes) -> str:
+    return "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
 
 
 def _read_manifest(folder: Path) -> dict | None:

@@ -6,7 +6,6 @@ The engine reports progress through a `Reporter` (any object with its methods); 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -21,7 +20,7 @@ from torch import nn
 from imdbsent import config as configs
 from imdbsent import models, runs, vectors
 from imdbsent.config import Config, TrainConfig
-from imdbsent.data import TOKENIZER, Batch, Batches, Prepared
+from imdbsent.data import Batch, Batches, Prepared
 from imdbsent.errors import UserError
 
 OnBatch = Callable[[int, float, float], None]  # (examples in batch, loss, accuracy)
@@ -33,9 +32,9 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def binary_accuracy(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The fraction of logits whose rounded sigmoid equals the 0/1 label."""
-    rounded_preds = torch.round(torch.sigmoid(preds))
-    correct = (rounded_preds == y).float()
+    """The fraction of logits whose rounded sigmoid (0.5 rounding up) equals the 0/1 label."""
+    rounded_preds = (torch.sigmoid(preds) >= 0.5).float()  # not torch.round, which takes 0.5
+    correct = (rounded_preds == y).float()  # to 0: as in classification_metrics and predict
     return correct.sum() / len(correct)
 
 
@@ -174,18 +173,173 @@ def make_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.op
     return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
-    """The learning-rate multiplier at `step` of `total`: linear warm-up over the first
-    `warmup` fraction, then constant, linear decay, or cosine decay to zero."""
-    warm = int(warmup * total)
-    if step < warm:
-        return (step + 1) / warm
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warm) / max(total - warm, 1)
-    if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+class Schedule:
+    """The learning-rate multiplier per optimizer step: a linear warm-up over the first
+    `warmup` fraction of the steps, then constant, linear decay or cosine decay to zero at
+    `total`. A callable for `LambdaLR`, whose state_dict keeps its fields.
+
+    `extend` moves the end to a new total without a jump: the decay goes on from the multiplier
+    and the phase it has reached, stretched over the steps that are left.
+    """
+
+    def __init__(self, kind: str, total: int, warmup: float = 0.0) -> None:
+        self.kind, self.total = kind, total
+        self.warm = int(warmup * total)
+        self.anchor_step, self.anchor_phase = self.warm, 0.0  # where the decay (re)starts
+
+    def phase(self, step: int) -> float:
+        """How far the decay has gone at `step`, from 0 (start) to 1 (end)."""
+        done = (step - self.anchor_step) / max(self.total - self.anchor_step, 1)
+        return min(self.anchor_phase + (1.0 - self.anchor_phase) * max(done, 0.0), 1.0)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warm:
+            return (step + 1) / self.warm
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "linear":
+            return 1.0 - self.phase(step)
+        return 0.5 * (1.0 + math.cos(math.pi * self.phase(step)))
+
+    def extend(self, step: int, total: int) -> None:
+        """End at `total` steps instead, continuing smoothly from `step` (steps taken)."""
+        if total == self.total:
+            return
+        if self.kind != "constant" and step >= self.warm:
+            if self(step) <= 0.0:
+                raise UserError("the learning rate has already decayed to zero, so more epochs "
+                                "would train nothing: start a new run with more --epochs")
+            self.anchor_phase, self.anchor_step = self.phase(step), step
+        self.total = total
+
+
+class Trainer:
+    """One model trained in a run directory, step by step: set up (fresh, or restored from
+    `last`), then epochs, each ending with its checkpoints, then the test of the best.
+
+    The run's progress lives in `last`'s metadata (epoch, best loss and epoch, epochs without
+    improvement, scheduler): `last` is the commit point of an epoch, and metrics.jsonl is
+    reconciled with it on resume, so a kill between the two loses no epoch's line.
+    """
+
+    def __init__(self, cfg: Config, data: Prepared, run: Path, *, resume: bool = False) -> None:
+        self.cfg, self.data, self.run = cfg, data, run
+        t = cfg.train
+        seed_everything(t.seed)
+        self.device = resolve_device(t.device)
+        self.vocab_size = data.tokenizer.get_vocab_size()
+        self.max_length = t.max_length or None
+        self.model = models.build(cfg.model, self.vocab_size)
+        resuming = resume and (run / runs.LAST).exists()
+        if not resuming:
+            self._initialise()
+        self.model.to(self.device)
+        self.train_batches = Batches(data.split("train"), t.batch_size, shuffle=True, seed=t.seed,
+                                     max_length=self.max_length)
+        self.valid_batches = Batches(data.split("valid"), t.batch_size, max_length=self.max_length)
+        self.optimizer = make_optimizer(t, self.model.parameters())
+        self.schedule = Schedule(t.schedule, t.epochs * len(self.train_batches), t.warmup)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.criterion = nn.BCEWithLogitsLoss().to(self.device)
+        self.meta = {"vocab_size": self.vocab_size, "model": cfg.model.name,
+                     "ngram_hash": models.NGRAM_HASH, "data_fingerprint": data.fingerprint}
+        self.first_epoch, self.best_loss, self.best_epoch, self.stale = 1, math.inf, 0, 0
+        if resuming:
+            self._restore()
+
+    def _initialise(self) -> None:
+        """A fresh start: word vectors into the embedding, a prior from the training data."""
+        t = self.cfg.train
+        if t.vectors:
+            vectors.load_into(self.model, self.data.tokenizer, self.data.vectors_file(t.vectors))
+        if hasattr(self.model, "fit_prior"):  # models with a prior from the training data (nblr)
+            self.model.fit_prior(Batches(self.data.split("train"), 256, max_length=self.max_length))
+
+    def _restore(self) -> None:
+        """Continue after `last`'s epoch: weights, optimizer, scheduler and RNG state as they
+        were, metrics.jsonl made to agree with it, the schedule stretched if epochs grew."""
+        path = self.run / runs.LAST
+        last = runs.load_checkpoint(path)
+        runs.check_data(self.run, self.data, last.meta.get("data_fingerprint"))
+        done = last.meta["epoch"]
+        if self.cfg.train.epochs < done:
+            raise UserError(f"--epochs {self.cfg.train.epochs}: {self.run} has already trained "
+                            f"{done} epochs; resume with --epochs {done} or more")
+        _load_weights(self.model, last, path)
+        try:
+            self.optimizer.load_state_dict(last.optimizer)
+            self.scheduler.load_state_dict(last.meta["scheduler"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{path}: optimizer state does not fit the run's optimizer "
+                            f"({type(exc).__name__}: {exc})") from None
+        self.schedule.extend(self.scheduler.last_epoch, self.cfg.train.epochs * len(self.train_batches))
+        if last.rng is not None:
+            torch.set_rng_state(last.rng)
+        self.first_epoch = done + 1
+        self.best_loss, self.best_epoch, self.stale = (
+            last.meta["best_valid_loss"], last.meta["best_epoch"], last.meta["stale_epochs"])
+        runs.reconcile_metrics(self.run, last.meta["metrics"])
+
+    def fit(self, reporter: Reporter) -> FitResult:
+        """Train the remaining epochs (stopping early after `patience` epochs without a better
+        validation loss), then test the best checkpoint."""
+        reporter.start(self.run, count_parameters(self.model), str(self.device), self.first_epoch)
+        epoch = self.first_epoch - 1
+        patience = self.cfg.train.patience
+        while epoch < self.cfg.train.epochs and not (patience and self.stale >= patience):
+            epoch += 1
+            record = self.epoch(epoch, reporter)
+            self.checkpoint(record)
+            reporter.epoch_end(record)
+        test = self.test()
+        reporter.test(test)
+        return FitResult(self.run, epoch, test["best_epoch"], test)
+
+    def epoch(self, epoch: int, reporter: Reporter) -> dict[str, Any]:
+        """Train one epoch and validate; the epoch's record."""
+        self.train_batches.epoch = epoch
+        reporter.epoch_start(epoch, len(self.train_batches))
+        start_time = time.time()
+        train_loss, train_acc = train(self.model, self.train_batches, self.optimizer,
+                                      self.criterion, scheduler=self.scheduler,
+                                      clip=self.cfg.train.clip_grad, on_batch=reporter.batch)
+        valid_loss, valid_acc = evaluate(self.model, self.valid_batches, self.criterion)
+        improved = valid_loss < self.best_loss
+        if improved:
+            self.best_loss, self.best_epoch, self.stale = valid_loss, epoch, 0
+        else:
+            self.stale += 1
+        return {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+                "valid_loss": valid_loss, "valid_acc": valid_acc,
+                "seconds": round(time.time() - start_time, 3), "best": improved,
+                "lr": self.scheduler.get_last_lr()[0]}
+
+    def checkpoint(self, record: dict[str, Any]) -> None:
+        """Save `best` if the epoch improved, then `last` (the commit point), then the
+        epoch's line in metrics.jsonl."""
+        weights = self.model.state_dict()
+        meta = {**self.meta, "epoch": record["epoch"], "metrics": record}
+        if record["best"]:
+            runs.save_checkpoint(self.run / runs.BEST, runs.Checkpoint(weights, meta))
+        runs.save_checkpoint(self.run / runs.LAST, runs.Checkpoint(
+            weights, {**meta, "best_valid_loss": self.best_loss, "best_epoch": self.best_epoch,
+                      "stale_epochs": self.stale, "scheduler": self.scheduler.state_dict()},
+            optimizer=self.optimizer.state_dict(), rng=torch.get_rng_state()))
+        runs.append_metrics(self.run, record)
+
+    def test(self) -> dict[str, Any]:
+        """Score the best checkpoint on the test split (refused if the prepared data changed
+        since training started) and record it."""
+        self.data.check_unchanged()
+        best = runs.load_checkpoint(self.run / runs.BEST)
+        _load_weights(self.model, best, self.run / runs.BEST)
+        test_batches = Batches(self.data.split("test"), self.cfg.train.batch_size,
+                               max_length=self.max_length)
+        test_loss, test_acc = evaluate(self.model, test_batches, self.criterion)
+        record = {"split": "test", "best_epoch": best.meta["epoch"], "test_loss": test_loss,
+                  "test_acc": test_acc}
+        runs.append_metrics(self.run, record)
+        return record
 
 
 def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: bool = False
@@ -193,86 +347,9 @@ def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: b
     """Train `cfg` on the prepared data into `run`, keeping `best` and `last` checkpoints, then
     test the best. With `resume`, continue from `last` (at its epoch boundary). An ensemble
     trains its members first (`fit_ensemble`)."""
-    t = cfg.train
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     if cfg.model.name == "ensemble":
         return fit_ensemble(cfg, data, run, reporter, resume=resume)
-    seed_everything(t.seed)
-    device = resolve_device(t.device)
-    vocab_size = data.tokenizer.get_vocab_size()
-    model = models.build(cfg.model, vocab_size)
-    resuming = resume and (run / "last.safetensors").exists()
-    if t.vectors and not resuming:
-        vectors.load_into(model, data.tokenizer, data.vectors_file(t.vectors))
-    model.to(device)
-    max_length = t.max_length or None
-    train_batches = Batches(data.split("train"), t.batch_size, shuffle=True, seed=t.seed,
-                            max_length=max_length)
-    valid_batches = Batches(data.split("valid"), t.batch_size, max_length=max_length)
-    optimizer = make_optimizer(t, model.parameters())
-    total_steps = t.epochs * len(train_batches)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, t.schedule, t.warmup))
-    criterion = nn.BCEWithLogitsLoss().to(device)
-
-    first_epoch, best_loss, best_epoch, stale = 1, math.inf, 0, 0
-    if resuming:
-        last = runs.load_checkpoint(run / "last.safetensors")
-        _load_weights(model, last, run / "last.safetensors")
-        optimizer.load_state_dict(last.optimizer)
-        scheduler.load_state_dict(last.meta["scheduler"])
-        if last.rng is not None:
-            torch.set_rng_state(last.rng)
-        first_epoch = last.meta["epoch"] + 1
-        best_loss, best_epoch, stale = (last.meta["best_valid_loss"], last.meta["best_epoch"],
-                                        last.meta["stale_epochs"])
-    elif hasattr(model, "fit_prior"):  # models with a prior from the training data (nblr)
-        model.fit_prior(Batches(data.split("train"), 256, max_length=max_length))
-    reporter.start(run, count_parameters(model), str(device), first_epoch)
-
-    meta = {"vocab_size": vocab_size, "model": cfg.model.name, "ngram_hash": models.NGRAM_HASH}
-    epoch = first_epoch - 1
-    for epoch in range(first_epoch, t.epochs + 1):
-        if t.patience and stale >= t.patience:
-            epoch -= 1
-            break
-        train_batches.epoch = epoch
-        reporter.epoch_start(epoch, len(train_batches))
-        start_time = time.time()
-        train_loss, train_acc = train(model, train_batches, optimizer, criterion,
-                                      scheduler=scheduler, clip=t.clip_grad, on_batch=reporter.batch)
-        valid_loss, valid_acc = evaluate(model, valid_batches, criterion)
-        end_time = time.time()
-        improved = valid_loss < best_loss
-        if improved:
-            best_loss, best_epoch, stale = valid_loss, epoch, 0
-        else:
-            stale += 1
-        record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                  "valid_loss": valid_loss, "valid_acc": valid_acc,
-                  "seconds": round(end_time - start_time, 3), "best": improved,
-                  "lr": scheduler.get_last_lr()[0]}
-        weights = model.state_dict()
-        if improved:
-            runs.save_checkpoint(run / "best.safetensors",
-                                 runs.Checkpoint(weights, {**meta, "epoch": epoch, "metrics": record}))
-        runs.save_checkpoint(run / "last.safetensors", runs.Checkpoint(
-            weights, {**meta, "epoch": epoch, "metrics": record, "best_valid_loss": best_loss,
-                      "best_epoch": best_epoch, "stale_epochs": stale,
-                      "scheduler": scheduler.state_dict()},
-            optimizer=optimizer.state_dict(), rng=torch.get_rng_state()))
-        runs.append_metrics(run, record)
-        reporter.epoch_end(record)
-
-    best = runs.load_checkpoint(run / "best.safetensors")
-    _load_weights(model, best, run / "best.safetensors")
-    test_batches = Batches(data.split("test"), t.batch_size, max_length=max_length)
-    test_loss, test_acc = evaluate(model, test_batches, criterion)
-    test_record = {"split": "test", "best_epoch": best.meta["epoch"],
-                   "test_loss": test_loss, "test_acc": test_acc}
-    runs.append_metrics(run, test_record)
-    reporter.test(test_record)
-    return FitResult(run, epoch, best.meta["epoch"], test_record)
+    return Trainer(cfg, data, run, resume=resume).fit(reporter)
 
 
 def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
@@ -286,6 +363,7 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
         member_run = run / runs.MEMBERS / name
         if resume and (member_run / runs.CONFIG).exists():
             if any(m.get("split") == "test" for m in runs.read_metrics(member_run)):
+                runs.check_data(member_run, data, runs.recorded_fingerprint(member_run))
                 continue  # finished
             member_cfg = runs.load_config(member_run)  # as it started, not the recipe of today
             member_cfg.train.device = cfg.train.device
@@ -294,9 +372,7 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
             todo.append((member_run, configs.load_member(cfg, ref), True))
     for member_run, member_cfg, fresh in todo:
         if fresh:
-            member_run.mkdir(parents=True, exist_ok=True)
-            runs.copy_tokenizer(data.folder / TOKENIZER, member_run)
-            runs.write_config(member_run, member_cfg)
+            runs.init_run(member_run, member_cfg, data.folder)
         fit(member_cfg, data, member_run, reporter, resume=not fresh)
 
     device = resolve_device(cfg.train.device)
@@ -314,11 +390,12 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
     record = {"members": ensemble.names, "weights": ensemble.weight.tolist(),
               "bias": ensemble.bias.item(), "valid_loss": valid["loss"],
               "valid_acc": valid["accuracy"]}
-    runs.save_checkpoint(run / "best.safetensors", runs.Checkpoint(
+    runs.save_checkpoint(run / runs.BEST, runs.Checkpoint(
         {"weight": ensemble.weight.detach(), "bias": ensemble.bias.detach()},
         {"vocab_size": vocab_size, "model": "ensemble", "members": ensemble.names,
-         "metrics": record}))
+         "data_fingerprint": data.fingerprint, "metrics": record}))
     runs.append_metrics(run, record)
+    data.check_unchanged()
     test_loss, test_acc = evaluate(ensemble, Batches(data.split("test"), cfg.train.batch_size),
                                    nn.BCEWithLogitsLoss())
     test_record = {"split": "test", "test_loss": test_loss, "test_acc": test_acc}
@@ -329,7 +406,7 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
 
 def load_best(run: Path, cfg: Config, vocab_size: int) -> nn.Module:
     """A run's best model, ready to score: an ensemble with its members from run/members."""
-    path = run / "best.safetensors"
+    path = run / runs.BEST
     ckpt = runs.load_checkpoint(path)
     if cfg.model.name != "ensemble":
         return load_model(cfg, ckpt, path, vocab_size)

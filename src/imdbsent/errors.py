@@ -3,3 +3,8 @@
 
 class UserError(Exception):
     """Something the user can fix: a missing file, a bad value, bad input. Never a bug."""
+
+
+class Terminated(Exception):
+    """SIGTERM, raised in the main thread (by the CLI's handler) so that work stops as it does
+    for Ctrl-C."""

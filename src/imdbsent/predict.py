@@ -102,9 +102,8 @@ def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = Non
         what = str(data_file)
     else:
         prepared = load_prepared(data_dir or Path(predictor.config.data))
-        if prepared.tokenizer.get_vocab() != predictor.tokenizer.get_vocab():
-            raise UserError(f"{prepared.folder} was prepared with another vocabulary than {run}; "
-                            "give the run's data with --data, or use --data-file")
+        runs.check_data(run, prepared, runs.recorded_fingerprint(run),
+                        other_ok=data_dir is not None)
         enc = prepared.split(split)
         what = f"{prepared.folder} [{split}]"
     batches = Batches(enc, MODEL_BATCH, max_length=predictor.max_length)

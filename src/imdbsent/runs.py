@@ -16,14 +16,13 @@ atomic rename. Loading never runs code: safetensors holds tensors only, the meta
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -33,11 +32,17 @@ from tokenizers import Tokenizer
 from imdbsent import config as configs
 from imdbsent import text
 from imdbsent.errors import UserError
-from imdbsent.fsutil import append_line, atomic_write, atomic_write_text
+from imdbsent.fsutil import LOCK_NAME, FolderLock, append_line, atomic_write, atomic_write_text, is_locked
+from imdbsent.text import TOKENIZER
+
+if TYPE_CHECKING:
+    from imdbsent.data import Prepared
 
 CHECKPOINT_FORMAT = 1
-CONFIG, TOKENIZER, METRICS, LOCK = "config.toml", "tokenizer.json", "metrics.jsonl", ".lock"
+CONFIG, METRICS = "config.toml", "metrics.jsonl"
+BEST, LAST = "best.safetensors", "last.safetensors"
 MEMBERS = "members"  # an ensemble's member runs, one folder each
+RUN_FILES = (CONFIG, TOKENIZER, METRICS, BEST, LAST, MEMBERS)  # what a run directory holds
 OPTIM_PREFIX, RNG_KEY = "optimizer.", "rng.torch"
 
 
@@ -56,26 +61,43 @@ def new_run_dir(root: Path, model_name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
         path = Path(root) / (f"{model_name}-{stamp}" + (f"-{n}" if n else ""))
-        try:
-            path.mkdir(parents=True)
+        if make_dir(path):
             return path
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise UserError(f"cannot create run directory {path}: {exc.strerror}") from None
     raise UserError(f"cannot find a free run directory name under {root}")
 
 
-def latest_run(root: Path = Path("runs")) -> Path:
+def make_dir(path: Path) -> bool:
+    """Create a run directory and its parents; whether it was created (False: it existed)."""
+    try:
+        path.mkdir(parents=True)
+        return True
+    except FileExistsError:
+        if not path.is_dir():
+            raise UserError(f"{path} exists and is not a directory") from None
+        return False
+    except OSError as exc:
+        raise UserError(f"cannot create run directory {path}: {exc.strerror}") from None
+
+
+def latest_run(root: Path = Path("runs"), report: Callable[[str], None] = lambda _m: None
+               ) -> Path:
     """The most recently started run under `root` that has a model to score with (its config
     written last among those with a best checkpoint), so a run that failed before its first
-    epoch, or is still in it, is passed over."""
-    runs = [p.parent for p in Path(root).glob(f"*/{CONFIG}")
-            if (p.parent / "best.safetensors").is_file()]
-    if not runs:
+    epoch, or is still in it, is passed over. A run that another process is still training is
+    passed over too, with a word through `report`, unless no other run has a model."""
+    found = [p.parent for p in Path(root).glob(f"*/{CONFIG}") if (p.parent / BEST).is_file()]
+    if not found:
         raise UserError(f"no runs in {root}/ with a trained model: train one with imdbsent "
                         "train, or name a run directory")
-    return max(runs, key=lambda p: (p / CONFIG).stat().st_mtime)
+    found.sort(key=lambda p: (p / CONFIG).stat().st_mtime, reverse=True)
+    idle = [p for p in found if not is_locked(p)]
+    if idle and idle[0] != found[0]:
+        busy = ", ".join(str(p) for p in found[:found.index(idle[0])])
+        report(f"passing over {busy}: still training; using {idle[0]}")
+        return idle[0]
+    if not idle:
+        report(f"{found[0]} is still training: using its best checkpoint so far")
+    return found[0]
 
 
 def check_run(run: Path) -> Path:
@@ -96,20 +118,86 @@ def write_config(run: Path, cfg: configs.Config) -> None:
     atomic_write_text(run / CONFIG, cfg.to_toml())
 
 
+def init_run(run: Path, cfg: configs.Config, data_folder: Path) -> None:
+    """Set up a new run directory: the prepared data's tokenizer and the resolved config."""
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write(run / TOKENIZER, lambda tmp: shutil.copyfile(data_folder / TOKENIZER, tmp))
+    write_config(run, cfg)
+
+
+def remove_unstarted(run: Path, keep: set[str], created: bool) -> None:
+    """Undo `init_run` for a run that ended before its first epoch finished: remove the run
+    files not in `keep` (those that were there before), and the folder if this process made it
+    and nothing else is left in it."""
+    for name in RUN_FILES:
+        if name not in keep:
+            path = run / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    if created:
+        (run / LOCK_NAME).unlink(missing_ok=True)
+        try:
+            run.rmdir()
+        except OSError:
+            pass  # something else was put there meanwhile: leave it
+
+
+def has_progress(run: Path) -> bool:
+    """Whether a run (or one of an ensemble's members) has finished an epoch."""
+    return (run / LAST).exists() or any((run / MEMBERS).glob(f"*/{LAST}"))
+
+
 def load_tokenizer(run: Path) -> Tokenizer:
     """The run's tokenizer; a missing or broken one is a clear error."""
-    try:
-        return text.load(run / TOKENIZER)
-    except Exception:  # tokenizers raises a bare Exception for unreadable JSON
-        raise UserError(f"{run / TOKENIZER}: missing or unreadable tokenizer") from None
+    return text.load(run / TOKENIZER)
 
 
-def copy_tokenizer(src: Path, run: Path) -> None:
-    atomic_write(run / TOKENIZER, lambda tmp: shutil.copyfile(src, tmp))
+def check_data(run: Path, data: Prepared, recorded: str | None, *, other_ok: bool = False
+               ) -> None:
+    """Refuse prepared data that is not what `run` was trained on: another fingerprint
+    (`recorded`, None for runs that predate fingerprints) unless `other_ok` (the user named
+    the data), or in any case another vocabulary."""
+    if recorded and data.fingerprint != recorded and not other_ok:
+        raise UserError(f"{data.folder} is not the prepared data {run} was trained on (it was "
+                        "prepared again, or is another dataset); use the same data, or a copy "
+                        "of it, with --data")
+    if load_tokenizer(run).get_vocab() != data.tokenizer.get_vocab():
+        raise UserError(f"{data.folder} was prepared with another vocabulary than {run} was "
+                        "trained on; use the run's data (--data)")
+
+
+def recorded_fingerprint(run: Path) -> str | None:
+    """The fingerprint of the prepared data a run trained on, from its checkpoint's header."""
+    for name in (LAST, BEST):
+        if (run / name).is_file():
+            return checkpoint_meta(run / name).get("data_fingerprint")
+    return None
 
 
 def append_metrics(run: Path, record: dict[str, Any]) -> None:
     append_line(run / METRICS, json.dumps(record))
+
+
+def reconcile_metrics(run: Path, last_record: dict[str, Any]) -> None:
+    """Make metrics.jsonl agree with the `last` checkpoint, the commit point of an epoch: drop
+    epoch lines past it, and add its own record if a kill came between the checkpoint and its
+    line."""
+    records = read_metrics(run)
+    epoch = last_record["epoch"]
+    kept = [r for r in records if r.get("epoch", 0) <= epoch]
+    if not any(r.get("epoch") == epoch for r in kept):
+        kept.append(last_record)
+    if kept != records:
+        atomic_write_text(run / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def reconcile_all(run: Path) -> None:
+    """`reconcile_metrics` for a run and each of an ensemble's members that has a `last`."""
+    for folder in (run, *sorted((run / MEMBERS).glob("*"))):
+        if (folder / LAST).is_file():
+            reconcile_metrics(folder, checkpoint_meta(folder / LAST)["metrics"])
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
@@ -141,64 +229,54 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read a checkpoint written by `save_checkpoint`; anything else is a clear error."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint")
+    meta = checkpoint_meta(path)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
         tensors = load_file(str(path))
-        meta = json.loads(header["imdbsent"])
-    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{path}: not a readable imdbsent checkpoint "
-                        f"(truncated or corrupted? {str(exc).splitlines()[0][:120]})") from None
-    if not isinstance(meta, dict) or meta.get("format", 0) > CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: checkpoint format {meta.get('format')} is newer than this "
-                        "imdbsent reads; upgrade imdbsent")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _unreadable(path, exc) from None
     optimizer = None
     if "optimizer" in meta:
-        optimizer = _unflatten_optimizer(
-            {k: v for k, v in tensors.items() if k.startswith(OPTIM_PREFIX)}, meta.pop("optimizer"))
+        try:
+            optimizer = _unflatten_optimizer(
+                {k: v for k, v in tensors.items() if k.startswith(OPTIM_PREFIX)},
+                meta.pop("optimizer"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{path}: malformed optimizer state in the checkpoint "
+                            f"({type(exc).__name__}: {exc}); it cannot be resumed") from None
     rng = tensors.pop(RNG_KEY, None)
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
     return Checkpoint(weights, meta, optimizer, rng)
 
 
-class RunLock:
-    """An exclusive lock on a run directory for one training process.
+def checkpoint_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON metadata, read from its header alone (no tensors)."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+        meta = json.loads(header["imdbsent"])
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise _unreadable(path, exc) from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: not an imdbsent checkpoint (its metadata is a "
+                        f"{type(meta).__name__}, not an object)")
+    if not isinstance(meta.get("format", 0), int) or meta.get("format", 0) > CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: checkpoint format {meta.get('format')!r} is newer than this "
+                        "imdbsent reads; upgrade imdbsent")
+    return meta
 
-    flock, not a PID file: the kernel releases it when the holder exits or is killed, so a dead
-    process never holds a run forever.
-    """
+
+def _unreadable(path: Path, exc: Exception) -> UserError:
+    return UserError(f"{path}: not a readable imdbsent checkpoint "
+                     f"(truncated or corrupted? {str(exc).splitlines()[0][:120]})")
+
+
+class RunLock(FolderLock):
+    """The exclusive lock of one training process on its run directory (see `FolderLock`)."""
 
     def __init__(self, run: Path) -> None:
-        self.path = Path(run) / LOCK
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise UserError(f"cannot lock {self.path.parent}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise UserError(f"{self.path.parent} is in use by another imdbsent train process "
-                            f"(pid {holder}); wait for it to finish or use another --run-dir") \
-                from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        for stale in self.path.parent.glob(".*.tmp"):  # left by a writer that was killed
-            stale.unlink(missing_ok=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        super().__init__(run, "train", advice="wait for it to finish or use another --run-dir")
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -214,6 +292,10 @@ def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], 
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `_flatten_optimizer`; malformed metadata raises KeyError, TypeError,
+    ValueError or AttributeError."""
+    if not isinstance(meta.get("param_groups"), list):
+        raise TypeError("param_groups is not a list")
     state: dict[int, dict[str, Any]] = {}
     items = [(k.removeprefix(OPTIM_PREFIX), v) for k, v in tensors.items()]
     for name, value in items + list(meta["scalars"].items()):

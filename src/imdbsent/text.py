@@ -13,6 +13,9 @@ from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 from tokenizers.trainers import WordLevelTrainer
 
+from imdbsent.errors import UserError
+
+TOKENIZER = "tokenizer.json"  # its file name in a prepared dataset and in a run
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 # Longest raw text passed to the tokenizer: a multi-megabyte line is cut first so that memory
@@ -82,6 +85,11 @@ def save(tok: Tokenizer, path: Path) -> None:
     tok.save(str(path))
 
 
-def load(path: Path) -> Tokenizer:
-    """Read a tokenizer JSON written by `save`."""
-    return Tokenizer.from_file(str(path))
+def load(path: Path, fix: str = "") -> Tokenizer:
+    """Read a tokenizer JSON written by `save`; a missing or unreadable one is a clear error,
+    followed by `fix` (what to do about it) when given."""
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception:  # tokenizers raises a bare Exception for unreadable JSON
+        raise UserError(f"{path}: missing or unreadable tokenizer" + (f"; {fix}" if fix else "")) \
+            from None
