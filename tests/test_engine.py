@@ -11,6 +11,14 @@ def test_binary_accuracy_rounds_the_sigmoid():
     assert engine.binary_accuracy(preds, torch.tensor([1.0, 0.0, 0.0, 1.0])).item() == 0.5
 
 
+def test_binary_accuracy_and_classification_metrics_agree_at_one_half():
+    logits = torch.tensor([0.0, 0.0, 0.0, 2.0])  # sigmoid exactly 0.5 for the first three
+    labels = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    metrics = engine.classification_metrics(logits, labels)
+    assert metrics["accuracy"] == engine.binary_accuracy(logits, labels).item() == 0.75
+    assert metrics["confusion"]["tp"] == 3  # 0.5 is positive, as predict's threshold says
+
+
 def test_count_parameters_counts_only_trainable():
     model = nn.Linear(3, 2)
     assert engine.count_parameters(model) == 8
@@ -56,15 +64,38 @@ def test_classification_metrics_from_a_known_confusion():
 
 
 def test_schedules_warm_up_then_decay():
-    total = 100
-    assert engine.lr_factor(0, total, "constant", 0.0) == 1.0
-    assert engine.lr_factor(0, total, "cosine", 0.1) == pytest.approx(0.1)
-    assert engine.lr_factor(9, total, "cosine", 0.1) == pytest.approx(1.0)
-    assert engine.lr_factor(10, total, "cosine", 0.1) == pytest.approx(1.0)
-    assert engine.lr_factor(55, total, "cosine", 0.1) == pytest.approx(0.5)
-    assert engine.lr_factor(99, total, "cosine", 0.1) < 0.01
-    assert engine.lr_factor(55, total, "linear", 0.1) == pytest.approx(0.5)
-    assert engine.lr_factor(50, total, "constant", 0.1) == 1.0
+    assert engine.Schedule("constant", 100)(0) == 1.0
+    cosine = engine.Schedule("cosine", 100, 0.1)
+    assert cosine(0) == pytest.approx(0.1)
+    assert cosine(9) == pytest.approx(1.0)
+    assert cosine(10) == pytest.approx(1.0)
+    assert cosine(55) == pytest.approx(0.5)
+    assert cosine(99) < 0.01 and cosine(100) == 0.0
+    assert engine.Schedule("linear", 100, 0.1)(55) == pytest.approx(0.5)
+    assert engine.Schedule("constant", 100, 0.1)(50) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_extending_a_schedule_continues_it_without_a_jump(kind):
+    schedule = engine.Schedule(kind, 100, 0.1)
+    before = [schedule(s) for s in range(61)]
+    schedule.extend(60, 200)
+    after = [schedule(s) for s in range(60, 201)]
+    assert after[0] == pytest.approx(before[-1])  # the step where it was extended: unchanged
+    steps = before + after[1:]
+    assert all(b <= a + 1e-12 for a, b in zip(steps[10:], steps[11:]))  # decays, never rises
+    assert max(abs(b - a) for a, b in zip(steps[10:], steps[11:])) < 0.02  # in small steps
+    assert after[-1] == pytest.approx(0.0, abs=1e-12) and after[-2] > 0
+
+
+def test_extending_a_schedule_that_has_reached_zero_is_refused():
+    from imdbsent.errors import UserError
+    schedule = engine.Schedule("cosine", 100)
+    with pytest.raises(UserError, match="already decayed to zero"):
+        schedule.extend(100, 200)
+    constant = engine.Schedule("constant", 100)
+    constant.extend(100, 200)
+    assert constant(150) == 1.0
 
 
 @pytest.mark.parametrize("name, kind", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),

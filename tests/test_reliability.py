@@ -144,25 +144,25 @@ def test_read_only_run_directory_is_a_clear_error(trained_run, tmp_path, monkeyp
     assert len(runs.read_metrics(run)) == 4  # the three epochs and the test line, unchanged
 
 
-def test_truncated_checkpoint_through_the_cli(trained_run, tmp_path):
+def test_truncated_checkpoint_through_the_cli(trained_run, tmp_path, capsys):
     import shutil
     run = tmp_path / "trunc"
     shutil.copytree(trained_run, run)
     data = (run / "best.safetensors").read_bytes()
     (run / "best.safetensors").write_bytes(data[: len(data) // 2])
-    res = run_exe(["predict", "--run", str(run), "hello"])
-    assert res.returncode == 1 and res.stderr.count(b"\n") == 1
-    assert b"truncated or corrupted" in res.stderr
+    assert run_cli(["predict", "--run", str(run), "hello"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "truncated or corrupted" in err
 
 
-def test_config_from_a_newer_version_through_the_cli(trained_run, tmp_path):
+def test_config_from_a_newer_version_through_the_cli(trained_run, tmp_path, capsys):
     import shutil
     run = tmp_path / "newer"
     shutil.copytree(trained_run, run)
     cfg = (run / "config.toml").read_text().replace("version = 1", "version = 2")
     (run / "config.toml").write_text(cfg)
-    res = run_exe(["predict", "--run", str(run), "hello"])
-    assert res.returncode == 1 and b"newer than this imdbsent" in res.stderr
+    assert run_cli(["predict", "--run", str(run), "hello"]) == 1
+    assert "newer than this imdbsent" in capsys.readouterr().err
     assert (run / "config.toml").read_text() == cfg
 
 
@@ -255,13 +255,14 @@ def test_head_ends_an_endless_pipeline_promptly_and_quietly(trained_run, tmp_pat
     assert (tmp_path / "err").read_bytes() == b""  # no BrokenPipe traceback
 
 
-def test_prepare_warns_about_duplicate_rows(tmp_path):
+def test_prepare_warns_about_duplicate_rows(tmp_path, capsys):
     folder = tmp_path / "dups"
     folder.mkdir()
     (folder / "train.csv").write_text("text,label\ngood film,1\nbad film,0\ngood film,1\n"
                                       + "".join(f"review {i},{i % 2}\n" for i in range(20)))
     (folder / "test.csv").write_text("text,label\nok,1\n")
-    res = run_exe(["prepare", "--source", str(folder), "--out", str(tmp_path / "out")])
-    assert res.returncode == 0, res.stderr
-    assert f"{folder} [train]".encode() in res.stderr
-    assert b"1 duplicate review(s), kept as in the source (first at row 3)" in res.stderr
+    assert run_cli(["prepare", "--source", str(folder), "--out", str(tmp_path / "out"),
+                    "--vectors-dim", "0"]) == 0
+    err = capsys.readouterr().err
+    assert f"{folder} [train]: 1 duplicate review(s), kept as in the source, each one's copies " \
+           "on one side of train/valid (first at row 3)" in err

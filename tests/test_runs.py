@@ -80,6 +80,47 @@ def test_a_pickle_planted_as_checkpoint_never_runs(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("header", ["[1, 2]", '"text"', "7"])
+def test_checkpoint_whose_metadata_is_not_an_object_is_a_clear_error(tmp_path, header):
+    from safetensors.torch import save_file
+    path = tmp_path / "best.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"imdbsent": header})
+    with pytest.raises(UserError, match="not an imdbsent checkpoint"):
+        runs.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("breakage", [
+    lambda m: m.pop("param_groups"),
+    lambda m: m.update(param_groups="adam"),
+    lambda m: m.update(scalars=[1, 2]),
+    lambda m: m["scalars"].update({"x": 1}),
+], ids=["no-groups", "groups-not-a-list", "scalars-not-an-object", "bad-scalar-name"])
+def test_checkpoint_with_malformed_optimizer_metadata_is_a_clear_error(tmp_path, breakage):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    _, ckpt = _ckpt(with_optimizer=True)
+    path = tmp_path / "last.safetensors"
+    runs.save_checkpoint(path, ckpt)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["imdbsent"])
+    breakage(meta["optimizer"])
+    save_file(load_file(str(path)), str(path), metadata={"imdbsent": json.dumps(meta)})
+    with pytest.raises(UserError, match="malformed optimizer state"):
+        runs.load_checkpoint(path)
+
+
+def test_reconcile_metrics_follows_the_last_checkpoint(tmp_path):
+    records = [{"epoch": 1, "valid_loss": 0.6}, {"epoch": 2, "valid_loss": 0.5}]
+    runs.append_metrics(tmp_path, records[0])
+    runs.reconcile_metrics(tmp_path, records[1])  # killed after `last` of epoch 2, before its line
+    assert runs.read_metrics(tmp_path) == records
+    runs.reconcile_metrics(tmp_path, records[1])  # agreeing already: unchanged
+    assert runs.read_metrics(tmp_path) == records
+    runs.append_metrics(tmp_path, {"epoch": 3})  # a line ahead of the checkpoint is dropped
+    runs.reconcile_metrics(tmp_path, records[1])
+    assert runs.read_metrics(tmp_path) == records
+
+
 def test_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
     with runs.RunLock(tmp_path):
         with pytest.raises(UserError, match="in use by another imdbsent train"):
@@ -101,6 +142,41 @@ def test_lock_of_a_killed_process_is_not_held_forever(tmp_path):
     proc.wait()
     with runs.RunLock(tmp_path):
         pass
+
+
+def _hold_lock(folder):
+    """A subprocess that holds `folder`'s run lock until killed."""
+    code = ("import time; from imdbsent.runs import RunLock; "
+            f"l = RunLock({str(folder)!r}).__enter__(); print('locked', flush=True); "
+            "time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"locked"
+    return proc
+
+
+def test_latest_run_passes_over_a_run_still_training_and_says_so(tmp_path):
+    for name in ("old", "new"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / runs.CONFIG).write_text("version = 1\n")
+        (tmp_path / name / runs.BEST).write_bytes(b"")
+    os.utime(tmp_path / "old" / runs.CONFIG, (1, 1))
+    said = []
+    assert runs.latest_run(tmp_path, report=said.append).name == "new"
+    assert said == []
+    proc = _hold_lock(tmp_path / "new")
+    try:
+        assert runs.latest_run(tmp_path, report=said.append).name == "old"
+        assert said == [f"passing over {tmp_path / 'new'}: still training; using {tmp_path / 'old'}"]
+        blocker = _hold_lock(tmp_path / "old")
+        try:  # every run busy: the newest, with a word
+            assert runs.latest_run(tmp_path, report=said.append).name == "new"
+            assert "still training: using its best checkpoint so far" in said[-1]
+        finally:
+            blocker.kill()
+            blocker.wait()
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_latest_run_and_missing_runs(tmp_path):

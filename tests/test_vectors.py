@@ -55,17 +55,22 @@ def test_missing_file(tmp_path, tokenizer):
 def test_train_with_vectors_from_the_cli(prepared_dir, tmp_path):
     from conftest import SMALL_GRU, run_cli
     from imdbsent import data, runs
-    tok = data.load_prepared(prepared_dir).tokenizer
+    vocab = data.load_prepared(prepared_dir).tokenizer.get_vocab()
     path = tmp_path / "v.txt"
-    path.write_text("".join(f"{w} " + " ".join(["0.5"] * 16) + "\n" for w in ("great", "awful")))
+    path.write_text("".join(f"{w} " + " ".join(["3.0"] * 16) + "\n" for w in ("great", "awful")))
     cfg = tmp_path / "c.toml"
     cfg.write_text(SMALL_GRU.format(data=prepared_dir).replace("epochs = 3", "epochs = 1"))
-    run = tmp_path / "run"
-    assert run_cli(["train", "--config", str(cfg), "--run-dir", str(run), "--vectors",
-                    str(path)]) == 0
-    assert runs.load_config(run).train.vectors == str(path)
-    emb = runs.load_checkpoint(run / "last.safetensors").weights["embedding.weight"]
-    assert emb.shape[0] == tok.get_vocab_size()
+    rows = {}
+    for name, flags in (("with", ["--vectors", str(path)]), ("without", [])):
+        run = tmp_path / name
+        assert run_cli(["train", "--config", str(cfg), "--run-dir", str(run), *flags]) == 0
+        emb = runs.load_checkpoint(run / "last.safetensors").weights["embedding.weight"]
+        rows[name] = emb[[vocab["great"], vocab["awful"]]]
+    assert runs.load_config(tmp_path / "with").train.vectors == str(path)
+    # one epoch of Adam (18 steps of lr 0.01) moves a weight by at most about 0.2: the rows
+    # still hold the file's 3.0, and without the file they never came near it
+    assert (rows["with"] - 3.0).abs().max() < 0.5
+    assert (rows["without"] - 3.0).abs().min() > 0.5
 
 
 def test_models_without_a_word_embedding_refuse_vectors(tmp_path, tokenizer):

@@ -1,0 +1,250 @@
+"""A run's life cycle: what resume accepts and refuses, a kill between an epoch's checkpoint
+and its metrics line, prepared data that changed under a run, a train that fails before its
+first epoch, and the files a run is made of."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SMALL_GRU, run_cli
+from imdbsent import data, engine, runs, training
+from imdbsent.errors import UserError
+
+SMALL_COSINE = SMALL_GRU.replace('optimizer = "adam"', 'optimizer = "adam"\nschedule = "cosine"')
+
+
+def _config(tmp_path: Path, prepared_dir: Path, epochs: int) -> Path:
+    path = tmp_path / f"c{epochs}.toml"
+    path.write_text(SMALL_COSINE.format(data=prepared_dir).replace("epochs = 3",
+                                                                   f"epochs = {epochs}"))
+    return path
+
+
+class Quiet:
+    """A Reporter that draws nothing."""
+
+    def start(self, *args): ...
+    def epoch_start(self, *args): ...
+    def batch(self, *args): ...
+    def epoch_end(self, *args): ...
+    def test(self, *args): ...
+
+
+def _without_times(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_metrics(run)]
+
+
+def _stop_at_metrics_of_epoch(monkeypatch, epoch: int, exc: BaseException) -> None:
+    """Raise `exc` at the moment epoch `epoch`'s line would be appended to metrics.jsonl, after
+    its `last` checkpoint was saved."""
+    append = runs.append_metrics
+
+    def stop(run, record):
+        if record.get("epoch") == epoch:
+            raise exc
+        append(run, record)
+
+    monkeypatch.setattr(runs, "append_metrics", stop)
+
+
+@pytest.fixture(scope="module")
+def two_epochs(prepared_dir, tmp_path_factory) -> Path:
+    """A finished 2-epoch cosine run, to copy and resume."""
+    folder = tmp_path_factory.mktemp("two")
+    run = folder / "run"
+    assert run_cli(["train", "--config", str(_config(folder, prepared_dir, 2)), "--run-dir",
+                    str(run)]) == 0
+    return run
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    return copy
+
+
+@pytest.mark.parametrize("args, flags", [
+    (["--model", "lstm"], "--model"),
+    (["--lr", "0.5"], "--lr"),
+    (["--optimizer", "sgd"], "--optimizer"),
+    (["--batch-size", "7", "--max-length", "5"], "--batch-size, --max-length"),
+    (["--seed", "3", "--epochs", "9"], "--seed"),
+])
+def test_resume_refuses_what_it_cannot_honour_and_writes_nothing(two_epochs, tmp_path, capsys,
+                                                                 args, flags):
+    run = _copy(two_epochs, tmp_path)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert run_cli(["train", "--resume", str(run), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"imdbsent: error: {flags}: a resumed run keeps its recipe (only "
+                          "--epochs, --device, --data can change)") and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_resume_accepts_the_values_it_already_has(two_epochs, tmp_path):
+    run = _copy(two_epochs, tmp_path)
+    assert run_cli(["train", "--resume", str(run), "--lr", "0.01", "--model", "gru",
+                    "--device", "cpu"]) == 0
+
+
+def test_resume_with_fewer_epochs_than_done_is_refused(two_epochs, tmp_path, capsys):
+    run = _copy(two_epochs, tmp_path)
+    config = (run / "config.toml").read_bytes()
+    assert run_cli(["train", "--resume", str(run), "--epochs", "1"]) == 1
+    assert "has already trained 2 epochs" in capsys.readouterr().err
+    assert (run / "config.toml").read_bytes() == config
+
+
+def test_extending_a_finished_cosine_run_is_refused_as_useless(two_epochs, tmp_path, capsys):
+    run = _copy(two_epochs, tmp_path)
+    config = (run / "config.toml").read_bytes()
+    assert run_cli(["train", "--resume", str(run), "--epochs", "4"]) == 1
+    assert "already decayed to zero" in capsys.readouterr().err
+    assert (run / "config.toml").read_bytes() == config  # written only after a good load
+
+
+def test_extending_an_interrupted_run_stretches_the_rest_of_its_schedule(
+        prepared_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    cfg = _config(tmp_path, prepared_dir, 4)
+    with monkeypatch.context() as patch:
+        _stop_at_metrics_of_epoch(patch, 3, KeyboardInterrupt())
+        with pytest.raises(training.Interrupted) as stopped:
+            training.start(str(cfg), {}, Quiet(), run_dir=run)
+    assert stopped.value.code == 130 and stopped.value.run == run
+    assert stopped.value.epochs_done == 3  # the line that the stop cut off is written
+    training.resume(run, {"train.epochs": 6}, Quiet())
+    assert runs.load_config(run).train.epochs == 6
+    records = [r for r in runs.read_metrics(run) if "epoch" in r]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
+    lr0, steps = 0.01, len(data.Batches(data.load_prepared(prepared_dir).split("train"), 16))
+    planned, extended = engine.Schedule("cosine", 4 * steps), engine.Schedule("cosine", 4 * steps)
+    extended.extend(3 * steps, 6 * steps)  # epoch 3 was saved in `last`: the rest stretches
+    for r in records:
+        schedule = planned if r["epoch"] <= 3 else extended
+        assert r["lr"] == pytest.approx(lr0 * schedule(r["epoch"] * steps), abs=1e-9)
+    lrs = [r["lr"] for r in records]
+    assert all(b < a for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_kill_between_last_checkpoint_and_metrics_line_loses_no_epoch(prepared_dir, tmp_path):
+    cfg = _config(tmp_path, prepared_dir, 3)
+    straight = tmp_path / "straight"
+    assert run_cli(["train", "--config", str(cfg), "--run-dir", str(straight)]) == 0
+    run = tmp_path / "killed"
+    code = (  # SIGKILL exactly when epoch 2's line is due: `last` of epoch 2 is on disk
+        "import os, signal, sys\n"
+        "from imdbsent import runs\n"
+        "append = runs.append_metrics\n"
+        "def kill(run, record):\n"
+        "    if record.get('epoch') == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    append(run, record)\n"
+        "runs.append_metrics = kill\n"
+        "from imdbsent.cli import main\n"
+        "main(sys.argv[1:])\n")
+    proc = subprocess.run([sys.executable, "-c", code, "train", "--config", str(cfg),
+                           "--run-dir", str(run)], capture_output=True)
+    assert proc.returncode == -9
+    assert [r["epoch"] for r in runs.read_metrics(run)] == [1]
+    assert runs.load_checkpoint(run / runs.LAST).meta["epoch"] == 2
+    assert run_cli(["train", "--resume", str(run)]) == 0
+    assert _without_times(run) == _without_times(straight)
+
+
+def test_data_prepared_again_is_refused_by_resume_evaluate_and_the_final_test(
+        source_dir, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "prepared"
+    args = data.PrepareArgs(source=str(source_dir), vectors_dim=0)
+    data.prepare(args, folder)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SMALL_COSINE.format(data=folder))
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _stop_at_metrics_of_epoch(patch, 2, KeyboardInterrupt())
+        with pytest.raises(training.Interrupted):
+            training.start(str(cfg), {}, Quiet(), run_dir=run)
+    data.prepare(args, folder, force=True)  # the same arguments, but a new dataset
+    with pytest.raises(UserError, match="is not the prepared data .* was trained on"):
+        training.resume(run, {}, Quiet())
+    capsys.readouterr()
+    assert run_cli(["evaluate", str(run)]) == 1
+    assert "is not the prepared data" in capsys.readouterr().err
+    assert run_cli(["evaluate", str(run), "--data", str(folder)]) == 0  # named: the user's call
+
+    again = tmp_path / "again"  # prepared again while a run trains: its final test refuses
+    real_fit = engine.Trainer.fit
+
+    def prepare_during_training(self, reporter):
+        data.prepare(args, folder, force=True)
+        return real_fit(self, reporter)
+
+    monkeypatch.setattr(engine.Trainer, "fit", prepare_during_training)
+    with pytest.raises(UserError, match="changed"):
+        training.start(str(cfg), {}, Quiet(), run_dir=again)
+    assert runs.load_checkpoint(again / runs.BEST).meta["epoch"] >= 1  # the epochs are kept
+    assert not any("split" in r for r in runs.read_metrics(again))
+
+
+def test_a_train_that_fails_before_its_first_epoch_leaves_nothing(source_dir, tmp_path,
+                                                                 monkeypatch, capsys):
+    folder = tmp_path / "novectors"
+    data.prepare(data.PrepareArgs(source=str(source_dir), vectors_dim=0), folder)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SMALL_GRU.format(data=folder) + 'vectors = "prepared"\n')
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["train", "--config", str(cfg)]) == 1
+    assert "has no word vectors of its own" in capsys.readouterr().err
+    assert list((tmp_path / "runs").iterdir()) == []  # no config-only run folder
+    assert run_cli(["train", "--config", str(cfg), "--run-dir", "mine"]) == 1
+    assert not (tmp_path / "mine").exists()
+    mixed = tmp_path / "mixed"  # a folder of the user's: only what imdbsent wrote goes
+    mixed.mkdir()
+    (mixed / "notes.txt").write_text("mine")
+    (mixed / ".other.tmp").write_text("another program's temporary")
+    assert run_cli(["train", "--config", str(cfg), "--run-dir", str(mixed)]) == 1
+    assert sorted(p.name for p in mixed.iterdir()) == [".lock", ".other.tmp", "notes.txt"]
+
+    cfg.write_text(SMALL_GRU.format(data=folder))  # Ctrl-C in the first epoch: nothing kept
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "evaluate", ctrl_c)  # the first epoch's validation
+        capsys.readouterr()
+        assert run_cli(["train", "--config", str(cfg), "--run-dir", "stopped"]) == 130
+    assert "interrupted before the first epoch finished; nothing was kept" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "stopped").exists()
+
+
+def test_every_run_file_gets_the_umasks_permissions(trained_run):
+    expected = 0o666 & ~_umask()
+    for name in ("config.toml", "tokenizer.json", "metrics.jsonl", "best.safetensors",
+                 "last.safetensors"):
+        assert stat.S_IMODE((trained_run / name).stat().st_mode) == expected, name
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_training_sweeps_only_its_own_temporaries(two_epochs, tmp_path):
+    run = _copy(two_epochs, tmp_path)
+    (run / ".best.safetensors.imdbsent-0123abcd.tmp").write_bytes(b"half")  # a killed writer's
+    (run / ".notes.tmp").write_text("another program's")
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["split"] == "test"
+    assert run_cli(["train", "--resume", str(run)]) == 0
+    assert sorted(p.name for p in run.glob(".*.tmp")) == [".notes.tmp"]
