@@ -3,12 +3,13 @@
 import csv
 import io
 import json
+import os
 import shutil
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SMALL_GRU, make_reviews, run_exe
+from conftest import SMALL_GRU, make_reviews, run_cli, run_exe
 from imdbsent import text
 from imdbsent.cli import app
 
@@ -91,11 +92,21 @@ def test_predict_reads_files_and_applies_the_threshold(trained_run, tmp_path):
     assert [r.split("\t")[0] for r in res.stdout.decode().splitlines()] == ["neg", "neg"]
 
 
-def test_predict_uses_the_latest_run_by_default(trained_run, tmp_path):
-    shutil.copytree(trained_run, tmp_path / "runs" / "copied")
-    res = run_exe(["predict", "great superb"], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.decode().startswith("pos\t")
+@pytest.mark.parametrize("newest", ["good", "broken"])
+def test_predict_uses_the_latest_run_by_default(trained_run, tmp_path, monkeypatch, capsys,
+                                                newest):
+    for name in ("good", "broken"):
+        shutil.copytree(trained_run, tmp_path / "runs" / name)
+    (tmp_path / "runs" / "broken" / "tokenizer.json").write_text("not a tokenizer")
+    older = "broken" if newest == "good" else "good"
+    os.utime(tmp_path / "runs" / older / "config.toml", (1, 1))
+    monkeypatch.chdir(tmp_path)
+    code = run_cli(["predict", "--format", "tsv", "great superb"])
+    out, err = capsys.readouterr()
+    if newest == "good":
+        assert code == 0 and out.startswith("pos\t"), err
+    else:  # the newest run is the one taken, broken or not
+        assert code == 1 and "runs/broken/tokenizer.json" in err
 
 
 def test_predict_needs_only_the_run_directory(trained_run, tmp_path):
@@ -144,6 +155,7 @@ def test_python_dash_m_runs_the_cli():
     (["train", "--bogus"], "No such option: --bogus"),
     (["train", "--epochs", "many"], "Invalid value for '--epochs'"),
     (["train", "--config", "nope"], "no recipe named 'nope'"),
+    (["train", "--threads", "0"], "--threads must be a whole number of at least 1, not 0"),
     (["evaluate", "no/such/run"], "no/such/run: no such run directory"),
     (["predict", "--run", "no/such/run", "hi"], "no such run directory"),
     (["predict"], "nothing to predict"),
@@ -151,42 +163,67 @@ def test_python_dash_m_runs_the_cli():
     (["prepare", "--source", "./missing"], "./missing: no such file or folder"),
     (["prepare", "--split-ratio", "1.5", "--source", "."], "--split-ratio must be between 0 and 1"),
 ])
-def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
-    res = run_exe(args, cwd=tmp_path)
-    err = res.stderr.decode()
-    assert res.returncode != 0
+def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(args) != 0
+    out, err = capsys.readouterr()
     assert err.count("\n") == 1 and err.startswith("imdbsent: error: "), err
     assert message in err
-    assert res.stdout == b""
+    assert out == ""
 
 
-def test_training_into_a_finished_run_refuses_and_keeps_it(trained_run, tmp_path):
+def test_the_installed_command_reports_a_user_error_in_one_line(tmp_path):
+    res = run_exe(["evaluate", "no/such/run"], cwd=tmp_path)
+    assert res.returncode == 1 and res.stdout == b""
+    assert res.stderr == b"imdbsent: error: no/such/run: no such run directory\n"
+
+
+def test_training_into_a_finished_run_refuses_and_keeps_it(trained_run, capsys):
     def files():  # the lock file only names its last holder
         return {p.name: p.read_bytes() for p in trained_run.iterdir() if p.name != ".lock"}
 
     before = files()
-    res = run_exe(["train", "--config", str(trained_run / "config.toml"),
-                   "--run-dir", str(trained_run)])
-    assert res.returncode == 1 and b"already holds a run" in res.stderr
+    assert run_cli(["train", "--config", str(trained_run / "config.toml"),
+                    "--run-dir", str(trained_run)]) == 1
+    assert "already holds a run" in capsys.readouterr().err
     assert files() == before
 
 
-def test_checkpoint_and_tokenizer_that_do_not_match(trained_run, tmp_path):
+def test_checkpoint_and_tokenizer_that_do_not_match(trained_run, tmp_path, capsys):
     run = tmp_path / "mismatch"
     shutil.copytree(trained_run, run)
     text.save(text.fit_tokenizer(["only three words"], max_vocab=10), run / "tokenizer.json")
-    res = run_exe(["predict", "--run", str(run), "hello"])
-    assert res.returncode == 1
-    assert b"do not belong together" in res.stderr and b"Traceback" not in res.stderr
+    assert run_cli(["predict", "--run", str(run), "hello"]) == 1
+    assert "do not belong together" in capsys.readouterr().err
 
 
-def test_resume_refuses_data_prepared_with_another_vocabulary(trained_run, source_dir, tmp_path):
+def test_resume_refuses_data_prepared_with_another_vocabulary(trained_run, source_dir, tmp_path,
+                                                              capsys):
     other = tmp_path / "other"
     assert runner.invoke(app, ["prepare", "--source", str(source_dir), "--out", str(other),
                                "--max-vocab", "5"]).exit_code == 0
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    before = (run / "tokenizer.json").read_bytes()
-    res = run_exe(["train", "--resume", str(run), "--data", str(other), "--epochs", "4"])
-    assert res.returncode == 1 and b"another vocabulary" in res.stderr
-    assert (run / "tokenizer.json").read_bytes() == before
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert run_cli(["train", "--resume", str(run), "--data", str(other), "--epochs", "4"]) == 1
+    assert "is not the prepared data" in capsys.readouterr().err
+    (run / "last.safetensors").unlink()  # a run from before fingerprints: the vocabulary decides
+    assert run_cli(["evaluate", str(run), "--data", str(other)]) == 1
+    assert "another vocabulary" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == \
+        {k: v for k, v in before.items() if k != "last.safetensors"}
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["train", "--help"],
+                                  ["predict", "--help"]])
+def test_version_and_help_import_neither_torch_nor_datasets(args):
+    import subprocess
+    import sys
+    code = ("import sys\nfrom imdbsent.cli import main\ntry:\n    main(sys.argv[1:])\n"
+            "except SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n"
+            "heavy = [m for m in ('torch', 'datasets') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True)
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout.startswith(b"imdbsent 0.") if args == ["--version"] else b"Usage" in res.stdout

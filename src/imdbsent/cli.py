@@ -17,9 +17,12 @@ from typing import Annotated, BinaryIO
 
 import typer
 
-from imdbsent import __version__, config, console, data, engine, runs
-from imdbsent.errors import UserError
-from imdbsent.sources import HUB_DEFAULT
+from imdbsent import __version__, config, console, threads
+from imdbsent.config import HUB_DEFAULT
+from imdbsent.errors import Terminated, UserError
+
+# torch, datasets and the modules over them are imported by the commands that need them, so
+# `imdbsent --help` and `--version` start at once.
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -46,8 +49,8 @@ class Format(str, Enum):
     table = "table"
 
 
-class Terminated(Exception):
-    """SIGTERM, raised in the main thread so training stops as it does for Ctrl-C."""
+ThreadsOption = Annotated[int | None, typer.Option(
+    "--threads", help="Compute threads (default: OMP_NUM_THREADS if set, else every core).")]
 
 
 @app.command()
@@ -69,8 +72,12 @@ def prepare(
                            ] = "text",
     label_column: Annotated[str, typer.Option(help="Label column (0/1 or neg/pos).")] = "label",
     force: Annotated[bool, typer.Option(help="Rebuild even if already prepared.")] = False,
+    threads_: ThreadsOption = None,
 ) -> None:
     """Load IMDB, split train into train/valid, build the vocabulary, encode every split."""
+    threads.configure(threads_)
+    from imdbsent import data
+
     args = data.PrepareArgs(source=source, split_ratio=split_ratio, seed=seed, max_vocab=max_vocab,
                             min_freq=min_freq, unsupervised=unsupervised, vectors_dim=vectors_dim,
                             text_column=text_column, label_column=label_column)
@@ -102,53 +109,31 @@ def train_cmd(
                                                     "runs/<model>-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run from its last "
                                                    "checkpoint.")] = None,
+    threads_: ThreadsOption = None,
 ) -> None:
     """Train a model; checkpoints, config and metrics go to a run directory."""
+    threads.configure(threads_)
+    from imdbsent import training
+
     overrides = {"train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
                  "train.optimizer": optimizer, "model.name": model, "train.seed": seed,
                  "train.max_length": max_length, "train.device": device and device.value,
                  "train.vectors": "" if vectors == "none" else vectors,
                  "data": data_dir and str(data_dir)}
-    if resume is not None:
-        if config_name or run_dir:
-            raise UserError("--resume continues a run with its own config; drop --config/--run-dir")
-        run = runs.check_run(resume)
-        cfg = config.load(run / runs.CONFIG, overrides)
-    else:
-        cfg = config.load(config_name, overrides)
-        run = None
-    if cfg.model.name == "ensemble":
-        fixed = [k for k, v in overrides.items() if v is not None and k not in ("data", "train.device")]
-        if fixed:
-            flags = ", ".join("--model" if k == "model.name" else
-                              "--" + k.split(".")[-1].replace("_", "-") for k in fixed)
-            raise UserError(f"{flags}: an ensemble trains each member by its own recipe; "
-                            "change the member recipes instead")
-    prepared = data.load_prepared(Path(cfg.data))
-    if run is None:
-        run = run_dir if run_dir is not None else runs.new_run_dir(Path("runs"), cfg.model.name)
-        run.mkdir(parents=True, exist_ok=True)
     view = console.TrainView()
-    with runs.RunLock(run):
-        if resume is None and any((run / f).exists() for f in ("last.safetensors", runs.MEMBERS)):
-            raise UserError(f"{run} already holds a run: continue it with --resume {run}, "
-                            "or choose another --run-dir")
-        if resume is None:
-            runs.copy_tokenizer(prepared.folder / data.TOKENIZER, run)
-        elif runs.load_tokenizer(run).get_vocab() != prepared.tokenizer.get_vocab():
-            raise UserError(f"{prepared.folder} was prepared with another vocabulary than "
-                            f"{run} was trained on; resume with the run's data (--data)")
-        runs.write_config(run, cfg)
-        try:
-            engine.fit(cfg, prepared, run, view, resume=resume is not None)
-        except (KeyboardInterrupt, Terminated) as exc:
-            view.close()
-            code = 143 if isinstance(exc, Terminated) else 130
-            done = runs.epoch_records(run)
-            console.log(f"interrupted after {len(done)} finished epoch(s); resume with: "
-                        f"imdbsent train --resume {run}")
-            raise typer.Exit(code) from None
-    console.log(f"run saved in {run}")
+    try:
+        if resume is not None:
+            if config_name or run_dir:
+                raise UserError("--resume continues a run with its own config; drop "
+                                "--config/--run-dir")
+            result = training.resume(resume, overrides, view)
+        else:
+            result = training.start(config_name, overrides, view, run_dir=run_dir)
+    except training.Interrupted as exc:
+        view.close()
+        console.log(str(exc))
+        raise typer.Exit(exc.code) from None
+    console.log(f"run saved in {result.run}")
 
 
 @app.command("evaluate")
@@ -164,11 +149,14 @@ def evaluate_cmd(
     threshold: Annotated[float, typer.Option(help="P(pos) at or above which a review is pos.")
                          ] = 0.5,
     device: Annotated[Device, typer.Option(help="auto: CUDA if available.")] = Device.cpu,
+    threads_: ThreadsOption = None,
 ) -> None:
     """Loss, accuracy, precision, recall, F1 and confusion matrix of a run."""
+    threads.configure(threads_)
+    from imdbsent import runs
     from imdbsent.predict import evaluate_run
 
-    run = runs.check_run(run) if run is not None else runs.latest_run()
+    run = runs.check_run(run) if run is not None else runs.latest_run(report=console.log)
     metrics, title = evaluate_run(run, split=split.value, data_file=data_file, data_dir=data_dir,
                                   threshold=threshold, device=device.value)
     if as_json:
@@ -193,8 +181,11 @@ def predict_cmd(
     batch_size: Annotated[int, typer.Option(help="Texts read before scoring (sorted by length "
                                             "within).")] = 2048,
     device: Annotated[Device, typer.Option(help="auto: CUDA if available.")] = Device.cpu,
+    threads_: ThreadsOption = None,
 ) -> None:
     """Label texts pos or neg with the probability of pos: `label<TAB>prob_pos<TAB>text`."""
+    threads.configure(threads_)
+    from imdbsent import runs
     from imdbsent.predict import Predictor
 
     texts = texts or []
@@ -202,7 +193,8 @@ def predict_cmd(
         raise UserError("nothing to predict: give texts, - for standard input, or --file PATH")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {batch_size}")
-    predictor = Predictor(run if run is not None else runs.latest_run(), device.value, threshold)
+    predictor = Predictor(run if run is not None else runs.latest_run(report=console.log),
+                          device.value, threshold)
     chosen = (fmt.value if fmt else ("table" if console.out.is_terminal else "tsv"))
     console.write_predictions(predictor.stream(_inputs(texts, file), batch_size), chosen)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import datasets
 
+from imdbsent.config import HUB_DEFAULT
 from imdbsent.errors import UserError
 
-HUB_DEFAULT = "stanfordnlp/imdb"
 SPLITS = ("train", "test", "unsupervised")
 LOCAL_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 LABEL_NAMES = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
