@@ -53,12 +53,20 @@ def _final(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_metrics(run)]
 
 
+@pytest.fixture(scope="module")
+def straight(prepared_dir, tmp_path_factory) -> Path:
+    """The LONG recipe trained without interruption, to compare interrupted runs with."""
+    folder = tmp_path_factory.mktemp("straight")
+    run = folder / "run"
+    assert run_cli(["train", "--config", str(_config(folder, prepared_dir)), "--run-dir",
+                    str(run)]) == 0
+    return run
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_then_resumed_run_ends_as_an_uninterrupted_one(prepared_dir, tmp_path, sig,
-                                                                   code):
+def test_interrupted_then_resumed_run_ends_as_an_uninterrupted_one(prepared_dir, straight,
+                                                                   tmp_path, sig, code):
     cfg = _config(tmp_path, prepared_dir)
-    straight = tmp_path / "straight"
-    assert run_cli(["train", "--config", str(cfg), "--run-dir", str(straight)]) == 0
 
     run = tmp_path / "interrupted"
     proc = _start_train(cfg, run)
