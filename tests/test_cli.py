@@ -116,7 +116,7 @@ def test_predict_needs_only_the_run_directory(trained_run, tmp_path):
     assert res.returncode == 0 and res.stdout.decode().startswith("pos\t")
 
 
-def test_evaluate_a_labeled_file(trained_run, tmp_path):
+def test_evaluate_a_labeled_file(trained_run, tmp_path, capsys):
     texts, labels = make_reviews(30, seed=9)
     path = tmp_path / "extra.csv"
     with open(path, "w", newline="") as fh:
@@ -127,6 +127,16 @@ def test_evaluate_a_labeled_file(trained_run, tmp_path):
     assert res.returncode == 0, res.stderr
     metrics = json.loads(res.stdout)
     assert metrics["examples"] == 30 and metrics["on"] == str(path)
+    assert metrics["accuracy"] > 0.9 and metrics["unk_rate"] == 0.0
+    other = tmp_path / "other.csv"  # other column names, and words the vocabulary lacks
+    with open(other, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["review", "sentiment"])
+        w.writerows([("great zzyzx", "pos"), ("awful qqq www", "neg")])
+    assert run_cli(["evaluate", str(trained_run), "--data-file", str(other), "--json",
+                    "--text-column", "review", "--label-column", "sentiment"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["examples"] == 2 and metrics["unk_rate"] == pytest.approx(3 / 5)
 
 
 def test_seeded_training_is_repeatable(prepared_dir, tmp_path):

@@ -61,8 +61,10 @@ def test_rows_are_one_line_and_cut_to_the_terminal(screen: io.StringIO) -> None:
 
 
 def test_paths_and_split_names_in_titles_are_verbatim(screen: io.StringIO) -> None:
-    metrics = {"examples": 2, "loss": 0.5, "accuracy": 1.0, "precision": 1.0, "recall": 1.0,
-               "f1": 1.0, "confusion": {"tn": 1, "fp": 0, "fn": 0, "tp": 1}}
+    import torch
+
+    from imdbsent.engine import classification_metrics
+    metrics = classification_metrics(torch.tensor([2.0, -2.0]), torch.tensor([1.0, 0.0]))
     console.metrics_table(metrics, "runs/[/x] :smile: on data/[red]x[/red] [test]")
     assert "runs/[/x] :smile: on data/[red]x[/red] [test]" in screen.getvalue()
     manifest = {"vocab_size": 10, "splits": {"[/x]": {"total": 1, "neg": 1}}}

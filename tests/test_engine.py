@@ -113,3 +113,30 @@ def test_cuda_without_a_gpu_is_a_user_error(monkeypatch):
     with pytest.raises(UserError, match="no CUDA device"):
         engine.resolve_device("cuda")
     assert engine.resolve_device("auto").type == "cpu"
+
+
+def test_calibration_metrics_by_hand():
+    probs = torch.tensor([0.93, 0.92, 0.25, 0.65, 0.04])
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0])
+    m = engine.calibration_metrics(probs, labels)
+    # confidences .93 .92 .75 .65 .96 in bins 9, 9, 7, 6, 9; right, wrong, right, right, right
+    bins = {round(b["bin"][0], 1): b for b in m["reliability"]}
+    assert [b["examples"] for b in m["reliability"]] == [1, 1, 3] and set(bins) == {0.6, 0.7, 0.9}
+    assert bins[0.9]["accuracy"] == pytest.approx(2 / 3)
+    assert bins[0.9]["confidence"] == pytest.approx(2.81 / 3)
+    expected = (abs(1 - 0.65) + abs(1 - 0.75) + 3 * abs(2 / 3 - 2.81 / 3)) / 5
+    assert m["ece"] == pytest.approx(expected)
+    assert m["brier"] == pytest.approx((0.07**2 + 0.92**2 + 0.25**2 + 0.35**2 + 0.04**2) / 5)
+
+
+def test_temperature_undoes_overconfidence():
+    gen = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(20_000, generator=gen) * 2
+    labels = torch.bernoulli(torch.sigmoid(true_logits), generator=gen)
+    overconfident = true_logits * 3  # the same ranking, three times too sure
+    temperature = engine.fit_temperature(overconfident, labels)
+    assert temperature == pytest.approx(3.0, rel=0.05)
+    before = engine.calibration_metrics(torch.sigmoid(overconfident), labels)["ece"]
+    after = engine.calibration_metrics(torch.sigmoid(overconfident / temperature), labels)["ece"]
+    assert before > 0.1 and after < 0.02
+    assert engine.fit_temperature(-overconfident, labels) == 1.0  # nothing to scale

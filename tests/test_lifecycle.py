@@ -248,3 +248,37 @@ def test_training_sweeps_only_its_own_temporaries(two_epochs, tmp_path):
     assert record["split"] == "test"
     assert run_cli(["train", "--resume", str(run)]) == 0
     assert sorted(p.name for p in run.glob(".*.tmp")) == [".notes.tmp"]
+
+
+def test_training_fits_a_temperature_that_evaluate_and_predict_apply(trained_run, capsys):
+    from imdbsent.predict import Predictor
+    best = runs.load_checkpoint(trained_run / runs.BEST)
+    temperature = best.meta["temperature"]
+    test = runs.read_metrics(trained_run)[-1]
+    assert test["temperature"] == temperature and temperature > 0
+    predictor = Predictor(trained_run)
+    valid = data.Batches(data.load_prepared(runs.load_config(trained_run).data).split("valid"), 16)
+    calibrated, labels = engine.predict_logits(predictor.model, valid)
+    raw, _ = engine.predict_logits(predictor.model.model, valid)
+    torch = pytest.importorskip("torch")
+    torch.testing.assert_close(calibrated, raw / temperature)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits
+    assert loss(calibrated, labels) <= loss(raw, labels)  # fitted to this split's log loss
+    capsys.readouterr()
+    assert run_cli(["evaluate", str(trained_run), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["loss"] == pytest.approx(test["test_loss"], abs=1e-6)  # the test line's
+    assert 0 <= metrics["ece"] < 0.5 and metrics["reliability"] and "brier" in metrics
+    assert metrics["unk_rate"] == 0.0  # the synthetic test reviews use train's words only
+
+
+def test_the_baseline_recipe_is_not_calibrated(prepared_dir, tmp_path):
+    from imdbsent import config
+    assert config.load("baseline").train.calibrate is False
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SMALL_GRU.format(data=prepared_dir).replace("epochs = 3", "epochs = 1")
+                   + "calibrate = false\n")
+    run = tmp_path / "run"
+    assert run_cli(["train", "--config", str(cfg), "--run-dir", str(run)]) == 0
+    assert "temperature" not in runs.load_checkpoint(run / runs.BEST).meta
+    assert runs.read_metrics(run)[-1]["temperature"] == 1.0

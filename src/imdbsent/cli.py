@@ -145,20 +145,24 @@ def evaluate_cmd(
                                                       "Parquet file instead.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder "
                                                      "(default: the run's).")] = None,
+    text_column: Annotated[str, typer.Option(help="Text column of --data-file.")] = "text",
+    label_column: Annotated[str, typer.Option(help="Label column of --data-file (0/1 or "
+                                              "neg/pos).")] = "label",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     threshold: Annotated[float, typer.Option(help="P(pos) at or above which a review is pos.")
                          ] = 0.5,
     device: Annotated[Device, typer.Option(help="auto: CUDA if available.")] = Device.cpu,
     threads_: ThreadsOption = None,
 ) -> None:
-    """Loss, accuracy, precision, recall, F1 and confusion matrix of a run."""
+    """Loss, accuracy, precision, recall, F1, confusion matrix and calibration of a run."""
     threads.configure(threads_)
     from imdbsent import runs
     from imdbsent.predict import evaluate_run
 
     run = runs.check_run(run) if run is not None else runs.latest_run(report=console.log)
     metrics, title = evaluate_run(run, split=split.value, data_file=data_file, data_dir=data_dir,
-                                  threshold=threshold, device=device.value)
+                                  threshold=threshold, device=device.value,
+                                  text_column=text_column, label_column=label_column)
     if as_json:
         console.result(json.dumps({"run": str(run), "on": title, **metrics}))
     else:

@@ -48,7 +48,9 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation. `max_length` 0 keeps whole reviews; `patience` 0 never stops early;
     `clip_grad` 0 does not clip; `vectors` is empty (none), a GloVe/word2vec text file, or
-    `prepared`: the vectors that `prepare` learned from the dataset's own reviews."""
+    `prepared`: the vectors that `prepare` learned from the dataset's own reviews; `crop` is the
+    fraction of training reviews cut, each epoch, to a random run of 1 to 3 of their sentences;
+    `calibrate` fits a temperature on the validation split after training."""
 
     epochs: int = 5
     batch_size: int = 64
@@ -64,6 +66,8 @@ class TrainConfig:
     seed: int = 1234
     device: str = "auto"
     vectors: str = ""
+    crop: float = 0.0
+    calibrate: bool = True
 
 
 @dataclass
@@ -175,6 +179,7 @@ def validate(cfg: Config, where: str) -> None:
          "train.momentum, weight_decay and clip_grad must be 0 or more"),
         (0.0 <= t.warmup < 1.0, "train.warmup is a fraction of training, in [0, 1)"),
         (t.patience >= 0 and t.max_length >= 0, "train.patience and max_length must be 0 or more"),
+        (0.0 <= t.crop <= 1.0, "train.crop is a fraction of the training reviews, in [0, 1]"),
     ]
     for ok, message in checks:
         if not ok:

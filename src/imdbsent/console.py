@@ -114,20 +114,35 @@ def prepare_summary(manifest: dict, out_dir: Path, built: bool) -> None:
 
 
 def metrics_table(metrics: dict[str, Any], title: str) -> None:
-    """Evaluation metrics as a rich table (terminal) or `name<TAB>value` lines (piped)."""
+    """Evaluation metrics as rich tables (terminal) or `name<TAB>value` lines (piped): the
+    scores, then the reliability table (confidence bins: examples, mean confidence, accuracy)."""
     c = metrics["confusion"]
     rows = [("examples", f"{metrics['examples']:,}"), ("loss", f"{metrics['loss']:.4f}")]
     rows += [(k, f"{metrics[k] * 100:.2f}%") for k in ("accuracy", "precision", "recall", "f1")]
     rows += [("confusion (rows true neg/pos, cols predicted neg/pos)",
-              f"{c['tn']} {c['fp']} / {c['fn']} {c['tp']}")]
+              f"{c['tn']} {c['fp']} / {c['fn']} {c['tp']}"),
+             ("ece (10 bins)", f"{metrics['ece']:.4f}"), ("brier", f"{metrics['brier']:.4f}")]
+    if "unk_rate" in metrics:
+        rows.append(("unknown tokens", f"{metrics['unk_rate'] * 100:.2f}%"))
+    bins = [(f"{b['bin'][0]:.1f}-{b['bin'][1]:.1f}", f"{b['examples']:,}",
+             f"{b['confidence'] * 100:.2f}%", f"{b['accuracy'] * 100:.2f}%")
+            for b in metrics["reliability"]]
     if out.is_terminal:
         table = Table("metric", "value", title=Text(title))
         for row in rows:
             table.add_row(*row)
         out.print(table)
+        reliability = Table("confidence", "examples", "mean confidence", "accuracy",
+                            title="reliability")
+        for row in bins:
+            reliability.add_row(*row)
+        out.print(reliability)
     else:
         for name, value in rows:
             result(f"{name}\t{value}")
+        for span, count, confidence, accuracy in bins:
+            result(f"reliability {span}\t{count} examples, confidence {confidence}, "
+                   f"accuracy {accuracy}")
 
 
 def write_predictions(batches: Iterable[list[Prediction]], fmt: str) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from imdbsent import config as configs
-from imdbsent import models, runs, vectors
+from imdbsent import models, runs, text, vectors
 from imdbsent.config import Config, TrainConfig
 from imdbsent.data import Batch, Batches, Prepared
 from imdbsent.errors import UserError
@@ -116,9 +116,11 @@ def predict_logits(model: nn.Module, iterator: Iterable[Batch],
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
                            threshold: float = 0.5) -> dict[str, Any]:
-    """Loss, accuracy, precision, recall and F1 of the positive class, and the confusion matrix."""
+    """Loss, accuracy, precision, recall and F1 of the positive class, the confusion matrix,
+    and how well the probabilities are calibrated (`calibration_metrics`)."""
     loss = nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
-    pred = torch.sigmoid(logits) >= threshold
+    probs = torch.sigmoid(logits.double())  # as predict computes them
+    pred = probs >= threshold
     truth = labels >= 0.5
     tp = int((pred & truth).sum())
     fp = int((pred & ~truth).sum())
@@ -129,7 +131,40 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"examples": len(labels), "loss": loss, "accuracy": (tp + tn) / max(len(labels), 1),
             "precision": precision, "recall": recall, "f1": f1,
-            "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp}}
+            "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+            **calibration_metrics(probs, labels)}
+
+
+def calibration_metrics(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10
+                        ) -> dict[str, Any]:
+    """The Brier score, and the expected calibration error of the predicted label's confidence
+    (max(p, 1 - p)) over `bins` equal-width bins of [0, 1] (Guo et al., 2017), with each
+    non-empty bin's row of the reliability table: its range, examples, mean confidence and
+    accuracy."""
+    probs, labels = probs.double(), labels.double()
+    confidence = torch.maximum(probs, 1 - probs)
+    correct = ((probs >= 0.5) == (labels >= 0.5)).double()
+    index = torch.clamp((confidence * bins).long(), max=bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        members = index == b
+        count = int(members.sum())
+        if not count:
+            continue
+        conf, acc = confidence[members].mean().item(), correct[members].mean().item()
+        ece += count / len(probs) * abs(acc - conf)
+        table.append({"bin": [b / bins, (b + 1) / bins], "examples": count,
+                      "confidence": conf, "accuracy": acc})
+    brier = ((probs - labels) ** 2).mean().item() if len(probs) else 0.0
+    return {"ece": ece, "brier": brier, "reliability": table}
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T that minimises the log loss of sigmoid(logit / T) on held-out logits
+    (a logistic regression on the logit alone, without bias); 1.0 (no change) when the logits
+    do not order the labels at all."""
+    weight, _ = models.fit_logistic(logits.double().unsqueeze(1), labels.double(), bias=False)
+    return 1.0 / weight.item() if weight.item() > 0 else 1.0
 
 
 class Reporter(Protocol):
@@ -235,7 +270,8 @@ class Trainer:
             self._initialise()
         self.model.to(self.device)
         self.train_batches = Batches(data.split("train"), t.batch_size, shuffle=True, seed=t.seed,
-                                     max_length=self.max_length)
+                                     max_length=self.max_length, crop=t.crop,
+                                     sentence_ends=text.sentence_end_ids(data.tokenizer))
         self.valid_batches = Batches(data.split("valid"), t.batch_size, max_length=self.max_length)
         self.optimizer = make_optimizer(t, self.model.parameters())
         self.schedule = Schedule(t.schedule, t.epochs * len(self.train_batches), t.warmup)
@@ -327,17 +363,32 @@ class Trainer:
             optimizer=self.optimizer.state_dict(), rng=torch.get_rng_state()))
         runs.append_metrics(self.run, record)
 
+    def calibrate(self) -> float:
+        """Load the best checkpoint and fit its temperature on the validation split (unless
+        the recipe says `calibrate = false`, or validation is empty), stored in its metadata
+        so that the temperature always goes with the weights it was fitted to."""
+        path = self.run / runs.BEST
+        best = runs.load_checkpoint(path)
+        _load_weights(self.model, best, path)
+        if not (self.cfg.train.calibrate and len(self.valid_batches.data)):
+            return 1.0
+        logits, labels = predict_logits(self.model, self.valid_batches)
+        temperature = fit_temperature(logits, labels)
+        runs.save_checkpoint(path, runs.Checkpoint(best.weights,
+                                                   {**best.meta, "temperature": temperature}))
+        return temperature
+
     def test(self) -> dict[str, Any]:
-        """Score the best checkpoint on the test split (refused if the prepared data changed
-        since training started) and record it."""
+        """Calibrate, then score the best checkpoint on the test split (refused if the prepared
+        data changed since training started) and record it."""
         self.data.check_unchanged()
-        best = runs.load_checkpoint(self.run / runs.BEST)
-        _load_weights(self.model, best, self.run / runs.BEST)
+        temperature = self.calibrate()
         test_batches = Batches(self.data.split("test"), self.cfg.train.batch_size,
                                max_length=self.max_length)
-        test_loss, test_acc = evaluate(self.model, test_batches, self.criterion)
-        record = {"split": "test", "best_epoch": best.meta["epoch"], "test_loss": test_loss,
-                  "test_acc": test_acc}
+        test_loss, test_acc = evaluate(models.Calibrated(self.model, temperature), test_batches,
+                                       self.criterion)
+        record = {"split": "test", "best_epoch": runs.checkpoint_meta(self.run / runs.BEST)["epoch"],
+                  "temperature": temperature, "test_loss": test_loss, "test_acc": test_acc}
         runs.append_metrics(self.run, record)
         return record
 
@@ -409,7 +460,9 @@ def load_best(run: Path, cfg: Config, vocab_size: int) -> nn.Module:
     path = run / runs.BEST
     ckpt = runs.load_checkpoint(path)
     if cfg.model.name != "ensemble":
-        return load_model(cfg, ckpt, path, vocab_size)
+        model = load_model(cfg, ckpt, path, vocab_size)
+        temperature = ckpt.meta.get("temperature")
+        return models.Calibrated(model, temperature) if temperature else model
     if not ckpt.meta.get("members"):
         raise UserError(f"{path}: not an ensemble's checkpoint (it names no members)")
     ensemble = _load_ensemble(run, ckpt.meta["members"], vocab_size)

@@ -254,23 +254,44 @@ class Ensemble(nn.Module):
         return self.combine(self.member_logits(text, lengths))
 
     def fit_weights(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Fit the combination to members' logits [n, members] and 0/1 labels (L-BFGS, to
-        the minimum of the log loss: a handful of parameters, a few thousand examples)."""
-        weight = torch.zeros(logits.shape[1], device=logits.device, requires_grad=True)
-        bias = torch.zeros(1, device=logits.device, requires_grad=True)
-        optimizer = torch.optim.LBFGS([weight, bias], max_iter=200,
-                                      line_search_fn="strong_wolfe")
-
-        def loss() -> torch.Tensor:
-            optimizer.zero_grad()
-            value = nn.functional.binary_cross_entropy_with_logits(logits @ weight + bias, labels)
-            value.backward()
-            return value
-
-        optimizer.step(loss)
+        """Fit the combination to members' logits [n, members] and 0/1 labels."""
+        weight, bias = fit_logistic(logits, labels)
         with torch.no_grad():
             self.weight.copy_(weight)
             self.bias.copy_(bias)
+
+
+class Calibrated(nn.Module):
+    """A trained model whose logits are divided by a temperature fitted on the validation split
+    (temperature scaling, Guo et al. 2017): probabilities that mean what they say, and every
+    label the same as the model's own."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model, self.temperature = model, temperature
+
+    def forward(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model(text, lengths) / self.temperature
+
+
+def fit_logistic(x: torch.Tensor, labels: torch.Tensor, *, bias: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logistic regression of 0/1 labels on features [n, k], to the minimum of the log loss
+    (L-BFGS: a handful of parameters, a few thousand examples); the weights [k] and the bias
+    (zero when `bias` is False)."""
+    weight = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
+    offset = torch.zeros(1, dtype=x.dtype, device=x.device, requires_grad=bias)
+    optimizer = torch.optim.LBFGS([weight, offset] if bias else [weight], max_iter=200,
+                                  line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = nn.functional.binary_cross_entropy_with_logits(x @ weight + offset, labels)
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return weight.detach(), offset.detach()
 
 
 Builder = Callable[[int, ModelConfig], nn.Module]

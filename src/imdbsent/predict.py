@@ -70,7 +70,8 @@ class Predictor:
             for start in range(0, len(order), MODEL_BATCH):
                 idx = order[start:start + MODEL_BATCH]
                 batch = make_batch(enc, idx, self.max_length).to(self.device)
-                probs[idx] = torch.sigmoid(self.model(batch.text, batch.lengths)).float().cpu().numpy()
+                logits = self.model(batch.text, batch.lengths).double()  # float32 rounds
+                probs[idx] = torch.sigmoid(logits).cpu().numpy()  # sigmoid(17) to exactly 1
         return probs
 
     def predict(self, texts: list[str]) -> list[Prediction]:
@@ -91,13 +92,14 @@ class Predictor:
 
 
 def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = None,
-                 data_dir: Path | None = None, threshold: float = 0.5, device: str = "cpu"
-                 ) -> tuple[dict, str]:
-    """Metrics of a run's best checkpoint on a prepared split or on a labeled file; returns the
-    metrics and a description of what was scored."""
+                 data_dir: Path | None = None, threshold: float = 0.5, device: str = "cpu",
+                 text_column: str = "text", label_column: str = "label") -> tuple[dict, str]:
+    """Metrics of a run's best checkpoint (calibrated, if it was) on a prepared split or on a
+    labeled file, with the share of its tokens that the vocabulary lacks (`unk_rate`); returns
+    the metrics and a description of what was scored."""
     predictor = Predictor(run, device, threshold)
     if data_file is not None:
-        ds = read_labeled_file(data_file)
+        ds = read_labeled_file(data_file, text_column, label_column)
         enc = Encoded.from_lists(text.encode(predictor.tokenizer, ds["text"]), ds["label"])
         what = str(data_file)
     else:
@@ -108,4 +110,6 @@ def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = Non
         what = f"{prepared.folder} [{split}]"
     batches = Batches(enc, MODEL_BATCH, max_length=predictor.max_length)
     logits, labels = engine.predict_logits(predictor.model, batches)
-    return engine.classification_metrics(logits, labels, threshold), what
+    metrics = engine.classification_metrics(logits, labels, threshold)
+    metrics["unk_rate"] = float((enc.flat == text.UNK_ID).mean()) if len(enc.flat) else 0.0
+    return metrics, what
