@@ -302,3 +302,54 @@ def test_eval_batches_are_sorted_by_length():
     enc = _toy([5, 1, 3, 2])
     lens = [enc.lengths[idx].tolist() for idx in data.Batches(enc, 2).order()]
     assert lens == [[1, 2], [3, 5]]
+
+
+def _sentences_encoded():
+    """Three reviews of numbered words; id 9 ends a sentence. Review 0: 4 sentences, review 1:
+    one sentence without an end mark, review 2: two sentences."""
+    reviews = [[10, 11, 9, 12, 9, 13, 14, 15, 9, 16, 9], [20, 21, 22], [30, 9, 31, 32, 9]]
+    return data.Encoded.from_lists(reviews, [1, 0, 1]), reviews
+
+
+def _sentences(review):
+    out, current = [], []
+    for t in review:
+        current.append(t)
+        if t == 9:
+            out.append(current)
+            current = []
+    return out + ([current] if current else [])
+
+
+def test_sentence_crops_are_runs_of_one_to_three_whole_sentences():
+    enc, reviews = _sentences_encoded()
+    batches = data.Batches(enc, 3, shuffle=True, crop=1.0, sentence_ends=[9])
+    seen = set()
+    for epoch in range(200):
+        batches.epoch = epoch
+        starts, lengths = batches.spans()
+        for i, review in enumerate(reviews):
+            crop = enc.flat[starts[i]:starts[i] + lengths[i]].tolist()
+            sentences = _sentences(review)
+            runs = [sum(sentences[a:a + c], []) for a in range(len(sentences))
+                    for c in (1, 2, 3) if a + c <= len(sentences)]
+            assert crop in runs, (i, crop)
+            seen.add((i, tuple(crop)))
+    assert len({c for i, c in seen if i == 0}) == 9  # every run of review 0 comes up
+    assert {c for i, c in seen if i == 1} == {(20, 21, 22)}  # one sentence: itself
+    batches.epoch = 7
+    again = data.Batches(enc, 3, shuffle=True, crop=1.0, sentence_ends=[9])
+    again.epoch = 7
+    assert all(np.array_equal(a, b) for a, b in zip(batches.spans(), again.spans()))
+
+
+def test_crop_fraction_and_batches_of_crops():
+    enc, _ = _sentences_encoded()
+    whole = data.Batches(enc, 3, shuffle=True, crop=0.0, sentence_ends=[9])
+    assert np.array_equal(whole.spans()[1], enc.lengths)
+    big = data.Encoded.from_lists([[1, 9, 2, 9, 3, 9, 4, 9, 5, 9]] * 2000, [1] * 2000)
+    half = data.Batches(big, 50, shuffle=True, crop=0.5, sentence_ends=[9])
+    cut = (half.spans()[1] < 10).mean()
+    assert 0.45 < cut < 0.55
+    batch = next(iter(data.Batches(enc, 3, crop=1.0, sentence_ends=[9])))
+    assert int(batch.lengths.max()) < 11 and batch.text.shape[1] == int(batch.lengths.max())

@@ -362,22 +362,35 @@ class Batches:
     Training order: shuffle (seeded by `seed` and `epoch`, so a resumed run sees the same
     order), sort pools of 100 batches by length, shuffle the batches. Evaluation order: by
     length, so padding is minimal. Sequences longer than `max_length` keep their first tokens.
+    With `crop`, that fraction of the examples is cut, anew each epoch, to a random run of one
+    to three of its sentences (`sentence_crops`; `sentence_ends` are the ids that end one), so
+    that a model trained on reviews also learns to read a sentence alone.
     """
 
     def __init__(self, data: Encoded, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 max_length: int | None = None) -> None:
+                 max_length: int | None = None, crop: float = 0.0,
+                 sentence_ends: Iterable[int] = ()) -> None:
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, not {batch_size}")
         self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
-        self.max_length = max_length
+        self.max_length, self.crop = max_length, crop
+        self.boundaries = (np.flatnonzero(np.isin(data.flat, list(sentence_ends))) + 1
+                           if crop else np.empty(0, dtype=np.int64))
         self.epoch = 0
 
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
 
-    def order(self) -> list[np.ndarray]:
+    def spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where each example starts in `data.flat` and how many tokens it has, this epoch."""
+        if not self.crop:
+            return self.data.offsets[:-1], self.data.lengths
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        return sentence_crops(self.data, self.boundaries, self.crop, rng)
+
+    def order(self, lengths: np.ndarray | None = None) -> list[np.ndarray]:
         """The example indices of each batch, in the order they will be served."""
-        lengths = self.data.lengths
+        lengths = self.data.lengths if lengths is None else lengths
         n, bs = len(self.data), self.batch_size
         if not self.shuffle:
             idx = np.argsort(lengths, kind="stable")
@@ -393,19 +406,43 @@ class Batches:
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def __iter__(self) -> Iterator[Batch]:
-        for idx in self.order():
-            yield make_batch(self.data, idx, self.max_length)
+        starts, lengths = self.spans()
+        for idx in self.order(lengths):
+            yield make_batch(self.data, idx, self.max_length, (starts, lengths))
 
 
-def make_batch(data: Encoded, idx: np.ndarray, max_length: int | None = None) -> Batch:
-    """Gather examples `idx` into a padded batch with numpy fancy indexing (no Python loop)."""
-    lengths = data.lengths[idx]
+def sentence_crops(data: Encoded, boundaries: np.ndarray, fraction: float,
+                   rng: np.random.Generator, most: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths that cut a random `fraction` of the examples to a run of 1 to `most`
+    consecutive sentences (a sentence ends after a token at a position in `boundaries`, sorted
+    positions in `data.flat`), each run chosen uniformly; the other examples stay whole."""
+    starts, ends = data.offsets[:-1].copy(), data.offsets[1:].copy()
+    chosen = np.flatnonzero(rng.random(len(data)) < fraction)
+    first = np.searchsorted(boundaries, starts[chosen], side="right")  # inner boundaries:
+    last = np.searchsorted(boundaries, ends[chosen], side="left")  # boundaries[first:last]
+    sentences = last - first + 1
+    k = (rng.random(len(chosen)) * sentences).astype(np.int64)  # the first sentence taken
+    m = np.minimum(k + rng.integers(0, most, len(chosen)), sentences - 1)  # the last one
+    padded = np.append(boundaries, 0)  # so that the index below is valid where unused
+    starts[chosen] = np.where(k > 0, padded[np.minimum(first + k - 1, len(boundaries))],
+                              starts[chosen])
+    ends[chosen] = np.where(m < sentences - 1, padded[np.minimum(first + m, len(boundaries))],
+                            ends[chosen])
+    return starts, ends - starts
+
+
+def make_batch(data: Encoded, idx: np.ndarray, max_length: int | None = None,
+               spans: tuple[np.ndarray, np.ndarray] | None = None) -> Batch:
+    """Gather examples `idx` into a padded batch with numpy fancy indexing (no Python loop);
+    `spans` (starts, lengths of every example) replaces the examples' own."""
+    starts, lengths = spans if spans is not None else (data.offsets[:-1], data.lengths)
+    starts, lengths = starts[idx], lengths[idx]
     if max_length is not None:
         lengths = np.minimum(lengths, max_length)
     width = max(int(lengths.max(initial=0)), 1)  # an empty review is one <pad>
     cols = np.arange(width)
     mask = cols[None, :] < lengths[:, None]
-    pos = np.where(mask, data.offsets[idx][:, None] + cols[None, :], 0)
+    pos = np.where(mask, starts[:, None] + cols[None, :], 0)
     ids = np.where(mask, data.flat[pos] if len(data.flat) else 0, text.PAD_ID)
     return Batch(
         text=torch.from_numpy(ids.astype(np.int64)),

@@ -6,6 +6,7 @@ encodes text exactly as it did in training on a machine that never saw the data.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each text (in parallel, in Rust); over-long texts are cut to MAX_CHARS first."""
     clipped = [t[:MAX_CHARS] for t in texts]
     return [e.ids for e in tok.encode_batch(clipped, add_special_tokens=False)]
+
+
+def sentence_end_ids(tok: Tokenizer) -> list[int]:
+    """The ids of the tokens that end a sentence: runs of `.`, `!` and `?` (`...`, `!?`)."""
+    return sorted(i for word, i in tok.get_vocab().items() if re.fullmatch(r"[.!?]+", word))
 
 
 def tokens(tok: Tokenizer, text: str) -> list[str]:
