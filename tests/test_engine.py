@@ -116,17 +116,22 @@ def test_cuda_without_a_gpu_is_a_user_error(monkeypatch):
 
 
 def test_calibration_metrics_by_hand():
-    probs = torch.tensor([0.93, 0.92, 0.25, 0.65, 0.04])
-    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0])
+    probs = torch.tensor([0.93, 0.92, 0.25, 0.65, 0.04, 0.15, 0.85])
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0])
     m = engine.calibration_metrics(probs, labels)
-    # confidences .93 .92 .75 .65 .96 in bins 9, 9, 7, 6, 9; right, wrong, right, right, right
     bins = {round(b["bin"][0], 1): b for b in m["reliability"]}
-    assert [b["examples"] for b in m["reliability"]] == [1, 1, 3] and set(bins) == {0.6, 0.7, 0.9}
-    assert bins[0.9]["accuracy"] == pytest.approx(2 / 3)
-    assert bins[0.9]["confidence"] == pytest.approx(2.81 / 3)
-    expected = (abs(1 - 0.65) + abs(1 - 0.75) + 3 * abs(2 / 3 - 2.81 / 3)) / 5
+    assert set(bins) == {0.0, 0.1, 0.2, 0.6, 0.8, 0.9}
+    assert bins[0.9]["examples"] == 2 and bins[0.9]["positive"] == 0.5
+    assert bins[0.9]["mean_prob_pos"] == pytest.approx(0.925)
+    # per bin |share positive - mean P(pos)|, weighted: 0.04, 0.15 (pos), 0.25, 0.65 (pos),
+    # 0.85 (pos), {0.92 (neg), 0.93 (pos)}
+    expected = (0.04 + 0.85 + 0.25 + 0.35 + 0.15 + 2 * abs(0.5 - 0.925)) / 7
     assert m["ece"] == pytest.approx(expected)
-    assert m["brier"] == pytest.approx((0.07**2 + 0.92**2 + 0.25**2 + 0.35**2 + 0.04**2) / 5)
+    # the same as the gap between confidence and accuracy, bin by bin
+    assert engine.calibration_metrics(torch.tensor([0.15, 0.85]), torch.tensor([1.0, 1.0]))[
+        "ece"] == pytest.approx(0.5 * 0.85 + 0.5 * 0.15)
+    squares = [0.07, 0.92, 0.25, 0.35, 0.04, 0.85, 0.15]
+    assert m["brier"] == pytest.approx(sum(x * x for x in squares) / 7)
 
 
 def test_temperature_undoes_overconfidence():

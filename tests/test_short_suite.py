@@ -142,15 +142,15 @@ def test_score_per_category_accuracy_calibration_and_examples():
 
 def test_ece_bins_share_items_on_both_sides_of_a_half():
     # one bin above 0.5: accuracy 2/3, confidence 0.95
-    assert suite.ece([0.91, 0.95, 0.99], [1, 1, 0]) == pytest.approx(0.95 - 2 / 3)
+    assert suite.calibration([0.91, 0.95, 0.99], [1, 1, 0])["ece"] == pytest.approx(0.95 - 2 / 3)
     # one bin below: the predictions say neg; right 1 of 2, confidence (0.95 + 0.98) / 2
-    assert suite.ece([0.05, 0.02], [0, 1]) == pytest.approx(0.965 - 0.5)
+    assert suite.calibration([0.05, 0.02], [0, 1])["ece"] == pytest.approx(0.965 - 0.5)
     # bins are over P(pos), not over confidence: 0.15 and 0.85 sit in bins of their own
-    assert suite.ece([0.15, 0.85], [1, 1]) == pytest.approx(0.5 * 0.85 + 0.5 * 0.15)
+    assert suite.calibration([0.15, 0.85], [1, 1])["ece"] == pytest.approx(0.5 * 0.85 + 0.5 * 0.15)
     # p = 1.0 falls in the last bin; p = 0.5 predicts pos
-    assert suite.ece([1.0, 0.5], [1, 0]) == pytest.approx(0.5 * 0.0 + 0.5 * 0.5)
+    assert suite.calibration([1.0, 0.5], [1, 0])["ece"] == pytest.approx(0.5 * 0.0 + 0.5 * 0.5)
     # perfectly calibrated: 80% of the items at 0.8 are positive
-    assert suite.ece([0.8] * 5, [1, 1, 1, 1, 0]) == pytest.approx(0.0)
+    assert suite.calibration([0.8] * 5, [1, 1, 1, 1, 0])["ece"] == pytest.approx(0.0)
 
 
 def test_score_counts_a_skipped_text_as_wrong_and_the_unk_rate():

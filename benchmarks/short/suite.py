@@ -36,9 +36,7 @@ IMDB_CATEGORIES = ("valid_first_sentence", "valid_last_sentence")
 IMDB_REVIEWS = 500  # reviews sampled from validation: one first and one last sentence each
 IMDB_SEED = 9
 SPLIT_RATIO, SPLIT_SEED = 0.7, 1234  # imdbsent prepare's defaults
-ECE_BINS = 10
 EXAMPLES = 2  # wrong examples shown a category
-UNK_ID = 1
 
 
 @dataclass(frozen=True)
@@ -122,32 +120,23 @@ def imdb_items(source: str | Path, n: int = IMDB_REVIEWS, seed: int = IMDB_SEED,
     return first + last
 
 
-def ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Expected calibration error over `bins` equal-width bins of P(pos) (see the module doc)."""
-    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
+def calibration(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """ECE (10 bins of P(pos)) and Brier score, as `imdbsent evaluate` computes them."""
     if len(probs) == 0:
-        return float("nan")
-    which = np.minimum((probs * bins).astype(int), bins - 1)
-    confidence = np.maximum(probs, 1 - probs)
-    correct = (probs >= 0.5) == (y == 1)
-    total = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            total += mask.sum() / len(probs) * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(total)
+        return {"ece": float("nan"), "brier": float("nan")}
+    import torch
 
-
-def brier(probs: np.ndarray, y: np.ndarray) -> float:
-    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    return float(np.mean((probs - y) ** 2)) if len(probs) else float("nan")
+    from imdbsent.engine import calibration_metrics
+    m = calibration_metrics(torch.from_numpy(np.asarray(probs, dtype=np.float64)),
+                            torch.from_numpy(np.asarray(y, dtype=np.float64)))
+    return {"ece": m["ece"], "brier": m["brier"]}
 
 
 def unk_counts(tokenizer: Any, texts: list[str]) -> list[tuple[int, int]]:
     """(<unk> tokens, tokens) of each text as the run's tokenizer encodes it."""
     from imdbsent import text
 
-    return [(sum(i == UNK_ID for i in ids), len(ids)) for ids in text.encode(tokenizer, texts)]
+    return [(sum(i == text.UNK_ID for i in ids), len(ids)) for ids in text.encode(tokenizer, texts)]
 
 
 def score(predictor: PredictorLike, items: list[Item], name: str | None = None) -> dict:
@@ -167,7 +156,7 @@ def score(predictor: PredictorLike, items: list[Item], name: str | None = None) 
     def summary(mask: np.ndarray) -> dict:
         out = {"count": int(mask.sum()), "accuracy": float(correct[mask].mean()),
                "mean_p_correct": float(p_correct[mask].mean()),
-               "ece": ece(probs[mask], y[mask]), "brier": brier(probs[mask], y[mask]),
+               **calibration(probs[mask], y[mask]),
                "mean_words": float(words[mask].mean()), "unk_rate": None}
         for label, value in (("pos", 1), ("neg", 0)):
             sel = mask & (y == value)

@@ -115,7 +115,7 @@ def prepare_summary(manifest: dict, out_dir: Path, built: bool) -> None:
 
 def metrics_table(metrics: dict[str, Any], title: str) -> None:
     """Evaluation metrics as rich tables (terminal) or `name<TAB>value` lines (piped): the
-    scores, then the reliability table (confidence bins: examples, mean confidence, accuracy)."""
+    scores, then the reliability table (bins of P(pos): examples, mean P(pos), share positive)."""
     c = metrics["confusion"]
     rows = [("examples", f"{metrics['examples']:,}"), ("loss", f"{metrics['loss']:.4f}")]
     rows += [(k, f"{metrics[k] * 100:.2f}%") for k in ("accuracy", "precision", "recall", "f1")]
@@ -125,14 +125,14 @@ def metrics_table(metrics: dict[str, Any], title: str) -> None:
     if "unk_rate" in metrics:
         rows.append(("unknown tokens", f"{metrics['unk_rate'] * 100:.2f}%"))
     bins = [(f"{b['bin'][0]:.1f}-{b['bin'][1]:.1f}", f"{b['examples']:,}",
-             f"{b['confidence'] * 100:.2f}%", f"{b['accuracy'] * 100:.2f}%")
+             f"{b['mean_prob_pos']:.4f}", f"{b['positive'] * 100:.2f}%")
             for b in metrics["reliability"]]
     if out.is_terminal:
         table = Table("metric", "value", title=Text(title))
         for row in rows:
             table.add_row(*row)
         out.print(table)
-        reliability = Table("confidence", "examples", "mean confidence", "accuracy",
+        reliability = Table("prob_pos", "examples", "mean prob_pos", "positive",
                             title="reliability")
         for row in bins:
             reliability.add_row(*row)
@@ -140,9 +140,9 @@ def metrics_table(metrics: dict[str, Any], title: str) -> None:
     else:
         for name, value in rows:
             result(f"{name}\t{value}")
-        for span, count, confidence, accuracy in bins:
-            result(f"reliability {span}\t{count} examples, confidence {confidence}, "
-                   f"accuracy {accuracy}")
+        for span, count, mean_p, positive in bins:
+            result(f"reliability {span}\t{count} examples, mean prob_pos {mean_p}, "
+                   f"positive {positive}")
 
 
 def write_predictions(batches: Iterable[list[Prediction]], fmt: str) -> None:

@@ -137,24 +137,23 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
 
 def calibration_metrics(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10
                         ) -> dict[str, Any]:
-    """The Brier score, and the expected calibration error of the predicted label's confidence
-    (max(p, 1 - p)) over `bins` equal-width bins of [0, 1] (Guo et al., 2017), with each
-    non-empty bin's row of the reliability table: its range, examples, mean confidence and
-    accuracy."""
+    """Whether P(pos) means what it says: the Brier score, the expected calibration error over
+    `bins` equal-width bins of P(pos) (the gap between the mean P(pos) and the share of
+    positives in each bin, weighted by its examples; equal to the usual binary ECE, the gap
+    between confidence max(p, 1 - p) and accuracy), and each non-empty bin's row of the
+    reliability table."""
     probs, labels = probs.double(), labels.double()
-    confidence = torch.maximum(probs, 1 - probs)
-    correct = ((probs >= 0.5) == (labels >= 0.5)).double()
-    index = torch.clamp((confidence * bins).long(), max=bins - 1)
+    index = torch.clamp((probs * bins).long(), max=bins - 1)
     table, ece = [], 0.0
     for b in range(bins):
         members = index == b
         count = int(members.sum())
         if not count:
             continue
-        conf, acc = confidence[members].mean().item(), correct[members].mean().item()
-        ece += count / len(probs) * abs(acc - conf)
+        mean_p, positive = probs[members].mean().item(), labels[members].mean().item()
+        ece += count / len(probs) * abs(positive - mean_p)
         table.append({"bin": [b / bins, (b + 1) / bins], "examples": count,
-                      "confidence": conf, "accuracy": acc})
+                      "mean_prob_pos": mean_p, "positive": positive})
     brier = ((probs - labels) ** 2).mean().item() if len(probs) else 0.0
     return {"ece": ece, "brier": brier, "reliability": table}
 
