@@ -145,3 +145,15 @@ def test_temperature_undoes_overconfidence():
     after = engine.calibration_metrics(torch.sigmoid(overconfident / temperature), labels)["ece"]
     assert before > 0.1 and after < 0.02
     assert engine.fit_temperature(-overconfident, labels) == 1.0  # nothing to scale
+
+
+def test_out_of_fold_stacking_does_not_score_what_it_was_fitted_on():
+    gen = torch.Generator().manual_seed(1)
+    noise = torch.randn(200, 40, generator=gen, dtype=torch.float64)  # no signal at all
+    labels = (torch.rand(200, generator=gen) < 0.5).double()
+    weight, bias = models.fit_logistic(noise, labels)
+    in_sample = ((noise @ weight + bias >= 0).double() == labels).double().mean().item()
+    honest = ((engine.out_of_fold(noise, labels, seed=0) >= 0).double() == labels).double().mean()
+    assert in_sample > 0.65 and honest.item() < 0.6  # fitted noise looks good only in sample
+    signal = torch.cat([labels.unsqueeze(1) * 4 - 2, noise[:, :1]], dim=1)
+    assert ((engine.out_of_fold(signal, labels, seed=0) >= 0).double() == labels).all()

@@ -158,6 +158,22 @@ def calibration_metrics(probs: torch.Tensor, labels: torch.Tensor, bins: int = 1
     return {"ece": ece, "brier": brier, "reliability": table}
 
 
+def out_of_fold(features: torch.Tensor, labels: torch.Tensor, seed: int, folds: int = 5
+                ) -> torch.Tensor:
+    """Stacked logits of each example from a logistic regression fitted on the other folds
+    (cross-fitting), so that a stacker's validation figures are honest estimates, not scores
+    of the examples it was fitted on."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    out = torch.empty(len(labels), dtype=features.dtype)
+    for k in range(folds):
+        held = order[k::folds]
+        rest = torch.ones(len(labels), dtype=torch.bool)
+        rest[held] = False
+        weight, bias = models.fit_logistic(features[rest], labels[rest])
+        out[held] = features[held] @ weight + bias
+    return out
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature T that minimises the log loss of sigmoid(logit / T) on held-out logits
     (a logistic regression on the logit alone, without bias); 1.0 (no change) when the logits
@@ -434,9 +450,8 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
     member_logits, valid_labels = predict_logits(
         ensemble, Batches(data.split("valid"), cfg.train.batch_size), ensemble.member_logits)
     ensemble.fit_weights(member_logits, valid_labels)
-    with torch.no_grad():
-        valid = classification_metrics(ensemble.combine(member_logits.to(device)).cpu(),
-                                       valid_labels)
+    valid = classification_metrics(out_of_fold(member_logits, valid_labels, cfg.train.seed),
+                                   valid_labels)
     record = {"members": ensemble.names, "weights": ensemble.weight.tolist(),
               "bias": ensemble.bias.item(), "valid_loss": valid["loss"],
               "valid_acc": valid["accuracy"]}
