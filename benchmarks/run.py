@@ -267,10 +267,19 @@ def write_results(path: Path, rows: list[dict], short: dict, ref: dict | None, m
         shown = [short[n] for n in dict.fromkeys(["default", pick]) if n in short]
         lines += ["", suite.markdown(shown).replace("# Short-text suite", "## Short-text suite")
                   .rstrip()]
-    notes = path.parent / "notes.md"
-    if notes.exists():
-        lines += ["", notes.read_text().rstrip()]
+    for extra in ("CONCURRENCY.md", "notes.md"):  # concurrency.py's results; notes by hand
+        if (path.parent / extra).exists():
+            lines += ["", _demote((path.parent / extra).read_text())]  # its own "# " title
     path.write_text("\n".join(lines) + "\n")
+
+
+def _demote(markdown: str) -> str:
+    """A markdown file's headings one level down when it has a top-level title, to sit inside
+    RESULTS.md."""
+    lines = markdown.rstrip().splitlines()
+    if not any(line.startswith("# ") for line in lines):
+        return "\n".join(lines)
+    return "\n".join("#" + line if line.startswith("#") else line for line in lines)
 
 
 def check_targets(by_name: dict[str, dict], best: dict) -> list[str]:
