@@ -18,7 +18,6 @@ EVERY_MODEL = [
                 dropout=0.2),
     ModelConfig(name="gru", embedding_dim=8, hidden_dim=6, pooling="max"),
     ModelConfig(name="gru", embedding_dim=8, hidden_dim=6, bidirectional=True, pooling="mean"),
-    ModelConfig(name="mil", embedding_dim=8, hidden_dim=6, bidirectional=True, pooling="max"),
     ModelConfig(name="cnn", embedding_dim=8, num_filters=4, filter_sizes=[2, 3, 7]),
     ModelConfig(name="nbow", embedding_dim=8, ngram_buckets=100),
     ModelConfig(name="nblr", ngram_buckets=100, ngrams=3),
@@ -41,8 +40,6 @@ def test_every_model_gives_one_logit_per_review_and_learns(cfg):
     torch.manual_seed(0)
     model = models.build(cfg, VOCAB)
     text, lengths, label = _separable()
-    if cfg.name == "mil":  # id 3 ends a sentence: some reviews have several
-        model.set_sentence_ends([3])
     if cfg.name == "nblr":
         model.fit_prior([Batch(text, lengths, label)])
     # NB-LR divides its score by R_ADJ = 10: its weights need larger steps to move its logit
@@ -122,7 +119,6 @@ def _invariance_models():
         ModelConfig(name="cnn", embedding_dim=8, num_filters=4, filter_sizes=[2, 7]),
         ModelConfig(name="nbow", embedding_dim=8, ngram_buckets=100, ngrams=3),
         ModelConfig(name="nblr", ngram_buckets=100, ngrams=3),
-        ModelConfig(name="mil", embedding_dim=8, hidden_dim=6, bidirectional=True, pooling="max"),
         ModelConfig(name="ensemble"),
     ]
 
@@ -136,8 +132,6 @@ def _build_for_invariance(cfg):
         return models.Ensemble([models.build(cnn, VOCAB), models.build(lstm, VOCAB)], [0, 6],
                                ["cnn", "lstm"])
     model = models.build(cfg, VOCAB)
-    if cfg.name == "mil":  # sentences end after id 2 or 3, wherever random reviews hold them
-        model.set_sentence_ends([2, 3])
     if cfg.name == "nblr":  # a prior of its own for every n-gram, so that each one counts
         model.ratio.copy_(torch.randn(model.ratio.shape))
         model.ratio[0] = 0.0
@@ -258,23 +252,3 @@ def test_hashed_ngram_weights_load_only_under_the_hash_they_were_trained_with(tm
     older = runs.Checkpoint(weights, {"vocab_size": VOCAB})
     with pytest.raises(UserError, match="older n-gram hash"):
         engine.load_model(cfg, older, tmp_path, VOCAB)
-
-
-def test_mil_reads_each_sentence_alone_and_weighs_their_logits():
-    torch.manual_seed(0)
-    model = models.build(ModelConfig(name="mil", embedding_dim=8, hidden_dim=6,
-                                     bidirectional=True, pooling="max"), VOCAB).eval()
-    model.set_sentence_ends([9])
-    text = torch.tensor([[3, 4, 9, 5, 6, 9, 7, 0], [10, 11, 12, 13, 14, 15, 16, 17]])
-    sentences, sizes, review = models.split_sentences(text, torch.tensor([7, 8]),
-                                                      model.sentence_ends)
-    assert sentences[:, :3].tolist()[:3] == [[3, 4, 9], [5, 6, 9], [7, 0, 0]]
-    assert sizes.tolist() == [3, 3, 1, 8] and review.tolist() == [0, 0, 0, 1]
-    with torch.no_grad():
-        whole = model(text[:1, :7], torch.tensor([7]))
-        parts = model.encoder(sentences[:3, :3], sizes[:3])  # logit, attention score
-        weights = torch.softmax(parts[:, 1], dim=0)
-        torch.testing.assert_close(whole, (weights * parts[:, 0]).sum().unsqueeze(0))
-        one = model(torch.tensor([[5, 6, 9]]), torch.tensor([3]))  # one sentence: its own logit
-        torch.testing.assert_close(one, model.encoder(torch.tensor([[5, 6, 9]]),
-                                                      torch.tensor([3]))[:, 0])

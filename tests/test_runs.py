@@ -193,7 +193,7 @@ def test_latest_run_and_missing_runs(tmp_path):
         runs.check_run(tmp_path / "zzz")
 
 
-@pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "mil", "cnn", "nbow", "nblr"])
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "cnn", "nbow", "nblr"])
 def test_every_model_round_trips_through_a_checkpoint(tmp_path, name):
     from imdbsent import models
     from imdbsent.config import ModelConfig

@@ -17,7 +17,7 @@ from imdbsent.errors import UserError
 
 CONFIG_VERSION = 1
 HUB_DEFAULT = "stanfordnlp/imdb"  # where `prepare` gets IMDB by default (the CLI shows it)
-MODELS = ("rnn", "lstm", "gru", "mil", "cnn", "nbow", "nblr", "ensemble")
+MODELS = ("rnn", "lstm", "gru", "cnn", "nbow", "nblr", "ensemble")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 POOLINGS = ("last", "max", "mean")

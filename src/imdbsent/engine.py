@@ -280,8 +280,6 @@ class Trainer:
         self.vocab_size = data.tokenizer.get_vocab_size()
         self.max_length = t.max_length or None
         self.model = models.build(cfg.model, self.vocab_size)
-        if hasattr(self.model, "set_sentence_ends"):  # models that read sentences (mil)
-            self.model.set_sentence_ends(text.sentence_end_ids(data.tokenizer))
         resuming = resume and (run / runs.LAST).exists()
         if not resuming:
             self._initialise()

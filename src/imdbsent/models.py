@@ -40,7 +40,7 @@ class Recurrent(nn.Module):
     grows with the square of the length (a 757-token batch: 61 s packed, 0.6 s dense here).
     """
 
-    def __init__(self, cell: str, vocab_size: int, cfg: ModelConfig, outputs: int = 1) -> None:
+    def __init__(self, cell: str, vocab_size: int, cfg: ModelConfig) -> None:
         super().__init__()
         self.pooling, self.packed, self.hidden_dim = cfg.pooling, cfg.packed, cfg.hidden_dim
         self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=PAD_ID)
@@ -51,10 +51,9 @@ class Recurrent(nn.Module):
                                cfg.hidden_dim, batch_first=True) for _ in range(directions))
             for i in range(cfg.num_layers))
         self.dropout = nn.Dropout(cfg.dropout)
-        self.fc = nn.Linear(cfg.hidden_dim * directions, outputs)
+        self.fc = nn.Linear(cfg.hidden_dim * directions, 1)
 
     def forward(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """One logit per review [batch], or `outputs` values [batch, outputs] when more."""
         lengths = lengths.cpu()  # pack_padded_sequence wants them there on every device
         reverse = reversal_index(lengths, text.shape[1]).to(text.device)
         x = self.dropout(self.embedding(text))
@@ -88,78 +87,6 @@ class Recurrent(nn.Module):
         if self.pooling == "max":
             return x.masked_fill(~mask, float("-inf")).amax(dim=1)
         return (x * mask).sum(dim=1) / device_lengths[:, None].clamp(min=1)
-
-
-class SentenceMIL(nn.Module):
-    """Multiple-instance learning over sentences: a review is a bag of its sentences. A
-    recurrent scorer (LSTM, as configured) reads each sentence on its own and gives it a logit
-    and an attention score; the review's logit is the attention-weighted mean of its sentences'
-    logits. Trained on review labels, each sentence's logit is a sentiment score of its own,
-    so a single sentence alone is a meaningful input: its logit is the review's.
-
-    Sentences end after a token of `sentence_ends` (set from the tokenizer before training with
-    `set_sentence_ends`, kept in the checkpoint as a buffer).
-    """
-
-    MAX_ENDS = 16  # room in the buffer of sentence-ending ids (-1: unused)
-
-    def __init__(self, vocab_size: int, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.encoder = Recurrent("lstm", vocab_size, cfg, outputs=2)
-        self.register_buffer("sentence_ends", torch.full((self.MAX_ENDS,), -1, dtype=torch.long))
-
-    @property
-    def embedding(self) -> nn.Embedding:
-        return self.encoder.embedding
-
-    def set_sentence_ends(self, ids: Iterable[int]) -> None:
-        ids = sorted(ids)[:self.MAX_ENDS]
-        self.sentence_ends.fill_(-1)
-        self.sentence_ends[:len(ids)] = torch.tensor(ids, dtype=torch.long)
-
-    CHUNK = 128  # sentences read at once, of similar lengths (padding to the longest is waste)
-
-    def forward(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        sentences, sizes, review = split_sentences(text, lengths, self.sentence_ends)
-        out = torch.empty(len(sizes), 2, device=text.device)  # per sentence: logit, attention
-        order = torch.argsort(sizes, stable=True)
-        for chunk in order.split(self.CHUNK):
-            width = int(sizes[chunk].max())
-            out[chunk.to(text.device)] = self.encoder(sentences[chunk.to(text.device), :width],
-                                                      sizes[chunk])
-        logit, score = out[:, 0], out[:, 1]
-        batch = text.shape[0]
-        top = torch.full((batch,), float("-inf"), device=text.device).scatter_reduce(
-            0, review, score, "amax")
-        weight = torch.exp(score - top[review])
-        total = torch.zeros(batch, device=text.device).index_add(0, review, weight)
-        return torch.zeros(batch, device=text.device).index_add(0, review, weight * logit) / total
-
-
-def split_sentences(text: torch.Tensor, lengths: torch.Tensor, ends: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The sentences of a padded batch as a padded batch of their own: their ids [sentences,
-    width], lengths (on the CPU), and the review each belongs to. A sentence ends after a token
-    in `ends`; a review's last sentence may lack one; every review has at least one sentence."""
-    batch, width = text.shape
-    lengths = lengths.to(text.device).clamp(min=1)
-    steps = torch.arange(width, device=text.device)
-    inside = steps[None, :] < lengths[:, None]
-    end = torch.isin(text, ends[ends >= 0]) & inside
-    index = end.long().cumsum(1) - end.long()  # the sentence of each token, within its review
-    count = index.gather(1, (lengths - 1)[:, None]).squeeze(1) + 1
-    first = count.cumsum(0) - count  # the first sentence of each review, over the batch
-    sentence = (first[:, None] + index)[inside]  # of each real token, over the batch
-    total = int(count.sum())
-    start = torch.full((total,), width, device=text.device).scatter_reduce(
-        0, sentence, steps.expand(batch, width)[inside], "amin")
-    position = steps.expand(batch, width)[inside] - start[sentence]
-    sizes = torch.zeros(total, dtype=torch.long, device=text.device).index_add(
-        0, sentence, torch.ones_like(sentence))
-    out = torch.full((total, int(sizes.max())), PAD_ID, dtype=text.dtype, device=text.device)
-    out[sentence, position] = text[inside]
-    review = torch.repeat_interleave(torch.arange(batch, device=text.device), count)
-    return out, sizes.cpu(), review
 
 
 def reversal_index(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -372,7 +299,6 @@ REGISTRY: dict[str, Builder] = {
     "rnn": lambda vocab, cfg: RNN(vocab, cfg.embedding_dim, cfg.hidden_dim, 1),
     "lstm": lambda vocab, cfg: Recurrent("lstm", vocab, cfg),
     "gru": lambda vocab, cfg: Recurrent("gru", vocab, cfg),
-    "mil": SentenceMIL,
     "cnn": CNN,
     "nbow": NBOW,
     "nblr": NBLR,
