@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from imdbsent import config as configs
-from imdbsent import models, runs, text, vectors
+from imdbsent import models, runs, text, threads, vectors
 from imdbsent.config import Config, TrainConfig
 from imdbsent.data import Batch, Batches, Prepared
 from imdbsent.errors import UserError
@@ -46,7 +46,7 @@ def train(model: nn.Module, iterator: Iterable[Batch], optimizer: torch.optim.Op
     model.train()
     total_loss = total_acc = 0.0
     seen = 0
-    for batch in iterator:
+    for batch in threads.balanced(iterator):
         batch = batch.to(device)
         optimizer.zero_grad()
         predictions = model(batch.text, batch.lengths)
@@ -76,7 +76,7 @@ def evaluate(model: nn.Module, iterator: Iterable[Batch], criterion: nn.Module,
     total_loss = total_acc = 0.0
     seen = 0
     with torch.inference_mode():
-        for batch in iterator:
+        for batch in threads.balanced(iterator):
             batch = batch.to(device)
             predictions = model(batch.text, batch.lengths)
             n = len(batch.label)
@@ -108,7 +108,7 @@ def predict_logits(model: nn.Module, iterator: Iterable[Batch],
     model.eval()
     logits, labels = [], []
     with torch.inference_mode():
-        for batch in iterator:
+        for batch in threads.balanced(iterator):
             logits.append(score(batch.to(device).text, batch.lengths).float().cpu())
             labels.append(batch.label)
     return torch.cat(logits), torch.cat(labels)

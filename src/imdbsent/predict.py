@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imdbsent import engine, runs, text
+from imdbsent import engine, runs, text, threads
 from imdbsent.data import Batches, Encoded, load_prepared, make_batch
 from imdbsent.errors import UserError
 from imdbsent.sources import read_labeled_file
@@ -67,7 +67,7 @@ class Predictor:
         order = np.argsort(enc.lengths, kind="stable")
         probs = np.empty(len(texts), dtype=np.float64)
         with torch.inference_mode():
-            for start in range(0, len(order), MODEL_BATCH):
+            for start in threads.balanced(range(0, len(order), MODEL_BATCH)):
                 idx = order[start:start + MODEL_BATCH]
                 batch = make_batch(enc, idx, self.max_length).to(self.device)
                 logits = self.model(batch.text, batch.lengths).double()  # float32 rounds
