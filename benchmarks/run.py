@@ -145,7 +145,8 @@ def main() -> None:
         for n in (10_000, 1_000_000):
             print(f"predict memory, {n:,} lines", flush=True)
             memory.append((n, *measure(args.work / "runs" / f"default-{SEED}", n)))
-    write_results(args.out, rows, short, ref, memory, machine(), started, command)
+    skipped = [n for n in config.recipe_names() if n not in names]
+    write_results(args.out, rows, short, ref, memory, machine(), started, command, skipped)
     print(f"wrote {args.out}")
 
 
@@ -214,7 +215,7 @@ def summary(row: dict) -> dict:
 
 
 def write_results(path: Path, rows: list[dict], short: dict, ref: dict | None, memory: list,
-                  host: str, started: str, command: str) -> None:
+                  host: str, started: str, command: str, skipped: list[str]) -> None:
     import suite
     by_name = {r["recipe"]: {**r, **summary(r)} for r in rows}
     seeds = max((len(r["seeds"]) for r in rows), default=1)
@@ -233,6 +234,7 @@ def write_results(path: Path, rows: list[dict], short: dict, ref: dict | None, m
         "sentences: the first and last sentences of 500 validation reviews",
         "- an ensemble's validation accuracy is cross-fitted: each validation review scored by "
         "stacking weights fitted on the other four fifths",
+        *([f"- recipes not run this time (--only): {', '.join(skipped)}"] if skipped else []),
         "", "| recipe | model | valid acc | test acc | test ECE | short suite | IMDB sentences "
         "| epochs (best) | s/epoch | training s | whole command s | predict reviews/s "
         "| peak RSS MiB |",
