@@ -50,7 +50,8 @@ class Format(str, Enum):
 
 
 ThreadsOption = Annotated[int | None, typer.Option(
-    "--threads", help="Compute threads (default: OMP_NUM_THREADS if set, else every core).")]
+    "--threads", help="Compute threads (default: OMP_NUM_THREADS if set, else the cores "
+    "other processes leave idle, re-checked while computing).")]
 
 
 @app.command()

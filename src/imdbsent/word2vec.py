@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imdbsent import threads
 from imdbsent.text import PAD_ID, UNK_ID
 
 NEGATIVE_TABLE = 1_000_000  # pre-drawn negatives, sampled from by index
@@ -72,7 +73,7 @@ def train_vectors(ids: np.ndarray, vocab_size: int, args: Word2VecArgs,
         kept = torch.from_numpy(ids[rng.random(len(ids)) < keep[ids]])
         order = torch.randperm(len(kept), generator=gen)
         loss_sum = 0.0
-        for start in range(0, len(kept), args.batch_size):
+        for start in threads.balanced(range(0, len(kept), args.batch_size)):
             for group in optimizer.param_groups:  # word2vec's linear decay
                 group["lr"] = args.lr * max(1e-4, 1.0 - step / total)
             centre = order[start:start + args.batch_size]
