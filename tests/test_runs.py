@@ -131,11 +131,7 @@ def test_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
 
 
 def test_lock_of_a_killed_process_is_not_held_forever(tmp_path):
-    code = ("import sys, time; from imdbsent.runs import RunLock; "
-            f"l = RunLock({str(tmp_path)!r}).__enter__(); print('locked', flush=True); "
-            "time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    assert proc.stdout.readline().strip() == b"locked"
+    proc = _hold_lock(tmp_path)
     with pytest.raises(UserError):
         runs.RunLock(tmp_path).__enter__()
     proc.kill()
