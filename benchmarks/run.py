@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -35,22 +34,6 @@ def run_measured(cmd: list[str], log: Path) -> tuple[float, float, int]:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     return time.time() - start, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
-
-
-def machine() -> str:
-    import torch
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    threads = len(os.sched_getaffinity(0))
-    return (f"{threads} cores ({cpu}), {platform.system()} {platform.machine()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, "
-            f"CUDA {'available' if torch.cuda.is_available() else 'not used'}")
 
 
 def throughput(run: Path, source: Path) -> dict:
@@ -146,7 +129,8 @@ def main() -> None:
             print(f"predict memory, {n:,} lines", flush=True)
             memory.append((n, *measure(args.work / "runs" / f"default-{SEED}", n)))
     skipped = [n for n in config.recipe_names() if n not in names]
-    write_results(args.out, rows, short, ref, memory, machine(), started, command, skipped)
+    write_results(args.out, rows, short, ref, memory, suite.machine(), started, command,
+                  skipped)
     print(f"wrote {args.out}")
 
 
