@@ -95,6 +95,17 @@ def run_cli(argv: list[str]) -> int:
     return 0
 
 
+def hold_lock(folder: Path, holder: str = "train") -> subprocess.Popen:
+    """A subprocess that holds `folder`'s imdbsent lock (as `holder`) until killed; returns once
+    the lock is held."""
+    code = ("import time; from imdbsent.fsutil import FolderLock; "
+            f"FolderLock({str(folder)!r}, {holder!r}).__enter__(); print('locked', flush=True); "
+            "time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"locked"
+    return proc
+
+
 def run_exe(args: list[str], *, input: bytes | None = None, cwd: Path | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the installed `imdbsent` executable in a subprocess."""

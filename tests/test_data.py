@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import hold_lock
 from imdbsent import data
 from imdbsent.errors import UserError
 
@@ -211,17 +212,11 @@ def test_prepare_locks_its_folder_and_sweeps_only_its_own_temporaries(source_dir
 
 
 def test_prepare_refuses_to_reuse_a_folder_another_prepare_is_rebuilding(source_dir, tmp_path):
-    import subprocess
-    import sys
     out = tmp_path / "p"
     args = data.PrepareArgs(source=str(source_dir), unsupervised=False, vectors_dim=0)
     data.prepare(args, out)
-    code = ("import time; from imdbsent.fsutil import FolderLock; "
-            f"FolderLock({str(out)!r}, 'prepare').__enter__(); print('locked', flush=True); "
-            "time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    proc = hold_lock(out, "prepare")
     try:
-        assert proc.stdout.readline().strip() == b"locked"
         with pytest.raises(UserError, match=rf"prepare process \(pid {proc.pid}\)"):
             data.prepare(args, out)  # its manifest may be about to go: not reused
     finally:

@@ -2,13 +2,12 @@
 
 import os
 import stat
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import hold_lock
 from imdbsent import fsutil
 from imdbsent.errors import UserError
 
@@ -108,12 +107,8 @@ def test_lock_of_a_missing_folder_is_a_user_error(tmp_path):
 
 def test_is_locked_sees_another_process_and_the_kernel_frees_a_killed_holder(tmp_path):
     assert not fsutil.is_locked(tmp_path)  # no lock file at all
-    code = ("import time; from imdbsent.fsutil import FolderLock; "
-            f"FolderLock({str(tmp_path)!r}, 'train').__enter__(); print('locked', flush=True); "
-            "time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    proc = hold_lock(tmp_path, "train")
     try:
-        assert proc.stdout.readline().strip() == b"locked"
         assert fsutil.is_locked(tmp_path)
         with pytest.raises(UserError, match=rf"imdbsent train process \(pid {proc.pid}\)"):
             fsutil.FolderLock(tmp_path, "train").__enter__()

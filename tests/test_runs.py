@@ -1,12 +1,11 @@
 import json
 import os
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from conftest import hold_lock
 from imdbsent import runs
 from imdbsent.errors import UserError
 
@@ -131,23 +130,13 @@ def test_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
 
 
 def test_lock_of_a_killed_process_is_not_held_forever(tmp_path):
-    proc = _hold_lock(tmp_path)
+    proc = hold_lock(tmp_path)
     with pytest.raises(UserError):
         runs.RunLock(tmp_path).__enter__()
     proc.kill()
     proc.wait()
     with runs.RunLock(tmp_path):
         pass
-
-
-def _hold_lock(folder):
-    """A subprocess that holds `folder`'s run lock until killed."""
-    code = ("import time; from imdbsent.runs import RunLock; "
-            f"l = RunLock({str(folder)!r}).__enter__(); print('locked', flush=True); "
-            "time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
-    assert proc.stdout.readline().strip() == b"locked"
-    return proc
 
 
 def test_latest_run_passes_over_a_run_still_training_and_says_so(tmp_path):
@@ -159,11 +148,11 @@ def test_latest_run_passes_over_a_run_still_training_and_says_so(tmp_path):
     said = []
     assert runs.latest_run(tmp_path, report=said.append).name == "new"
     assert said == []
-    proc = _hold_lock(tmp_path / "new")
+    proc = hold_lock(tmp_path / "new")
     try:
         assert runs.latest_run(tmp_path, report=said.append).name == "old"
         assert said == [f"passing over {tmp_path / 'new'}: still training; using {tmp_path / 'old'}"]
-        blocker = _hold_lock(tmp_path / "old")
+        blocker = hold_lock(tmp_path / "old")
         try:  # every run busy: the newest, with a word
             assert runs.latest_run(tmp_path, report=said.append).name == "new"
             assert "still training: using its best checkpoint so far" in said[-1]
