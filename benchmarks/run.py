@@ -213,7 +213,7 @@ def write_results(path: Path, rows: list[dict], short: dict, ref: dict | None, m
         "deviation where a recipe ran more than one (an ensemble runs one); time, memory and "
         "speed of the first seed" if seeds > 1 else "- accuracies in %, one seed (1234)",
         "- test ECE: expected calibration error of P(pos), 10 bins, after the temperature "
-        "training fitted on validation (the baseline is not calibrated, as the tutorial)",
+        "and bias training fitted on validation (the baseline is not calibrated, as the tutorial)",
         "- short suite: macro accuracy over the 9 categories of benchmarks/short/suite.tsv; IMDB "
         "sentences: the first and last sentences of 500 validation reviews",
         "- an ensemble's validation accuracy is cross-fitted: each validation review scored by "

@@ -134,17 +134,23 @@ def test_calibration_metrics_by_hand():
     assert m["brier"] == pytest.approx(sum(x * x for x in squares) / 7)
 
 
-def test_temperature_undoes_overconfidence():
+def test_calibration_undoes_overconfidence_and_a_lean_to_one_side():
     gen = torch.Generator().manual_seed(0)
     true_logits = torch.randn(20_000, generator=gen) * 2
     labels = torch.bernoulli(torch.sigmoid(true_logits), generator=gen)
     overconfident = true_logits * 3  # the same ranking, three times too sure
-    temperature = engine.fit_temperature(overconfident, labels)
-    assert temperature == pytest.approx(3.0, rel=0.05)
+    temperature, bias = engine.fit_calibration(overconfident, labels)
+    assert temperature == pytest.approx(3.0, rel=0.05) and bias == pytest.approx(0.0, abs=0.05)
     before = engine.calibration_metrics(torch.sigmoid(overconfident), labels)["ece"]
     after = engine.calibration_metrics(torch.sigmoid(overconfident / temperature), labels)["ece"]
     assert before > 0.1 and after < 0.02
-    assert engine.fit_temperature(-overconfident, labels) == 1.0  # nothing to scale
+    leaning = true_logits - 1.5  # too sure of neg, as the CNN was: a temperature cannot fix it
+    temperature, bias = engine.fit_calibration(leaning, labels)
+    assert temperature == pytest.approx(1.0, rel=0.05) and bias == pytest.approx(1.5, rel=0.05)
+    assert engine.calibration_metrics(torch.sigmoid(leaning), labels)["ece"] > 0.1
+    fixed = torch.sigmoid(leaning / temperature + bias)
+    assert engine.calibration_metrics(fixed, labels)["ece"] < 0.02
+    assert engine.fit_calibration(-overconfident, labels) == (1.0, 0.0)  # nothing to scale
 
 
 def test_out_of_fold_stacking_does_not_score_what_it_was_fitted_on():

@@ -250,18 +250,18 @@ def test_training_sweeps_only_its_own_temporaries(two_epochs, tmp_path):
     assert sorted(p.name for p in run.glob(".*.tmp")) == [".notes.tmp"]
 
 
-def test_training_fits_a_temperature_that_evaluate_and_predict_apply(trained_run, capsys):
+def test_training_fits_a_calibration_that_evaluate_and_predict_apply(trained_run, capsys):
     from imdbsent.predict import Predictor
     best = runs.load_checkpoint(trained_run / runs.BEST)
-    temperature = best.meta["temperature"]
+    temperature, bias = best.meta["temperature"], best.meta["bias"]
     test = runs.read_metrics(trained_run)[-1]
-    assert test["temperature"] == temperature and temperature > 0
+    assert (test["temperature"], test["bias"]) == (temperature, bias) and temperature > 0
     predictor = Predictor(trained_run)
     valid = data.Batches(data.load_prepared(runs.load_config(trained_run).data).split("valid"), 16)
     calibrated, labels = engine.predict_logits(predictor.model, valid)
     raw, _ = engine.predict_logits(predictor.model.model, valid)
     torch = pytest.importorskip("torch")
-    torch.testing.assert_close(calibrated, raw / temperature)
+    torch.testing.assert_close(calibrated, raw / temperature + bias)
     loss = torch.nn.functional.binary_cross_entropy_with_logits
     assert loss(calibrated, labels) <= loss(raw, labels)  # fitted to this split's log loss
     capsys.readouterr()
@@ -281,4 +281,5 @@ def test_the_baseline_recipe_is_not_calibrated(prepared_dir, tmp_path):
     run = tmp_path / "run"
     assert run_cli(["train", "--config", str(cfg), "--run-dir", str(run)]) == 0
     assert "temperature" not in runs.load_checkpoint(run / runs.BEST).meta
-    assert runs.read_metrics(run)[-1]["temperature"] == 1.0
+    assert (runs.read_metrics(run)[-1]["temperature"], runs.read_metrics(run)[-1]["bias"]) == (
+        1.0, 0.0)

@@ -50,7 +50,7 @@ class TrainConfig:
     `clip_grad` 0 does not clip; `vectors` is empty (none), a GloVe/word2vec text file, or
     `prepared`: the vectors that `prepare` learned from the dataset's own reviews; `crop` is the
     fraction of training reviews cut, each epoch, to a random run of 1 to 3 of their sentences;
-    `calibrate` fits a temperature on the validation split after training."""
+    `calibrate` fits a temperature and bias on the validation split after training."""
 
     epochs: int = 5
     batch_size: int = 64

@@ -262,16 +262,16 @@ class Ensemble(nn.Module):
 
 
 class Calibrated(nn.Module):
-    """A trained model whose logits are divided by a temperature fitted on the validation split
-    (temperature scaling, Guo et al. 2017): probabilities that mean what they say, and every
-    label the same as the model's own."""
+    """A trained model whose logit is divided by a temperature and shifted by a bias, both
+    fitted on the validation split (Platt scaling; temperature scaling, Guo et al. 2017, when
+    the bias is 0): probabilities that mean what they say."""
 
-    def __init__(self, model: nn.Module, temperature: float) -> None:
+    def __init__(self, model: nn.Module, temperature: float, bias: float = 0.0) -> None:
         super().__init__()
-        self.model, self.temperature = model, temperature
+        self.model, self.temperature, self.bias = model, temperature, bias
 
     def forward(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.model(text, lengths) / self.temperature
+        return self.model(text, lengths) / self.temperature + self.bias
 
 
 def fit_logistic(x: torch.Tensor, labels: torch.Tensor, *, bias: bool = True
