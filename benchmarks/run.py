@@ -253,7 +253,7 @@ def write_results(path: Path, rows: list[dict], short: dict, ref: dict | None, m
         shown = [short[n] for n in dict.fromkeys(["default", pick]) if n in short]
         lines += ["", suite.markdown(shown).replace("# Short-text suite", "## Short-text suite")
                   .rstrip()]
-    for extra in ("CONCURRENCY.md", "notes.md"):  # concurrency.py's results; notes by hand
+    for extra in ("CONCURRENCY.md", "DISTRIBUTED.md", "notes.md"):  # their scripts; notes by hand
         if (path.parent / extra).exists():
             lines += ["", _demote((path.parent / extra).read_text())]  # its own "# " title
     path.write_text("\n".join(lines) + "\n")

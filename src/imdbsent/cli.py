@@ -19,7 +19,7 @@ import typer
 
 from imdbsent import __version__, config, console, threads
 from imdbsent.config import HUB_DEFAULT
-from imdbsent.errors import Terminated, UserError
+from imdbsent.errors import Shared, Terminated, UserError
 
 # torch, datasets and the modules over them are imported by the commands that need them, so
 # `imdbsent --help` and `--version` start at once.
@@ -35,6 +35,11 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
 class Split(str, Enum):
@@ -89,11 +94,13 @@ def prepare(
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     config_name: Annotated[str | None, typer.Option(
         "--config", help=f"Recipe name ({', '.join(config.recipe_names())}) or TOML path. "
         "Default: default.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Number of epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Examples per batch.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per batch (per process).")
+                          ] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd, adam or adamw.")] = None,
     model: Annotated[str | None, typer.Option(help=", ".join(config.MODELS) + ".")] = None,
@@ -104,37 +111,75 @@ def train_cmd(
                                                    "file, prepared (the prepared dataset's "
                                                    "own), or none.")] = None,
     device: Annotated[Device | None, typer.Option(help="auto: CUDA if available.")] = None,
+    precision: Annotated[Precision | None, typer.Option(
+        help="bf16: autocast to bfloat16 (CUDA or CPU). Default: the recipe's (fp32).")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder.")
                         ] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: "
                                                     "runs/<model>-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run from its last "
                                                    "checkpoint.")] = None,
+    nproc: Annotated[int | None, typer.Option(
+        help="Train with this many processes on this machine (started by torchrun; one GPU "
+        "each on CUDA).", min=1)] = None,
+    dist_timeout: Annotated[float, typer.Option(
+        help="Seconds a process of a distributed training waits for the others before it "
+        "gives up.", min=1.0)] = 300.0,
     threads_: ThreadsOption = None,
 ) -> None:
     """Train a model; checkpoints, config and metrics go to a run directory."""
-    threads.configure(threads_)
-    from imdbsent import training
-
     overrides = {"train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
                  "train.optimizer": optimizer, "model.name": model, "train.seed": seed,
                  "train.max_length": max_length, "train.device": device and device.value,
+                 "train.precision": precision and precision.value,
                  "train.vectors": "" if vectors == "none" else vectors,
                  "data": data_dir and str(data_dir)}
+    if resume is not None and (config_name or run_dir):
+        raise UserError("--resume continues a run with its own config; drop --config/--run-dir")
+    if nproc and nproc > 1:
+        _launch(ctx, nproc, config_name, overrides, resume, threads_)
+    threads.configure(threads_)
+    from imdbsent import training
+
     view = console.TrainView()
     try:
         if resume is not None:
-            if config_name or run_dir:
-                raise UserError("--resume continues a run with its own config; drop "
-                                "--config/--run-dir")
-            result = training.resume(resume, overrides, view)
+            result = training.resume(resume, overrides, view, timeout=dist_timeout)
         else:
-            result = training.start(config_name, overrides, view, run_dir=run_dir)
+            result = training.start(config_name, overrides, view, run_dir=run_dir,
+                                    timeout=dist_timeout)
     except training.Interrupted as exc:
         view.close()
-        console.log(str(exc))
+        if str(exc):
+            console.log(str(exc))
         raise typer.Exit(exc.code) from None
-    console.log(f"run saved in {result.run}")
+    if not _rank_prefix():
+        console.log(f"run saved in {result.run}")
+
+
+def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
+            resume: Path | None, threads_: int | None) -> None:
+    """Check what can be checked once, then run the same command as `nproc` processes under
+    torchrun, and exit with their status."""
+    if "WORLD_SIZE" in os.environ:
+        raise UserError("--nproc: this process was already started by torchrun; drop --nproc")
+    from imdbsent import data, launch, runs
+
+    if resume is not None:
+        cfg = config.load(runs.check_run(resume) / runs.CONFIG, overrides)
+    else:
+        cfg = config.load(recipe, overrides)
+    data.load_prepared(Path(cfg.data))
+    launch.share_threads(nproc, threads_)
+    forwarded = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name not in ("nproc", "help") and value is not None and param.opts:
+            forwarded += [param.opts[0], str(value.value if isinstance(value, Enum) else value)]
+    outcome = launch.run(nproc, forwarded)
+    if outcome.message:
+        _fail(outcome.message, outcome.code)
+    raise typer.Exit(outcome.code)
 
 
 @app.command("evaluate")
@@ -246,8 +291,10 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = app(args=argv, prog_name="imdbsent", standalone_mode=False)
+    except Shared:
+        sys.exit(1)  # another rank's error: rank 0 has said it
     except UserError as exc:
-        _fail(str(exc), 1)
+        _fail(_rank_prefix() + str(exc), 1)
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.exceptions.TyperException as exc:  # usage errors: bad flag, bad value
@@ -266,6 +313,12 @@ def main(argv: list[str] | None = None) -> None:
 def _fail(message: str, code: int) -> None:
     console.err.print(f"imdbsent: error: {message}", markup=False, soft_wrap=True)
     sys.exit(code)
+
+
+def _rank_prefix() -> str:
+    """"rank N: " in a process of a distributed training other than rank 0, else ""."""
+    rank = os.environ.get("RANK", "0")
+    return f"rank {rank}: " if rank not in ("", "0") and "WORLD_SIZE" in os.environ else ""
 
 
 def _raise_terminated(_signum: int, _frame: object) -> None:

@@ -22,6 +22,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 POOLINGS = ("last", "max", "mean")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -50,7 +51,9 @@ class TrainConfig:
     `clip_grad` 0 does not clip; `vectors` is empty (none), a GloVe/word2vec text file, or
     `prepared`: the vectors that `prepare` learned from the dataset's own reviews; `crop` is the
     fraction of training reviews cut, each epoch, to a random run of 1 to 3 of their sentences;
-    `calibrate` fits a temperature and bias on the validation split after training."""
+    `calibrate` fits a temperature and bias on the validation split after training;
+    `precision` is fp32 or bf16 (autocast); `world_size` records how many processes trained
+    the run (set by training, not by a recipe; `batch_size` is per process)."""
 
     epochs: int = 5
     batch_size: int = 64
@@ -68,6 +71,8 @@ class TrainConfig:
     vectors: str = ""
     crop: float = 0.0
     calibrate: bool = True
+    precision: str = "fp32"
+    world_size: int = 1
 
 
 @dataclass
@@ -180,6 +185,8 @@ def validate(cfg: Config, where: str) -> None:
         (0.0 <= t.warmup < 1.0, "train.warmup is a fraction of training, in [0, 1)"),
         (t.patience >= 0 and t.max_length >= 0, "train.patience and max_length must be 0 or more"),
         (0.0 <= t.crop <= 1.0, "train.crop is a fraction of the training reviews, in [0, 1]"),
+        (t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
+        (t.world_size >= 1, "train.world_size must be at least 1"),
     ]
     for ok, message in checks:
         if not ok:

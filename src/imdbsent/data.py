@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import datasets
 import numpy as np
@@ -34,11 +34,13 @@ import pyarrow.parquet as pq
 import torch
 from tokenizers import Tokenizer
 
-from imdbsent import __version__, text, vectors, word2vec
+from imdbsent import __version__, distributed, text, vectors, word2vec
 from imdbsent.errors import UserError
 from imdbsent.fsutil import FolderLock, atomic_write, atomic_write_text, is_locked
 from imdbsent.sources import Source, duplicate_rows, load_source
 from imdbsent.text import TOKENIZER
+
+T = TypeVar("T")
 
 MANIFEST = "manifest.json"
 VECTORS = "vectors.txt"  # word vectors learned in prepare, GloVe text format
@@ -163,6 +165,10 @@ class Batch:
     text: torch.Tensor
     lengths: torch.Tensor
     label: torch.Tensor
+
+    def pinned(self) -> Batch:
+        """The batch in page-locked memory, so that `to(cuda)` copies it asynchronously."""
+        return Batch(self.text.pin_memory(), self.lengths, self.label.pin_memory())
 
     def to(self, device: torch.device) -> Batch:
         return Batch(self.text.to(device, non_blocking=True), self.lengths,
@@ -364,22 +370,30 @@ class Batches:
     length, so padding is minimal. Sequences longer than `max_length` keep their first tokens.
     With `crop`, that fraction of the examples is cut, anew each epoch, to a random run of one
     to three of its sentences (`sentence_crops`; `sentence_ends` are the ids that end one), so
-    that a model trained on reviews also learns to read a sentence alone.
+    that a model trained on reviews also learns to read a sentence alone. With `shard`, each
+    process of a distributed training computes the same order and serves its own share
+    (`distributed.share`; padded to equal shares in training). With `pin`, batches come in
+    page-locked memory, for non-blocking copies to a GPU.
     """
 
     def __init__(self, data: Encoded, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  max_length: int | None = None, crop: float = 0.0,
-                 sentence_ends: Iterable[int] = ()) -> None:
+                 sentence_ends: Iterable[int] = (), shard: bool = False, pin: bool = False
+                 ) -> None:
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, not {batch_size}")
         self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
-        self.max_length, self.crop = max_length, crop
+        self.max_length, self.crop, self.shard, self.pin = max_length, crop, shard, pin
         self.boundaries = (np.flatnonzero(np.isin(data.flat, list(sentence_ends))) + 1
                            if crop else np.empty(0, dtype=np.int64))
         self.epoch = 0
 
     def __len__(self) -> int:
-        return -(-len(self.data) // self.batch_size)
+        batches = -(-len(self.data) // self.batch_size)
+        return len(self._share(list(range(batches))))
+
+    def _share(self, batches: list[T]) -> list[T]:
+        return distributed.share(batches, pad=self.shuffle) if self.shard else batches
 
     def spans(self) -> tuple[np.ndarray, np.ndarray]:
         """Where each example starts in `data.flat` and how many tokens it has, this epoch."""
@@ -407,8 +421,9 @@ class Batches:
 
     def __iter__(self) -> Iterator[Batch]:
         starts, lengths = self.spans()
-        for idx in self.order(lengths):
-            yield make_batch(self.data, idx, self.max_length, (starts, lengths))
+        for idx in self._share(self.order(lengths)):
+            batch = make_batch(self.data, idx, self.max_length, (starts, lengths))
+            yield batch.pinned() if self.pin else batch
 
 
 def sentence_crops(data: Encoded, boundaries: np.ndarray, fraction: float,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from imdbsent import config as configs
-from imdbsent import models, runs, text, threads, vectors
+from imdbsent import distributed, models, runs, text, threads, vectors
 from imdbsent.config import Config, TrainConfig
 from imdbsent.data import Batch, Batches, Prepared
 from imdbsent.errors import UserError
@@ -40,8 +40,10 @@ def binary_accuracy(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def train(model: nn.Module, iterator: Iterable[Batch], optimizer: torch.optim.Optimizer,
           criterion: nn.Module, *, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-          clip: float = 0.0, on_batch: OnBatch | None = None) -> tuple[float, float]:
-    """One epoch of training; the mean loss and accuracy over its examples."""
+          clip: float = 0.0, on_batch: OnBatch | None = None, sync: bool = False
+          ) -> tuple[float, float]:
+    """One epoch of training; the mean loss and accuracy over its examples (over every
+    process's examples with `sync`, in a distributed training)."""
     device = _device_of(model)
     model.train()
     total_loss = total_acc = 0.0
@@ -65,12 +67,13 @@ def train(model: nn.Module, iterator: Iterable[Batch], optimizer: torch.optim.Op
         seen += n
         if on_batch:
             on_batch(n, loss_value, acc_value)
-    return total_loss / max(seen, 1), total_acc / max(seen, 1)
+    return _means(total_loss, total_acc, seen, sync)
 
 
 def evaluate(model: nn.Module, iterator: Iterable[Batch], criterion: nn.Module,
-             on_batch: OnBatch | None = None) -> tuple[float, float]:
-    """The mean loss and accuracy over the iterator's examples, without training."""
+             on_batch: OnBatch | None = None, sync: bool = False) -> tuple[float, float]:
+    """The mean loss and accuracy over the iterator's examples, without training (over every
+    process's share with `sync`)."""
     device = _device_of(model)
     model.eval()
     total_loss = total_acc = 0.0
@@ -87,6 +90,12 @@ def evaluate(model: nn.Module, iterator: Iterable[Batch], criterion: nn.Module,
             seen += n
             if on_batch:
                 on_batch(n, loss, acc)
+    return _means(total_loss, total_acc, seen, sync)
+
+
+def _means(total_loss: float, total_acc: float, seen: int, sync: bool) -> tuple[float, float]:
+    if sync:
+        total_loss, total_acc, seen = distributed.all_sum([total_loss, total_acc, seen])
     return total_loss / max(seen, 1), total_acc / max(seen, 1)
 
 
@@ -178,9 +187,15 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     """The temperature T and bias b that minimise the log loss of sigmoid(logit / T + b) on
     held-out logits (Platt scaling: a logistic regression on the logit alone). The bias undoes
     a lean to one side that a temperature cannot (the CNN's, under-predicting pos, kept an ECE
-    of 0.055 with a temperature alone). (1.0, 0.0), no change, when the logits do not order the
-    labels at all."""
-    weight, bias = models.fit_logistic(logits.double().unsqueeze(1), labels.double())
+    of 0.055 with a temperature alone). The targets are Platt's (1999): (positives + 1) /
+    (positives + 2) and 1 / (negatives + 2), not 1 and 0, so that a validation split the model
+    separates perfectly (small data) gives a finite fit instead of an ever sharper one. (1.0,
+    0.0), no change, when the logits do not order the labels at all."""
+    labels = labels.double()
+    positives = labels.sum()
+    targets = torch.where(labels >= 0.5, (positives + 1) / (positives + 2),
+                          1 / (len(labels) - positives + 2))
+    weight, bias = models.fit_logistic(logits.double().unsqueeze(1), targets)
     if weight.item() <= 0:
         return 1.0, 0.0
     return 1.0 / weight.item(), bias.item()
@@ -204,13 +219,25 @@ class FitResult:
     test: dict[str, Any]
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when available, else the CPU; asking for CUDA without one is an error."""
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` is CUDA when available, else the CPU; asking for CUDA without one is an error.
+    CUDA is the GPU of the process's local rank (one GPU a process under torchrun)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"local rank {local_rank} has no GPU of its own (this machine has "
+                            f"{torch.cuda.device_count()}): start at most that many processes")
+        return torch.device("cuda", local_rank)
     return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The forward passes' precision: bf16 autocast (matrix products in bfloat16, losses and
+    reductions in float32; on the CPU too), or float32 throughout."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def seed_everything(seed: int) -> None:
@@ -274,24 +301,35 @@ class Trainer:
     The run's progress lives in `last`'s metadata (epoch, best loss and epoch, epochs without
     improvement, scheduler): `last` is the commit point of an epoch, and metrics.jsonl is
     reconciled with it on resume, so a kill between the two loses no epoch's line.
+
+    In a distributed training (`distributed.session`) every process runs this same loop on its
+    share of the batches, with DistributedDataParallel averaging the gradients and the metrics
+    summed over all processes, so that all agree on the losses, the best epoch and when to stop;
+    rank 0 alone reads and writes the run.
     """
 
     def __init__(self, cfg: Config, data: Prepared, run: Path, *, resume: bool = False) -> None:
         self.cfg, self.data, self.run = cfg, data, run
         t = cfg.train
+        self.world = distributed.world()
         seed_everything(t.seed)
-        self.device = resolve_device(t.device)
+        self.device = resolve_device(t.device, self.world.local_rank)
         self.vocab_size = data.tokenizer.get_vocab_size()
         self.max_length = t.max_length or None
         self.model = models.build(cfg.model, self.vocab_size)
-        resuming = resume and (run / runs.LAST).exists()
-        if not resuming:
+        if self.world.rank:  # dropout of its own; rank 0 keeps a one-process run's stream
+            torch.manual_seed(t.seed + self.world.rank)
+        last = distributed.on_main(self._load_last) if resume else None
+        if last is None and self.world.main:  # the others start from rank 0's weights (wrap)
             self._initialise()
         self.model.to(self.device)
+        shard, pin = self.world.size > 1, self.device.type == "cuda"
         self.train_batches = Batches(data.split("train"), t.batch_size, shuffle=True, seed=t.seed,
                                      max_length=self.max_length, crop=t.crop,
-                                     sentence_ends=text.sentence_end_ids(data.tokenizer))
-        self.valid_batches = Batches(data.split("valid"), t.batch_size, max_length=self.max_length)
+                                     sentence_ends=text.sentence_end_ids(data.tokenizer),
+                                     shard=shard, pin=pin)
+        self.valid_batches = Batches(data.split("valid"), t.batch_size, max_length=self.max_length,
+                                     shard=shard, pin=pin)
         self.optimizer = make_optimizer(t, self.model.parameters())
         self.schedule = Schedule(t.schedule, t.epochs * len(self.train_batches), t.warmup)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
@@ -299,8 +337,9 @@ class Trainer:
         self.meta = {"vocab_size": self.vocab_size, "model": cfg.model.name,
                      "ngram_hash": models.NGRAM_HASH, "data_fingerprint": data.fingerprint}
         self.first_epoch, self.best_loss, self.best_epoch, self.stale = 1, math.inf, 0, 0
-        if resuming:
-            self._restore()
+        if last is not None:
+            self._restore(last)
+        self.net = distributed.wrap(self.model, self.device)
 
     def _initialise(self) -> None:
         """A fresh start: word vectors into the embedding, a prior from the training data."""
@@ -310,16 +349,23 @@ class Trainer:
         if hasattr(self.model, "fit_prior"):  # models with a prior from the training data (nblr)
             self.model.fit_prior(Batches(self.data.split("train"), 256, max_length=self.max_length))
 
-    def _restore(self) -> None:
-        """Continue after `last`'s epoch: weights, optimizer, scheduler and RNG state as they
-        were, metrics.jsonl made to agree with it, the schedule stretched if epochs grew."""
+    def _load_last(self) -> runs.Checkpoint | None:
+        """`last`, checked against the data and the epochs asked for (rank 0 reads it)."""
         path = self.run / runs.LAST
+        if not path.exists():
+            return None
         last = runs.load_checkpoint(path)
         runs.check_data(self.run, self.data, last.meta.get("data_fingerprint"))
         done = last.meta["epoch"]
         if self.cfg.train.epochs < done:
             raise UserError(f"--epochs {self.cfg.train.epochs}: {self.run} has already trained "
                             f"{done} epochs; resume with --epochs {done} or more")
+        return last
+
+    def _restore(self, last: runs.Checkpoint) -> None:
+        """Continue after `last`'s epoch: weights, optimizer, scheduler and RNG state as they
+        were, metrics.jsonl made to agree with it, the schedule stretched if epochs grew."""
+        path = self.run / runs.LAST
         _load_weights(self.model, last, path)
         try:
             self.optimizer.load_state_dict(last.optimizer)
@@ -328,12 +374,18 @@ class Trainer:
             raise UserError(f"{path}: optimizer state does not fit the run's optimizer "
                             f"({type(exc).__name__}: {exc})") from None
         self.schedule.extend(self.scheduler.last_epoch, self.cfg.train.epochs * len(self.train_batches))
-        if last.rng is not None:
-            torch.set_rng_state(last.rng)
-        self.first_epoch = done + 1
+        if last.rng is not None:  # one row a process in a distributed run (copied: torch
+            # crashes on a row view of the stacked states)
+            torch.set_rng_state((last.rng[self.world.rank] if last.rng.dim() == 2
+                                 else last.rng).clone())
+        self.first_epoch = last.meta["epoch"] + 1
         self.best_loss, self.best_epoch, self.stale = (
             last.meta["best_valid_loss"], last.meta["best_epoch"], last.meta["stale_epochs"])
-        runs.reconcile_metrics(self.run, last.meta["metrics"])
+        if self.world.main:
+            runs.reconcile_metrics(self.run, last.meta["metrics"])
+
+    def autocast(self) -> torch.autocast:
+        return autocast(self.device, self.cfg.train.precision)
 
     def fit(self, reporter: Reporter) -> FitResult:
         """Train the remaining epochs (stopping early after `patience` epochs without a better
@@ -355,10 +407,14 @@ class Trainer:
         self.train_batches.epoch = epoch
         reporter.epoch_start(epoch, len(self.train_batches))
         start_time = time.time()
-        train_loss, train_acc = train(self.model, self.train_batches, self.optimizer,
-                                      self.criterion, scheduler=self.scheduler,
-                                      clip=self.cfg.train.clip_grad, on_batch=reporter.batch)
-        valid_loss, valid_acc = evaluate(self.model, self.valid_batches, self.criterion)
+        sync = self.world.size > 1
+        with self.autocast():
+            train_loss, train_acc = train(self.net, self.train_batches, self.optimizer,
+                                          self.criterion, scheduler=self.scheduler,
+                                          clip=self.cfg.train.clip_grad, on_batch=reporter.batch,
+                                          sync=sync)
+            valid_loss, valid_acc = evaluate(self.model, self.valid_batches, self.criterion,
+                                             sync=sync)
         improved = valid_loss < self.best_loss
         if improved:
             self.best_loss, self.best_epoch, self.stale = valid_loss, epoch, 0
@@ -370,8 +426,11 @@ class Trainer:
                 "lr": self.scheduler.get_last_lr()[0]}
 
     def checkpoint(self, record: dict[str, Any]) -> None:
-        """Save `best` if the epoch improved, then `last` (the commit point), then the
-        epoch's line in metrics.jsonl."""
+        """Save `best` if the epoch improved, then `last` (the commit point, with every
+        process's RNG state), then the epoch's line in metrics.jsonl; rank 0 writes."""
+        rng = distributed.gather(torch.get_rng_state())
+        if not self.world.main:
+            return
         weights = self.model.state_dict()
         meta = {**self.meta, "epoch": record["epoch"], "metrics": record}
         if record["best"]:
@@ -379,7 +438,8 @@ class Trainer:
         runs.save_checkpoint(self.run / runs.LAST, runs.Checkpoint(
             weights, {**meta, "best_valid_loss": self.best_loss, "best_epoch": self.best_epoch,
                       "stale_epochs": self.stale, "scheduler": self.scheduler.state_dict()},
-            optimizer=self.optimizer.state_dict(), rng=torch.get_rng_state()))
+            optimizer=self.optimizer.state_dict(),
+            rng=torch.stack(rng) if len(rng) > 1 else rng[0]))
         runs.append_metrics(self.run, record)
 
     def calibrate(self) -> tuple[float, float]:
@@ -387,15 +447,21 @@ class Trainer:
         (unless the recipe says `calibrate = false`, or validation is empty), stored in its
         metadata so that the calibration always goes with the weights it was fitted to."""
         path = self.run / runs.BEST
-        best = runs.load_checkpoint(path)
+        best = distributed.on_main(lambda: runs.load_checkpoint(path))
         _load_weights(self.model, best, path)
         if not (self.cfg.train.calibrate and len(self.valid_batches.data)):
             return 1.0, 0.0
-        logits, labels = predict_logits(self.model, self.valid_batches)
-        temperature, bias = fit_calibration(logits, labels)
-        runs.save_checkpoint(path, runs.Checkpoint(
-            best.weights, {**best.meta, "temperature": temperature, "bias": bias}))
-        return temperature, bias
+        with self.autocast():
+            shares = distributed.gather(predict_logits(self.model, self.valid_batches))
+
+        def fit_and_store() -> tuple[float, float]:
+            logits, labels = (torch.cat(parts) for parts in zip(*shares))
+            temperature, bias = fit_calibration(logits, labels)
+            runs.save_checkpoint(path, runs.Checkpoint(
+                best.weights, {**best.meta, "temperature": temperature, "bias": bias}))
+            return temperature, bias
+
+        return distributed.on_main(fit_and_store)
 
     def test(self) -> dict[str, Any]:
         """Calibrate, then score the best checkpoint on the test split (refused if the prepared
@@ -403,12 +469,16 @@ class Trainer:
         self.data.check_unchanged()
         temperature, bias = self.calibrate()
         test_batches = Batches(self.data.split("test"), self.cfg.train.batch_size,
-                               max_length=self.max_length)
-        test_loss, test_acc = evaluate(models.Calibrated(self.model, temperature, bias), test_batches,
-                                       self.criterion)
-        record = {"split": "test", "best_epoch": runs.checkpoint_meta(self.run / runs.BEST)["epoch"],
-                  "temperature": temperature, "bias": bias, "test_loss": test_loss, "test_acc": test_acc}
-        runs.append_metrics(self.run, record)
+                               max_length=self.max_length, shard=self.world.size > 1,
+                               pin=self.device.type == "cuda")
+        with self.autocast():
+            test_loss, test_acc = evaluate(models.Calibrated(self.model, temperature, bias),
+                                           test_batches, self.criterion, sync=self.world.size > 1)
+        record = {"split": "test", "best_epoch": self.best_epoch,
+                  "temperature": temperature, "bias": bias, "test_loss": test_loss,
+                  "test_acc": test_acc}
+        if self.world.main:
+            runs.append_metrics(self.run, record)
         return record
 
 
@@ -428,22 +498,31 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
     finished members are kept and unfinished ones continued), fit the stacking weights on the
     validation split, then test the ensemble."""
     names = configs.member_names(cfg)
-    todo = []  # every member recipe is loaded (and checked) before any training starts
-    for ref, name in zip(cfg.model.members, names):
-        member_run = run / runs.MEMBERS / name
-        if resume and (member_run / runs.CONFIG).exists():
-            if any(m.get("split") == "test" for m in runs.read_metrics(member_run)):
-                runs.check_data(member_run, data, runs.recorded_fingerprint(member_run))
-                continue  # finished
-            member_cfg = runs.load_config(member_run)  # as it started, not the recipe of today
-            member_cfg.train.device = cfg.train.device
-            todo.append((member_run, member_cfg, False))
-        else:
-            todo.append((member_run, configs.load_member(cfg, ref), True))
-    for member_run, member_cfg, fresh in todo:
-        if fresh:
+    world = distributed.world()
+
+    def plan() -> list[tuple[Path, Config, bool]]:
+        todo = []  # every member recipe is loaded (and checked) before any training starts
+        for ref, name in zip(cfg.model.members, names):
+            member_run = run / runs.MEMBERS / name
+            if resume and (member_run / runs.CONFIG).exists():
+                if any(m.get("split") == "test" for m in runs.read_metrics(member_run)):
+                    runs.check_data(member_run, data, runs.recorded_fingerprint(member_run))
+                    continue  # finished
+                member_cfg = runs.load_config(member_run)  # as it started, not today's recipe
+                member_cfg.train.device = cfg.train.device
+                todo.append((member_run, member_cfg, False))
+            else:
+                member_cfg = configs.load_member(cfg, ref)
+                member_cfg.train.world_size = world.size
+                todo.append((member_run, member_cfg, True))
+        return todo
+
+    for member_run, member_cfg, fresh in distributed.on_main(plan):
+        if fresh and world.main:
             runs.init_run(member_run, member_cfg, data.folder)
         fit(member_cfg, data, member_run, reporter, resume=not fresh)
+    if not world.main:  # rank 0 fits the stacker and tests the ensemble alone
+        return FitResult(run, 0, 0, {})
 
     device = resolve_device(cfg.train.device)
     vocab_size = data.tokenizer.get_vocab_size()

@@ -8,3 +8,8 @@ class UserError(Exception):
 class Terminated(Exception):
     """SIGTERM, raised in the main thread (by the CLI's handler) so that work stops as it does
     for Ctrl-C."""
+
+
+class Shared(UserError):
+    """Rank 0's user error, received by another rank of a distributed training: every rank
+    stops, and rank 0 alone says why."""

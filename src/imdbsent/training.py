@@ -3,16 +3,21 @@
 A new run that ends before its first epoch finished (an error, Ctrl-C) leaves nothing behind;
 an interrupted run keeps every finished epoch and says how to resume. A resumed run takes only
 what it can honour: more `--epochs`, another `--device`, and its data moved (`--data`).
+
+Under torchrun both run in every process of the training (`distributed.session`): rank 0 sets
+up and locks the run directory and reports progress; the other ranks train silently beside it.
+A resumed run needs as many processes as it started with: its batch order depends on them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from imdbsent import config, data, engine, runs
+from imdbsent import config, data, distributed, engine, runs
 from imdbsent.errors import Terminated, UserError
 
 RESUMABLE = ("train.epochs", "train.device", "data")  # what --resume may change
@@ -28,44 +33,72 @@ class Interrupted(Exception):
     run: Path | None
     epochs_done: int
     code: int
+    quiet: bool = False  # a rank other than 0: rank 0 says what happened
+    processes: int = 1
 
     def __str__(self) -> str:
+        if self.quiet:
+            return ""
         if self.run is None:
             return "interrupted before the first epoch finished; nothing was kept"
+        nproc = f"--nproc {self.processes} " if self.processes > 1 else ""
         return (f"interrupted after {self.epochs_done} finished epoch(s); resume with: "
-                f"imdbsent train --resume {self.run}")
+                f"imdbsent train {nproc}--resume {self.run}")
+
+
+class Silent:
+    """The reporter of the ranks other than 0: they train, rank 0 shows it."""
+
+    def start(self, run: Path, parameters: int, device: str, first_epoch: int) -> None: ...
+    def epoch_start(self, epoch: int, batches: int) -> None: ...
+    def batch(self, examples: int, loss: float, acc: float) -> None: ...
+    def epoch_end(self, record: dict[str, Any]) -> None: ...
+    def test(self, record: dict[str, Any]) -> None: ...
 
 
 def start(recipe: str | None, overrides: dict[str, Any], reporter: engine.Reporter, *,
-          run_dir: Path | None = None, root: Path = Path("runs")) -> engine.FitResult:
+          run_dir: Path | None = None, root: Path = Path("runs"),
+          timeout: float = distributed.DEFAULT_TIMEOUT) -> engine.FitResult:
     """Train a recipe (with command-line `overrides`, dotted keys) into a new run directory:
-    `run_dir`, or a fresh `root/<model>-<time>`."""
+    `run_dir`, or a fresh `root/<model>-<time>`. Under torchrun, every rank calls this; a
+    collective step that waits more than `timeout` seconds for another rank fails."""
     cfg = config.load(recipe, overrides)
     if cfg.model.name == "ensemble":
         _refuse(cfg, overrides, ENSEMBLE_OWN, "an ensemble trains each member by its own recipe; "
                 "change the member recipes instead")
     prepared = data.load_prepared(Path(cfg.data))
-    if run_dir is None:
-        run, created = runs.new_run_dir(root, cfg.model.name), True
-    else:
-        run, created = run_dir, runs.make_dir(run_dir)
-    with runs.RunLock(run):
-        before = {name for name in runs.RUN_FILES if (run / name).exists()}
-        if before & {runs.CONFIG, runs.LAST, runs.MEMBERS}:
-            raise UserError(f"{run} already holds a run: continue it with --resume {run}, "
-                            "or choose another --run-dir")
+    with _session(cfg, timeout) as world, ExitStack() as lock:
+        cfg.train.world_size = world.size
+
+        def claim() -> tuple[Path, set[str], bool]:
+            """The run directory, locked, with the files it held before (rank 0)."""
+            if run_dir is None:
+                run, created = runs.new_run_dir(root, cfg.model.name), True
+            else:
+                run, created = run_dir, runs.make_dir(run_dir)
+            lock.enter_context(runs.RunLock(run))
+            before = {name for name in runs.RUN_FILES if (run / name).exists()}
+            if before & {runs.CONFIG, runs.LAST, runs.MEMBERS}:
+                raise UserError(f"{run} already holds a run: continue it with --resume {run}, "
+                                "or choose another --run-dir")
+            return run, before, created
+
+        run, before, created = distributed.on_main(claim)
         try:
-            runs.init_run(run, cfg, prepared.folder)
-            return _interruptible(run, lambda: engine.fit(cfg, prepared, run, reporter))
+            distributed.on_main(lambda: runs.init_run(run, cfg, prepared.folder))
+            return _interruptible(run, lambda: engine.fit(cfg, prepared, run, _reporter(reporter)))
         except BaseException:
-            if not runs.has_progress(run):
+            if world.main and not runs.has_progress(run):
                 runs.remove_unstarted(run, keep=before, created=created)
             raise
 
 
-def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter) -> engine.FitResult:
+def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
+           timeout: float = distributed.DEFAULT_TIMEOUT) -> engine.FitResult:
     """Continue `run` from its last checkpoint. Overrides other than RESUMABLE that change the
-    run's config are refused; the config is rewritten only once the checkpoint has loaded."""
+    run's config are refused; the config is rewritten only once the checkpoint has loaded.
+    Under torchrun every rank reads the run's config (on other machines too: the run directory
+    must be shared with them); rank 0 alone reads the checkpoints and writes."""
     run = runs.check_run(run)
     old = runs.load_config(run)
     cfg = config.load(run / runs.CONFIG, overrides)
@@ -74,26 +107,68 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter) -> e
             "a resumed run keeps its recipe (only " + ", ".join(_flag(k) for k in own)
             + " can change); start a new run to change the rest")
     prepared = data.load_prepared(Path(cfg.data))
-    with runs.RunLock(run):
+    with _session(cfg, timeout) as world, ExitStack() as lock:
+        if world.size != old.train.world_size:
+            raise UserError(_world_size_advice(run, old.train.world_size, world.size))
+
+        def hold() -> None:
+            lock.enter_context(runs.RunLock(run))
+
+        distributed.on_main(hold)
+        shown = _reporter(reporter)
         if cfg.model.name == "ensemble":
-            runs.write_config(run, cfg)
-            return _interruptible(run, lambda: engine.fit_ensemble(cfg, prepared, run, reporter,
+            distributed.on_main(lambda: runs.write_config(run, cfg))
+            return _interruptible(run, lambda: engine.fit_ensemble(cfg, prepared, run, shown,
                                                                    resume=True))
         trainer = _interruptible(run, lambda: engine.Trainer(cfg, prepared, run, resume=True))
-        runs.write_config(run, cfg)
-        return _interruptible(run, lambda: trainer.fit(reporter))
+        distributed.on_main(lambda: runs.write_config(run, cfg))
+        return _interruptible(run, lambda: trainer.fit(shown))
+
+
+def _session(cfg: config.Config, timeout: float) -> Any:
+    """The distributed session for `cfg`'s device (nothing to join without torchrun)."""
+    local_rank = distributed.launched().local_rank
+    return distributed.session(engine.resolve_device(cfg.train.device, local_rank), timeout)
+
+
+def _reporter(reporter: engine.Reporter) -> engine.Reporter:
+    return reporter if distributed.world().main else Silent()
+
+
+def _world_size_advice(run: Path, trained: int, now: int) -> str:
+    """Why a run cannot go on with another number of processes, and the command that can."""
+    how = (f"imdbsent train --resume {run}" if trained == 1
+           else f"imdbsent train --nproc {trained} --resume {run} (or torchrun with "
+                f"{trained} processes in all)")
+    return (f"{run} was trained by {trained} process(es), not {now}: its batch order and "
+            f"random streams depend on that number; resume it with {how}")
 
 
 def _interruptible(run: Path, work: Callable[[], T]) -> T:
-    """Run `work()`, turning Ctrl-C and SIGTERM into `Interrupted` with the run's state."""
+    """Run `work()`, turning Ctrl-C and SIGTERM into `Interrupted` with the run's state, and a
+    lost distributed peer into one line."""
+    main = distributed.world().main
     try:
         return work()
     except (KeyboardInterrupt, Terminated) as exc:
         code = 143 if isinstance(exc, Terminated) else 130
+        if not main:
+            raise Interrupted(None, 0, code, quiet=True) from None
         if not runs.has_progress(run):
             raise Interrupted(None, 0, code) from None
         runs.reconcile_all(run)  # stopped between a checkpoint and its line: the line too
-        raise Interrupted(run, len(runs.epoch_records(run)), code) from None
+        raise Interrupted(run, len(runs.epoch_records(run)), code,
+                          processes=distributed.world().size) from None
+    except Exception as exc:
+        if not distributed.lost_contact(exc):
+            raise
+        kept = (f"; the run keeps its finished epochs: resume with imdbsent train --nproc "
+                f"{distributed.world().size} --resume {run}"
+                if main and runs.has_progress(run) else "")
+        why = ("did not answer within --dist-timeout" if "timeout" in str(exc).lower()
+               or "timed out" in str(exc).lower() else "stopped")
+        raise UserError(f"rank {distributed.world().rank}: another process of this training "
+                        f"{why}{kept}") from None
 
 
 def _refuse(cfg: config.Config, overrides: dict[str, Any], allowed: tuple[str, ...], why: str

@@ -1,0 +1,276 @@
+"""Training on many processes: torchrun and `train --nproc` on gloo, with small data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import EXE, SMALL_GRU, run_cli, run_exe
+from imdbsent import data, distributed, launch, runs, training
+
+LONG = SMALL_GRU.replace("epochs = 3", "epochs = 6")
+
+
+def _recipe(folder: Path, prepared_dir: Path, text: str = SMALL_GRU) -> Path:
+    path = folder / "recipe.toml"
+    path.write_text(text.format(data=prepared_dir))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _metrics(run: Path) -> list[dict]:
+    """A run's metrics without wall times."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_metrics(run)]
+
+
+def _layout(run: Path) -> list[str]:
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [int(e[5:]) for e in env if e.startswith(b"RANK=")]
+    return ranks[0] if ranks else None
+
+
+def _wait_for_epochs(run: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not (run / "metrics.jsonl").exists() or len(runs.read_metrics(run)) < n:
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        assert time.time() < deadline, "training made no progress"
+        time.sleep(0.05)
+
+
+# --- the pieces, in one process ------------------------------------------------------------
+
+def test_each_rank_takes_an_equal_share_of_the_same_batch_order(prepared_dir, monkeypatch):
+    split = data.load_prepared(prepared_dir).split("train")
+    whole = data.Batches(split, 16, shuffle=True, seed=3)
+    whole.epoch = 2
+    order = [b.label.tolist() for b in whole]
+    shares = []
+    for rank in range(3):
+        monkeypatch.setattr(distributed, "_world", distributed.World(rank, 3))
+        sharded = data.Batches(split, 16, shuffle=True, seed=3, shard=True)
+        sharded.epoch = 2
+        shares.append([b.label.tolist() for b in sharded])
+        assert len(sharded) == len(shares[-1]) == -(-len(order) // 3)  # equal steps for all
+    # rank r serves batches r, r + 3, ...; the order is padded with its own first batches
+    padded = order + order[:-len(order) % 3]
+    assert [batch for rank in range(3) for batch in shares[rank]] == [
+        padded[i] for rank in range(3) for i in range(rank, len(padded), 3)]
+
+
+def test_scoring_shares_are_not_padded(monkeypatch):
+    monkeypatch.setattr(distributed, "_world", distributed.World(1, 2))
+    assert distributed.share(list(range(5)), pad=False) == [1, 3]
+    assert distributed.share(list(range(5)), pad=True) == [1, 3, 0]
+
+
+def test_each_process_gets_its_share_of_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launch.threads, "available_cores", lambda: 16)
+    launch.share_threads(4, None)
+    assert os.environ["OMP_NUM_THREADS"] == "4"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting stands
+    launch.share_threads(4, None)
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    launch.share_threads(4, 2)  # so does --threads, passed on to every process
+    assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_the_launcher_names_the_rank_that_was_killed():
+    def failure(code: int, when: int, pid: int = 7) -> SimpleNamespace:
+        return SimpleNamespace(exitcode=code, timestamp=when, pid=pid)
+
+    killed = launch.outcome({0: failure(-15, 5), 1: failure(-9, 6, pid=42)})
+    assert killed.code == 137 and "rank 1 (pid 42) was killed by SIGKILL" in killed.message
+    interrupted = launch.outcome({0: failure(143, 5), 1: failure(143, 5)})
+    assert interrupted == launch.Outcome(143)  # rank 0 said how to resume
+    assert launch.outcome({1: failure(1, 5)}) == launch.Outcome(1)  # the rank printed its error
+
+
+def test_bf16_autocast_trains_on_the_cpu(prepared_dir, tmp_path):
+    run = tmp_path / "run"
+    recipe = _recipe(tmp_path, prepared_dir)
+    assert run_cli(["train", "--config", str(recipe), "--run-dir", str(run), "--precision",
+                    "bf16", "--epochs", "2"]) == 0
+    assert runs.load_config(run).train.precision == "bf16"
+    weights = runs.load_checkpoint(run / runs.BEST).weights
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
+    assert runs.read_metrics(run)[-1]["test_acc"] > 0.8
+
+
+# --- several processes ----------------------------------------------------------------------
+
+EQUIVALENCE = r"""
+import sys, torch
+from pathlib import Path
+from imdbsent import config, data, distributed, engine
+
+def merge(batches):
+    width = max(b.text.shape[1] for b in batches)
+    return data.Batch(torch.cat([torch.nn.functional.pad(b.text, (0, width - b.text.shape[1]))
+                                 for b in batches]),
+                      torch.cat([b.lengths for b in batches]), torch.cat([b.label for b in batches]))
+
+cfg = config.load(sys.argv[1], {"train.optimizer": "sgd", "train.lr": 0.5})  # no dropout
+prepared = data.load_prepared(Path(cfg.data))
+with distributed.session(torch.device("cpu"), 60) as world:
+    trainer = engine.Trainer(cfg, prepared, Path(sys.argv[2]).parent)
+    batches = trainer.train_batches
+    for epoch in range(1, 50):  # an epoch whose first two batches are full (equal weights)
+        full = data.Batches(batches.data, batches.batch_size, shuffle=True, seed=batches.seed)
+        full.epoch = epoch
+        first = [len(idx) for idx in full.order()[:2]]
+        if first == [batches.batch_size] * 2:
+            break
+    batches.epoch = epoch
+    if world.size == 1:  # one step on the union of what ranks 0 and 1 take
+        steps = [merge([b for _, b in zip(range(2), batches)])]
+    else:
+        steps = [next(iter(batches))]
+    if world.main:
+        torch.save({k: v.clone() for k, v in trainer.net.state_dict().items()}, sys.argv[2] + ".0")
+    engine.train(trainer.net, steps, trainer.optimizer, trainer.criterion, sync=world.size > 1)
+    if world.main:
+        torch.save(trainer.model.state_dict(), sys.argv[2])
+"""
+
+
+def test_two_processes_take_the_step_one_process_takes_on_both_batches(prepared_dir, tmp_path):
+    recipe = _recipe(tmp_path, prepared_dir)
+    port = str(_free_port())
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", EQUIVALENCE, str(recipe), str(tmp_path / "two.pt")],
+        env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+             "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+             "OMP_NUM_THREADS": "1"},
+        stderr=subprocess.PIPE) for rank in range(2)]
+    one = subprocess.run([sys.executable, "-c", EQUIVALENCE, str(recipe), str(tmp_path / "one.pt")],
+                         capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert one.returncode == 0, one.stderr.decode()
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
+    two, single = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    start = torch.load(tmp_path / "one.pt.0")
+    assert {k.removeprefix("module.") for k in torch.load(tmp_path / "two.pt.0")} == start.keys()
+    assert two.keys() == single.keys() == start.keys()
+    for name in two:
+        torch.testing.assert_close(two[name], single[name], atol=1e-5, rtol=0)
+    assert max((two[k] - start[k]).abs().max().item() for k in two) > 1e-3  # a real step
+
+
+def test_nproc_train_interrupt_resume_and_evaluate(prepared_dir, trained_run, tmp_path, capsys):
+    recipe = _recipe(tmp_path, prepared_dir, LONG)
+    straight = tmp_path / "straight"
+    done = run_exe(["train", "--config", str(recipe), "--run-dir", str(straight), "--nproc", "2"])
+    assert done.returncode == 0, done.stderr
+    assert runs.load_config(straight).train.world_size == 2
+
+    run = tmp_path / "interrupted"
+    proc = subprocess.Popen([str(EXE), "train", "--config", str(recipe), "--run-dir", str(run),
+                             "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_epochs(run, 2, proc)
+    proc.send_signal(signal.SIGTERM)  # to the launcher: it stops every rank
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert f"resume with: imdbsent train --nproc 2 --resume {run}" in err.decode()
+    assert b"Traceback" not in err
+
+    resumed = run_exe(["train", "--resume", str(run), "--nproc", "2"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert _metrics(run) == _metrics(straight)  # exactly where it would have been
+    assert _layout(run) == _layout(trained_run)  # what a one-process run holds
+    capsys.readouterr()
+    assert run_cli(["evaluate", str(run), "--json"]) == 0  # without torch.distributed
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(
+        _metrics(run)[-1]["test_loss"], abs=1e-6)
+    assert run_cli(["predict", "--run", str(run), "great film"]) == 0
+    assert capsys.readouterr().out.startswith("pos\t")
+
+    assert run_cli(["train", "--resume", str(run), "--epochs", "7"]) == 1  # one process
+    err = capsys.readouterr().err
+    assert "trained by 2 process(es), not 1" in err and "--nproc 2 --resume" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_killed_rank_ends_the_job_with_a_clear_line(prepared_dir, tmp_path):
+    recipe = _recipe(tmp_path, prepared_dir, SMALL_GRU.replace("epochs = 3", "epochs = 400"))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([str(EXE), "train", "--config", str(recipe), "--run-dir", str(run),
+                             "--nproc", "2", "--dist-timeout", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_epochs(run, 1, proc)
+    rank1 = [pid for pid in _children(proc.pid) if _rank_of(pid) == 1]
+    assert rank1, "rank 1 not found"
+    os.kill(rank1[0], signal.SIGKILL)
+    killed = time.time()
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - killed < 20  # within --dist-timeout
+    assert proc.returncode == 137
+    assert f"rank 1 (pid {rank1[0]}) was killed by SIGKILL" in err.decode()
+    assert b"Traceback" not in err
+    last = runs.load_checkpoint(run / runs.LAST)  # whole, and resumable
+    assert last.meta["epoch"] >= 1
+
+
+def test_two_nodes_meet_at_a_c10d_rendezvous_on_localhost(prepared_dir, tmp_path):
+    recipe = _recipe(tmp_path, prepared_dir)
+    endpoint = f"127.0.0.1:{_free_port()}"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    nodes = []
+    for node in range(2):
+        folder = tmp_path / f"node{node}"  # each "machine" has its own working folder
+        folder.mkdir()
+        nodes.append(subprocess.Popen(
+            [str(torchrun), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+             "--rdzv-endpoint", endpoint, "--rdzv-id", "imdbsent-test", "-m", "imdbsent", "train",
+             "--config", str(recipe), "--run-dir", "run"],
+            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    for proc in nodes:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err.decode()
+    written = [tmp_path / f"node{n}" / "run" for n in range(2) if (tmp_path / f"node{n}" / "run").exists()]
+    assert len(written) == 1  # rank 0's machine alone holds the run
+    assert runs.load_config(written[0]).train.world_size == 2
+    assert [r["epoch"] for r in runs.read_metrics(written[0])[:-1]] == [1, 2, 3]
+
+
+def test_interrupted_message_names_the_number_of_processes(tmp_path):
+    assert "imdbsent train --nproc 4 --resume" in str(training.Interrupted(tmp_path, 2, 130,
+                                                                           processes=4))
+    assert str(training.Interrupted(None, 0, 130, quiet=True)) == ""
