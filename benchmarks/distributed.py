@@ -1,7 +1,7 @@
 """One process against several: the default recipe trained for 5 epochs on full IMDB as
 1 process x all cores and as N processes (`train --nproc N`) x cores/N threads each; training
 examples per second and test accuracy of each, written to benchmarks/DISTRIBUTED.md (which
-benchmarks/run.py copies into RESULTS.md).
+benchmarks/run.py copies into RESULTS.md; `run.py --nproc N` measures it first).
 
     python benchmarks/distributed.py --data benchmarks/work/data            # 1 against 2
     python benchmarks/distributed.py --data DIR --nproc 4 --device cuda     # on a GPU machine
@@ -50,6 +50,36 @@ def train(data: Path, run: Path, nproc: int, device: str, epochs: int, log: Path
             "test_acc": test["test_acc"], "best_epoch": test["best_epoch"]}
 
 
+def measure(data: Path, work: Path, nproc: int, device: str, epochs: int, out: Path) -> None:
+    """Train both rows and write their table to `out`."""
+    import suite
+
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows = []
+    for n in (1, nproc):
+        run = work / "runs" / f"distributed-{n}"
+        subprocess.run(["rm", "-rf", str(run)], check=True)
+        print(f"training the default recipe with {n} process(es)", file=sys.stderr, flush=True)
+        rows.append(train(data, run, n, device, epochs, work / f"distributed-{n}.log"))
+    base = rows[0]["examples_per_s"]
+    lines = ["# One process against several (`train --nproc`)", "",
+             f"- machine: {suite.machine()}", f"- date: {started}",
+             f"- command: `python benchmarks/distributed.py --data DATA --nproc {nproc} "
+             f"--device {device}` (or run.py, which calls it)",
+             f"- the default recipe, {epochs} epochs, full IMDB; `--batch-size` is per "
+             "process (64), so N processes take N times fewer steps of N x 64 reviews together",
+             "- examples/s: training reviews an epoch over the mean epoch time (training and "
+             "validation); threads: each process's compute threads", "",
+             "| processes x threads | examples/s | speed-up | s/epoch | whole command s | "
+             "valid acc | test acc | best epoch |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['nproc']} x {r['threads']} | {r['examples_per_s']:,.0f} | "
+                     f"{r['examples_per_s'] / base:.2f}x | {r['epoch_s']:.1f} | {r['wall_s']:.0f} | "
+                     f"{100 * r['valid_acc']:.2f} | {100 * r['test_acc']:.2f} | {r['best_epoch']} |")
+    out.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="prepared full IMDB")
@@ -59,33 +89,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "DISTRIBUTED.md")
     args = parser.parse_args()
-    import suite
-
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    rows = []
-    for nproc in (1, args.nproc):
-        run = args.work / "runs" / f"distributed-{nproc}"
-        subprocess.run(["rm", "-rf", str(run)], check=True)
-        print(f"training with {nproc} process(es)", file=sys.stderr, flush=True)
-        rows.append(train(args.data, run, nproc, args.device, args.epochs,
-                          args.work / f"distributed-{nproc}.log"))
-    base = rows[0]["examples_per_s"]
-    lines = ["# One process against several (`train --nproc`)", "",
-             f"- machine: {suite.machine()}", f"- date: {started}",
-             f"- command: `python benchmarks/distributed.py --data DATA --nproc {args.nproc} "
-             f"--device {args.device}`",
-             f"- the default recipe, {args.epochs} epochs, full IMDB; `--batch-size` is per "
-             "process (64), so N processes take N times fewer, N times larger steps together",
-             "- examples/s: training reviews an epoch over the mean epoch time (training and "
-             "validation); threads: each process's OMP threads", "",
-             "| processes x threads | examples/s | speed-up | s/epoch | whole command s | "
-             "valid acc | test acc | best epoch |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['nproc']} x {r['threads']} | {r['examples_per_s']:,.0f} | "
-                     f"{r['examples_per_s'] / base:.2f}x | {r['epoch_s']:.1f} | {r['wall_s']:.0f} | "
-                     f"{100 * r['valid_acc']:.2f} | {100 * r['test_acc']:.2f} | {r['best_epoch']} |")
-    args.out.write_text("\n".join(lines) + "\n")
+    measure(args.data, args.work, args.nproc, args.device, args.epochs, args.out)
     print(args.out.read_text())
 
 

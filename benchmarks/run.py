@@ -6,6 +6,7 @@ accuracy, the short-text recipe on the suite; test figures choose nothing.
 
     python benchmarks/run.py --source ../shared/data/imdb            # every recipe, one seed
     python benchmarks/run.py --source ../shared/data/imdb --only nbow,cnn --seeds 3
+    python benchmarks/run.py --source ../shared/data/imdb --nproc 2   # and 1 process against 2
 
 Needs the `bench` extra (scikit-learn) for the reference line. Each training runs as its own
 `imdbsent train` process, so its wall time and peak memory are the command's own.
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EXE = Path(sys.executable).parent / "imdbsent"
 sys.path.insert(0, str(ROOT / "benchmarks" / "short"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 SEED = 1234  # the recipes' seed; --seeds N adds 1235, 1236, ...
 
 
@@ -79,6 +81,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1,
                         help="seeds a recipe is trained with (an ensemble: one)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--nproc", type=int, default=0,
+                        help="also time the default recipe as 1 process against N "
+                        "(distributed.py; DISTRIBUTED.md)")
     parser.add_argument("--throughput", nargs=2, metavar=("RUN", "SOURCE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.throughput:  # child mode: one predict throughput measurement, JSON on stdout
@@ -128,6 +133,10 @@ def main() -> None:
         for n in (10_000, 1_000_000):
             print(f"predict memory, {n:,} lines", flush=True)
             memory.append((n, *measure(args.work / "runs" / f"default-{SEED}", n)))
+    if args.nproc:
+        from distributed import measure as measure_distributed
+        measure_distributed(data_dir, args.work, args.nproc, "cpu", 5,
+                            ROOT / "benchmarks" / "DISTRIBUTED.md")
     skipped = [n for n in config.recipe_names() if n not in names]
     write_results(args.out, rows, short, ref, memory, suite.machine(), started, command,
                   skipped)
