@@ -136,7 +136,7 @@ def main() -> None:
     if args.nproc:
         from distributed import measure as measure_distributed
         measure_distributed(data_dir, args.work, args.nproc, "cpu", 5,
-                            ROOT / "benchmarks" / "DISTRIBUTED.md")
+                            args.out.parent / "DISTRIBUTED.md")
     skipped = [n for n in config.recipe_names() if n not in names]
     write_results(args.out, rows, short, ref, memory, suite.machine(), started, command,
                   skipped)

@@ -37,6 +37,12 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class ExplainFormat(str, Enum):
+    terminal = "terminal"
+    jsonl = "jsonl"
+    html = "html"
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -124,7 +130,7 @@ def train_cmd(
         "each on CUDA).", min=1)] = None,
     dist_timeout: Annotated[float, typer.Option(
         help="Seconds a process of a distributed training waits for the others before it "
-        "gives up.", min=1.0)] = 300.0,
+        "gives up.", min=1.0)] = config.DIST_TIMEOUT,
     threads_: ThreadsOption = None,
 ) -> None:
     """Train a model; checkpoints, config and metrics go to a run directory."""
@@ -153,7 +159,7 @@ def train_cmd(
         if str(exc):
             console.log(str(exc))
         raise typer.Exit(exc.code) from None
-    if not _rank_prefix():
+    if _is_main():
         console.log(f"run saved in {result.run}")
 
 
@@ -167,6 +173,9 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
 
     if resume is not None:
         cfg = config.load(runs.check_run(resume) / runs.CONFIG, overrides)
+        if cfg.train.world_size != nproc:
+            raise UserError(f"--nproc {nproc}: {resume} was trained by {cfg.train.world_size} "
+                            f"process(es); resume it with as many")
     else:
         cfg = config.load(recipe, overrides)
     data.load_prepared(Path(cfg.data))
@@ -180,6 +189,42 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
     if outcome.message:
         _fail(outcome.message, outcome.code)
     raise typer.Exit(outcome.code)
+
+
+@app.command("runs")
+def runs_cmd(
+    folder: Annotated[Path, typer.Argument(help="Folder of run directories.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as one JSON array.")
+                       ] = False,
+) -> None:
+    """List the runs in a folder, newest first: model, size, progress, scores and status."""
+    from imdbsent import runs
+
+    rows = runs.list_runs(folder)
+    if as_json:
+        console.result(json.dumps(rows))
+    else:
+        console.runs_table(rows, runs.LISTED)
+
+
+@app.command("report")
+def report_cmd(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories; several share each "
+                                                       "figure.", metavar="RUN...")],
+    out: Annotated[Path | None, typer.Option(help="Folder for the figures and report.html "
+                                                  "(default: RUN/report for one run, report/ "
+                                                  "for several).")] = None,
+    device: Annotated[Device, typer.Option(help="auto: CUDA if available.")] = Device.cpu,
+    threads_: ThreadsOption = None,
+) -> None:
+    """Figures of runs (learning curves; on the test split: confusion matrix, ROC, precision-
+    recall, reliability, P(pos) histogram) as PNG files and one self-contained report.html."""
+    threads.configure(threads_)
+    from imdbsent import report
+
+    folder = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
+    for path in report.make(run_dirs, folder, device.value):
+        console.result(str(path))
 
 
 @app.command("evaluate")
@@ -249,6 +294,45 @@ def predict_cmd(
     console.write_predictions(predictor.stream(_inputs(texts, file), batch_size), chosen)
 
 
+@app.command("explain")
+def explain_cmd(
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to explain; - reads "
+                                                         "standard input, one text per line.")
+                     ] = None,
+    file: Annotated[Path | None, typer.Option(help="Read texts from this file, one a line.")
+                    ] = None,
+    run: Annotated[Path | None, typer.Option(help="Run directory (default: the latest).")
+                   ] = None,
+    fmt: Annotated[ExplainFormat | None, typer.Option(
+        "--format", help="terminal (coloured words; the default on a terminal), jsonl (tokens, "
+        "offsets, scores; the default when piped) or html (one page).")] = None,
+    threshold: Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")
+                         ] = 0.5,
+    device: Annotated[Device, typer.Option(help="auto: CUDA if available.")] = Device.cpu,
+    threads_: ThreadsOption = None,
+) -> None:
+    """How much each word moved the score: exact for nbow and nblr, integrated gradients for
+    the recurrent and convolutional models."""
+    threads.configure(threads_)
+    from imdbsent import explain, runs
+    from imdbsent.predict import Predictor
+
+    if not texts and file is None:
+        raise UserError("nothing to explain: give texts, - for standard input, or --file PATH")
+    run = runs.check_run(run) if run is not None else runs.latest_run(report=console.log)
+    explainer = explain.Explainer(Predictor(run, device.value, threshold))
+    results = (explainer.explain(t) for t in _inputs(texts or [], file))
+    chosen = fmt.value if fmt else ("terminal" if console.out.is_terminal else "jsonl")
+    if chosen == "html":
+        console.result(explain.to_html(list(results), f"imdbsent explain: {run}"))
+    elif chosen == "jsonl":
+        for e in results:
+            console.result(json.dumps(explain.as_dict(e)))
+    else:
+        for e in results:
+            console.explanation(e)
+
+
 def _inputs(texts: list[str], file: Path | None) -> Iterator[str]:
     """Texts from the arguments in order, `-` standing for standard input, then --file."""
     for t in texts:
@@ -290,6 +374,13 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors and interruptions end as one line and an exit code."""
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        _run(argv)
+    finally:  # exiting: a SIGTERM now (torchrun stopping its ranks) just ends the process,
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a traceback from an atexit hook
+
+
+def _run(argv: list[str] | None) -> None:
+    try:
         code = app(args=argv, prog_name="imdbsent", standalone_mode=False)
     except Shared:
         sys.exit(1)  # another rank's error: rank 0 has said it
@@ -315,10 +406,14 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _is_main() -> bool:
+    """Whether this process is rank 0 of a distributed training, or trains alone."""
+    return os.environ.get("RANK", "0") in ("", "0") or "WORLD_SIZE" not in os.environ
+
+
 def _rank_prefix() -> str:
     """"rank N: " in a process of a distributed training other than rank 0, else ""."""
-    rank = os.environ.get("RANK", "0")
-    return f"rank {rank}: " if rank not in ("", "0") and "WORLD_SIZE" in os.environ else ""
+    return "" if _is_main() else f"rank {os.environ['RANK']}: "
 
 
 def _raise_terminated(_signum: int, _frame: object) -> None:

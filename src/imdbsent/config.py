@@ -23,6 +23,8 @@ SCHEDULES = ("constant", "linear", "cosine")
 POOLINGS = ("last", "max", "mean")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+#: Seconds a process of a distributed training waits for the others (--dist-timeout).
+DIST_TIMEOUT = 300.0
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Config:
     """A whole recipe: where the prepared data is, the model, the training."""
 
     version: int = CONFIG_VERSION
+    recipe: str = ""  # set when a run starts: the recipe's name, or its file's stem
     data: str = "data/imdb"
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -111,6 +114,7 @@ def load_member(cfg: Config, ref: str) -> Config:
     member = load(ref, {"data": cfg.data, "train.device": cfg.train.device})
     if member.model.name == "ensemble":
         raise UserError(f"model.members: {ref} is itself an ensemble")
+    member.recipe = member.recipe or Path(ref).stem
     return member
 
 

@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:  # not at run time: importing predict imports torch, and --help must start fast
+    from imdbsent.explain import Explanation, Token
     from imdbsent.predict import Prediction
 
 # Text from users and files (reviews, paths, split names) must reach the terminal as it is: no
@@ -143,6 +144,72 @@ def metrics_table(metrics: dict[str, Any], title: str) -> None:
         for span, count, mean_p, positive in bins:
             result(f"reliability {span}\t{count} examples, mean prob_pos {mean_p}, "
                    f"positive {positive}")
+
+
+def runs_table(rows: list[dict[str, Any]], columns: Iterable[str]) -> None:
+    """`imdbsent runs`: a table on a terminal; tab-separated lines of `columns` under a header
+    when piped (raw values, empty where unknown)."""
+    if not out.is_terminal:
+        columns = list(columns)
+        result("\t".join(columns))
+        for row in rows:
+            result("\t".join(_one_field("" if row[c] is None else str(row[c])) for c in columns))
+        return
+    table = Table("run", "started", "recipe", "model", "parameters", "epochs (best)",
+                  "best valid loss", "valid acc", "test acc", "training", "status",
+                  box=box.SIMPLE_HEAD)
+    for r in rows:
+        epochs = "" if r["epochs"] is None else (
+            f"{r['epochs']} ({r['best_epoch']})" if r["best_epoch"] else str(r["epochs"]))
+        if r["processes"] and r["processes"] > 1:
+            epochs += f" x{r['processes']} procs"
+        table.add_row(_cell(r["name"]), r["started"] or "", _cell(r["recipe"]),
+                      r["model"] or "", _maybe(r["parameters"], "{:,}"), epochs,
+                      _maybe(r["best_valid_loss"], "{:.4f}"),
+                      _maybe(r["best_valid_acc"], "{:.2%}"), _maybe(r["test_acc"], "{:.2%}"),
+                      _maybe(r["train_seconds"], "{:.0f} s"), _cell(r["status"]))
+    out.print(table)
+
+
+def _maybe(value: Any, fmt: str) -> str:
+    return "" if value is None else fmt.format(value)
+
+
+def _cell(text: str | None) -> Text:
+    """Text from a folder or file as a table cell: never markup, control characters visible."""
+    return Text(_displayed(text or "", 200))
+
+
+def explanation(e: Explanation) -> None:
+    """One explanation on the terminal: label and probability, the text with each token
+    coloured (green towards pos, red towards neg, brighter for a larger score; words out of the
+    vocabulary underlined), and the tokens that moved it most."""
+    from imdbsent.explain import pieces, strongest
+
+    if e.prob_pos is None:
+        out.print(Text("skip  " + _displayed(e.text, 10_000)))
+        return
+    line = Text(f"{e.label}  {e.prob_pos:.4f}  ")
+    top = strongest(e)
+    for piece, token in pieces(e):
+        style = ""
+        if token is not None and token.score:
+            shade = int(80 + 175 * min(1.0, abs(token.score) / top))
+            style = f"bold rgb(0,{shade},0)" if token.score > 0 else f"bold rgb({shade},0,0)"
+        if token is not None and token.unknown:
+            style += " underline"
+        line.append(_displayed(piece, 10_000), style=style.strip())
+    out.print(line)
+
+    def word(t: Token) -> str:  # as written, not as the vocabulary spells it
+        return _displayed(e.text[t.start:t.end], 40) + f" {t.score:+.2f}"
+
+    ranked = sorted(e.tokens, key=lambda t: t.score)
+    most = [word(t) for t in reversed(ranked[-3:]) if t.score > 0]
+    least = [word(t) for t in ranked[:3] if t.score < 0]
+    gap = "" if e.complete else f"; the scores miss the logit by {e.gap:+.3f}"
+    out.print(Text(f"      towards pos: {', '.join(most) or '-'}; towards neg: "
+                   f"{', '.join(least) or '-'} ({e.method}{gap})"), style="dim")
 
 
 def write_predictions(batches: Iterable[list[Prediction]], fmt: str) -> None:

@@ -6,8 +6,9 @@ torchrun (or `imdbsent train --nproc N`, which starts torchrun) sets RANK, WORLD
 LOCAL_RANK and LOCAL_WORLD_SIZE in each process's environment; `session()` joins the process
 group they describe (gloo on the CPU, NCCL on CUDA with one GPU per local rank). Outside a
 session every function here is the identity of a world of one, so the fit loop is one loop,
-with or without torchrun. Rank 0 alone touches the run directory; the others receive what
-they need from it (`on_main`), so other machines need the prepared data but not the run.
+with or without torchrun. Rank 0 alone writes the run directory and reads its checkpoints; the
+others receive what they need from it (`on_main`), so other machines need the prepared data,
+and the run's config.toml only to resume.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from imdbsent.config import DIST_TIMEOUT
 from imdbsent.errors import Shared, UserError
 
 T = TypeVar("T")
 
-#: Seconds a collective step waits for the other processes before giving up (--dist-timeout).
-DEFAULT_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,13 @@ def world() -> World:
 
 
 @contextmanager
-def session(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> Iterator[World]:
+def session(device: torch.device, timeout: float = DIST_TIMEOUT) -> Iterator[World]:
     """Join the process group torchrun describes for the time of the block (nothing to join
     for a world of one): NCCL when `device` is CUDA, else gloo. A collective step that waits
     more than `timeout` seconds for another process fails instead of hanging."""
     global _world
     found = launched()
-    if found.size == 1 or dist.is_initialized():
+    if found.size == 1:
         _world = found
         try:
             yield found
@@ -92,6 +92,7 @@ def session(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> Iterator[
 
 
 def active() -> bool:
+    """Whether this process is one of several training together."""
     return _world.size > 1
 
 
@@ -131,21 +132,24 @@ def gather(value: T) -> list[T]:
 
 def on_main(work: Callable[[], T]) -> T:
     """`work()` run by rank 0 alone (reading or writing the run), its result sent to every
-    rank. A UserError on rank 0 is raised on every rank (as `Shared` on the others), so that
-    no rank waits for one that has stopped."""
+    rank. If it fails on rank 0, the others are told before rank 0 raises: a UserError is
+    raised on them too (as `Shared`: rank 0 says it), anything else ends them with a line
+    that points to rank 0, so that no rank waits for one that has stopped."""
     if not active():
         return work()
     result, failure = None, None
     if _world.main:
         try:
             result = work()
-        except UserError as exc:
+        except BaseException as exc:  # KeyboardInterrupt and bugs too: the others must not wait
             failure = exc
-    message, result = broadcast((str(failure) if failure else None, result))
+    note = None if failure is None else (str(failure) if isinstance(failure, UserError)
+                                         else f"rank 0 stopped ({type(failure).__name__})")
+    note, result = broadcast((note, result))
     if failure is not None:
         raise failure
-    if message is not None:
-        raise Shared(message)
+    if note is not None:
+        raise Shared(note)
     return result
 
 
@@ -172,9 +176,13 @@ def share(items: list[T], *, pad: bool) -> list[T]:
     return items[_world.rank::_world.size]
 
 
-def lost_contact(exc: BaseException) -> bool:
-    """Whether `exc`, raised in a session, is a collective step's failure: another process
-    stopped or did not answer (gloo reports some of these as plain RuntimeErrors)."""
+def lost_contact(exc: BaseException) -> UserError | None:
+    """The one line for `exc` if, raised in a session, it is a collective step's failure:
+    another process stopped or did not answer (gloo reports some of these as plain
+    RuntimeErrors); None for any other exception."""
     text = str(exc).lower()
-    return active() and (isinstance(exc, dist.DistError) or isinstance(exc, RuntimeError) and (
-        "gloo" in text or "connection" in text))
+    if not active() or not (isinstance(exc, dist.DistError) or (
+            isinstance(exc, RuntimeError) and ("gloo" in text or "connection" in text))):
+        return None
+    why = "did not answer within --dist-timeout" if "time" in text else "stopped"
+    return UserError(f"another process of this training {why}")

@@ -9,7 +9,9 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,10 +42,11 @@ def binary_accuracy(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def train(model: nn.Module, iterator: Iterable[Batch], optimizer: torch.optim.Optimizer,
           criterion: nn.Module, *, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-          clip: float = 0.0, on_batch: OnBatch | None = None, sync: bool = False
-          ) -> tuple[float, float]:
+          clip: float = 0.0, on_batch: OnBatch | None = None, sync: bool = False,
+          amp: AbstractContextManager = nullcontext()) -> tuple[float, float]:
     """One epoch of training; the mean loss and accuracy over its examples (over every
-    process's examples with `sync`, in a distributed training)."""
+    process's examples with `sync`, in a distributed training). The forward pass and the loss
+    run within `amp` (an autocast), the backward pass and the step outside it."""
     device = _device_of(model)
     model.train()
     total_loss = total_acc = 0.0
@@ -51,8 +54,9 @@ def train(model: nn.Module, iterator: Iterable[Batch], optimizer: torch.optim.Op
     for batch in threads.balanced(iterator):
         batch = batch.to(device)
         optimizer.zero_grad()
-        predictions = model(batch.text, batch.lengths)
-        loss = criterion(predictions, batch.label)
+        with amp:
+            predictions = model(batch.text, batch.lengths)
+            loss = criterion(predictions, batch.label)
         acc = binary_accuracy(predictions, batch.label)
         loss.backward()
         if clip:
@@ -120,6 +124,8 @@ def predict_logits(model: nn.Module, iterator: Iterable[Batch],
         for batch in threads.balanced(iterator):
             logits.append(score(batch.to(device).text, batch.lengths).float().cpu())
             labels.append(batch.label)
+    if not logits:  # e.g. a process's share of a split smaller than the world
+        return torch.empty(0), torch.empty(0)
     return torch.cat(logits), torch.cat(labels)
 
 
@@ -235,8 +241,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """The forward passes' precision: bf16 autocast (matrix products in bfloat16, losses and
-    reductions in float32; on the CPU too), or float32 throughout."""
+    """Training's forward precision: bf16 autocast (matrix products in bfloat16, losses and
+    reductions in float32; on the CPU too), or float32 throughout. Validation, calibration
+    and the test run in float32, as `evaluate` and `predict` do."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--precision bf16: this GPU has no bfloat16; use --precision fp32")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -335,7 +344,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.criterion = nn.BCEWithLogitsLoss().to(self.device)
         self.meta = {"vocab_size": self.vocab_size, "model": cfg.model.name,
-                     "ngram_hash": models.NGRAM_HASH, "data_fingerprint": data.fingerprint}
+                     "ngram_hash": models.NGRAM_HASH, "data_fingerprint": data.fingerprint,
+                     "parameters": count_parameters(self.model)}
         self.first_epoch, self.best_loss, self.best_epoch, self.stale = 1, math.inf, 0, 0
         if last is not None:
             self._restore(last)
@@ -384,9 +394,6 @@ class Trainer:
         if self.world.main:
             runs.reconcile_metrics(self.run, last.meta["metrics"])
 
-    def autocast(self) -> torch.autocast:
-        return autocast(self.device, self.cfg.train.precision)
-
     def fit(self, reporter: Reporter) -> FitResult:
         """Train the remaining epochs (stopping early after `patience` epochs without a better
         validation loss), then test the best checkpoint."""
@@ -408,13 +415,11 @@ class Trainer:
         reporter.epoch_start(epoch, len(self.train_batches))
         start_time = time.time()
         sync = self.world.size > 1
-        with self.autocast():
-            train_loss, train_acc = train(self.net, self.train_batches, self.optimizer,
-                                          self.criterion, scheduler=self.scheduler,
-                                          clip=self.cfg.train.clip_grad, on_batch=reporter.batch,
-                                          sync=sync)
-            valid_loss, valid_acc = evaluate(self.model, self.valid_batches, self.criterion,
-                                             sync=sync)
+        train_loss, train_acc = train(self.net, self.train_batches, self.optimizer,
+                                      self.criterion, scheduler=self.scheduler,
+                                      clip=self.cfg.train.clip_grad, on_batch=reporter.batch,
+                                      sync=sync, amp=autocast(self.device, self.cfg.train.precision))
+        valid_loss, valid_acc = evaluate(self.model, self.valid_batches, self.criterion, sync=sync)
         improved = valid_loss < self.best_loss
         if improved:
             self.best_loss, self.best_epoch, self.stale = valid_loss, epoch, 0
@@ -451,8 +456,7 @@ class Trainer:
         _load_weights(self.model, best, path)
         if not (self.cfg.train.calibrate and len(self.valid_batches.data)):
             return 1.0, 0.0
-        with self.autocast():
-            shares = distributed.gather(predict_logits(self.model, self.valid_batches))
+        shares = distributed.gather(predict_logits(self.model, self.valid_batches))
 
         def fit_and_store() -> tuple[float, float]:
             logits, labels = (torch.cat(parts) for parts in zip(*shares))
@@ -471,9 +475,8 @@ class Trainer:
         test_batches = Batches(self.data.split("test"), self.cfg.train.batch_size,
                                max_length=self.max_length, shard=self.world.size > 1,
                                pin=self.device.type == "cuda")
-        with self.autocast():
-            test_loss, test_acc = evaluate(models.Calibrated(self.model, temperature, bias),
-                                           test_batches, self.criterion, sync=self.world.size > 1)
+        test_loss, test_acc = evaluate(models.Calibrated(self.model, temperature, bias),
+                                       test_batches, self.criterion, sync=self.world.size > 1)
         record = {"split": "test", "best_epoch": self.best_epoch,
                   "temperature": temperature, "bias": bias, "test_loss": test_loss,
                   "test_acc": test_acc}
@@ -518,8 +521,8 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
         return todo
 
     for member_run, member_cfg, fresh in distributed.on_main(plan):
-        if fresh and world.main:
-            runs.init_run(member_run, member_cfg, data.folder)
+        if fresh:
+            distributed.on_main(partial(runs.init_run, member_run, member_cfg, data.folder))
         fit(member_cfg, data, member_run, reporter, resume=not fresh)
     if not world.main:  # rank 0 fits the stacker and tests the ensemble alone
         return FitResult(run, 0, 0, {})

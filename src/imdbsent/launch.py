@@ -54,13 +54,13 @@ def run(nproc: int, train_args: list[str]) -> Outcome:
     return Outcome(0)
 
 
-def outcome(failures: dict) -> Outcome:
+def outcome(failures: dict[int, Any]) -> Outcome:
     """The exit status and line for torchrun's failed processes (rank: ProcessFailure): the
     first to fail is named when a signal ended it; else the ranks printed their own line."""
-    def cause(item: tuple[int, Any]) -> tuple[bool, int, int]:
-        rank, failure = item  # a rank that was stopped (SIGTERM, SIGINT) is not the cause
-        stopped = -failure.exitcode in (signal.SIGTERM, signal.SIGINT)
-        return (stopped, failure.timestamp, rank)
+    def cause(item: tuple[int, Any]) -> tuple[bool, bool, int, int]:
+        rank, failure = item  # not a rank that was stopped (SIGTERM, SIGINT); a signal's
+        stopped = -failure.exitcode in (signal.SIGTERM, signal.SIGINT)  # death before an
+        return (stopped, failure.exitcode >= 0, failure.timestamp, rank)  # exit (same second)
 
     rank, first = min(failures.items(), key=cause)
     if first.exitcode < 0:

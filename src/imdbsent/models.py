@@ -276,7 +276,7 @@ class Calibrated(nn.Module):
 
 def fit_logistic(x: torch.Tensor, labels: torch.Tensor, *, bias: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logistic regression of 0/1 labels on features [n, k], to the minimum of the log loss
+    """Logistic regression of labels in [0, 1] on features [n, k], to the minimum of the log loss
     (L-BFGS: a handful of parameters, a few thousand examples); the weights [k] and the bias
     (zero when `bias` is False)."""
     weight = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)

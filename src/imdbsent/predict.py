@@ -91,13 +91,23 @@ class Predictor:
             yield self.predict(batch)
 
 
-def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = None,
-                 data_dir: Path | None = None, threshold: float = 0.5, device: str = "cpu",
-                 text_column: str = "text", label_column: str = "label") -> tuple[dict, str]:
-    """Metrics of a run's best checkpoint (calibrated, if it was) on a prepared split or on a
-    labeled file, with the share of its tokens that the vocabulary lacks (`unk_rate`); returns
-    the metrics and a description of what was scored."""
-    predictor = Predictor(run, device, threshold)
+@dataclass
+class Scored:
+    """A run's calibrated logits on a labeled set, its labels, the share of its tokens that the
+    vocabulary lacks, and a description of the set."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    unk_rate: float
+    what: str
+
+
+def score_run(run: Path, *, split: str = "test", data_file: Path | None = None,
+              data_dir: Path | None = None, device: str = "cpu", text_column: str = "text",
+              label_column: str = "label") -> Scored:
+    """Score a run's best checkpoint (calibrated, if it was) on a prepared split, or on a
+    labeled file."""
+    predictor = Predictor(run, device)
     if data_file is not None:
         ds = read_labeled_file(data_file, text_column, label_column)
         enc = Encoded.from_lists(text.encode(predictor.tokenizer, ds["text"]), ds["label"])
@@ -110,6 +120,19 @@ def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = Non
         what = f"{prepared.folder} [{split}]"
     batches = Batches(enc, MODEL_BATCH, max_length=predictor.max_length)
     logits, labels = engine.predict_logits(predictor.model, batches)
-    metrics = engine.classification_metrics(logits, labels, threshold)
-    metrics["unk_rate"] = float((enc.flat == text.UNK_ID).mean()) if len(enc.flat) else 0.0
-    return metrics, what
+    unk_rate = float((enc.flat == text.UNK_ID).mean()) if len(enc.flat) else 0.0
+    return Scored(logits, labels, unk_rate, what)
+
+
+def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = None,
+                 data_dir: Path | None = None, threshold: float = 0.5, device: str = "cpu",
+                 text_column: str = "text", label_column: str = "label") -> tuple[dict, str]:
+    """Metrics of a run on a prepared split or a labeled file (`score_run`) at `threshold`,
+    with its `unk_rate`; returns the metrics and a description of what was scored."""
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"--threshold must be between 0 and 1, not {threshold}")
+    scored = score_run(run, split=split, data_file=data_file, data_dir=data_dir, device=device,
+                       text_column=text_column, label_column=label_column)
+    metrics = engine.classification_metrics(scored.logits, scored.labels, threshold)
+    metrics["unk_rate"] = scored.unk_rate
+    return metrics, scored.what

@@ -17,10 +17,12 @@ atomic rename. Loading never runs code: safetensors holds tensors only, the meta
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -270,6 +272,85 @@ def checkpoint_meta(path: Path) -> dict[str, Any]:
 def _unreadable(path: Path, exc: Exception) -> UserError:
     return UserError(f"{path}: not a readable imdbsent checkpoint "
                      f"(truncated or corrupted? {str(exc).splitlines()[0][:120]})")
+
+
+LISTED = ("name", "started", "recipe", "model", "parameters", "processes", "epochs",
+          "best_epoch", "best_valid_loss", "best_valid_acc", "test_acc", "train_seconds",
+          "status")  # the fields of a row of `imdbsent runs`, in its order
+
+
+def list_runs(folder: Path) -> list[dict[str, Any]]:
+    """One row (`describe`) for each folder in `folder`, the most recently started first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder of runs")
+    found = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return [describe(p) for p in sorted(found, key=lambda p: (_started(p), p.name), reverse=True)]
+
+
+def describe(run: Path) -> dict[str, Any]:
+    """What a run is and how far it got: a row of `imdbsent runs` (fields LISTED). Reads only,
+    and never raises: a run that cannot be read says what is wrong in its status."""
+    row: dict[str, Any] = dict.fromkeys(LISTED)
+    row["name"] = run.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    started = _started(run)
+    row["started"] = datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds")
+    try:
+        cfg = load_config(run)
+        records = read_metrics(run)
+        epochs = epoch_records(run)
+        row.update(recipe=cfg.recipe or None, model=cfg.model.name,
+                   processes=cfg.train.world_size, epochs=len(epochs),
+                   train_seconds=round(sum(r.get("seconds", 0.0) for r in epochs), 1))
+        best = [r for r in records if r.get("best")] or [r for r in records if "members" in r]
+        if best:
+            row.update(best_epoch=best[-1].get("epoch"), best_valid_loss=best[-1]["valid_loss"],
+                       best_valid_acc=best[-1]["valid_acc"])
+        if records and records[-1].get("split") == "test":  # not one that more epochs followed
+            row["test_acc"] = records[-1]["test_acc"]
+    except Exception as exc:  # any of them: this row says what is wrong, the listing goes on
+        row["status"] = f"broken: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        return row
+    try:
+        row["parameters"] = _parameters(run) if (run / BEST).is_file() else None
+    except UserError:
+        pass  # an unreadable best checkpoint: the rest of the row still holds
+    for key, value in row.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            row[key] = None  # (JSON has no NaN)
+    if is_locked(run):
+        row["status"] = "training"
+    elif row["test_acc"] is not None:
+        row["status"] = "finished"
+    elif has_progress(run):
+        row["status"] = "interrupted"
+    else:
+        row["status"] = "failed before epoch 1"
+    return row
+
+
+def _started(run: Path) -> float:
+    """When a run started: its tokenizer's time (written first, never again), in seconds."""
+    for path in (run / TOKENIZER, run / CONFIG, run):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
+
+
+def _parameters(run: Path) -> int:
+    """The trained parameters of a run's model: recorded in its best checkpoint (older runs:
+    every tensor in it, buffers too); an ensemble's are its members' and its stacker's."""
+    members = sum(_parameters(m) for m in sorted((run / MEMBERS).glob("*")) if (m / BEST).is_file())
+    meta = checkpoint_meta(run / BEST)
+    if "parameters" in meta:
+        return members + meta["parameters"]
+    try:
+        with safe_open(str(run / BEST), framework="pt") as fh:
+            return members + sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(run / BEST, exc) from None
 
 
 class RunLock(FolderLock):

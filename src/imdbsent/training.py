@@ -12,13 +12,13 @@ A resumed run needs as many processes as it started with: its batch order depend
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from imdbsent import config, data, distributed, engine, runs
-from imdbsent.errors import Terminated, UserError
+from imdbsent.errors import Shared, Terminated, UserError
 
 RESUMABLE = ("train.epochs", "train.device", "data")  # what --resume may change
 ENSEMBLE_OWN = ("train.device", "data")  # what an ensemble takes; members follow their recipes
@@ -58,17 +58,19 @@ class Silent:
 
 def start(recipe: str | None, overrides: dict[str, Any], reporter: engine.Reporter, *,
           run_dir: Path | None = None, root: Path = Path("runs"),
-          timeout: float = distributed.DEFAULT_TIMEOUT) -> engine.FitResult:
+          timeout: float = config.DIST_TIMEOUT) -> engine.FitResult:
     """Train a recipe (with command-line `overrides`, dotted keys) into a new run directory:
     `run_dir`, or a fresh `root/<model>-<time>`. Under torchrun, every rank calls this; a
     collective step that waits more than `timeout` seconds for another rank fails."""
     cfg = config.load(recipe, overrides)
+    cfg.recipe = cfg.recipe or Path(recipe or "default").stem
     if cfg.model.name == "ensemble":
         _refuse(cfg, overrides, ENSEMBLE_OWN, "an ensemble trains each member by its own recipe; "
                 "change the member recipes instead")
     prepared = data.load_prepared(Path(cfg.data))
     with _session(cfg, timeout) as world, ExitStack() as lock:
         cfg.train.world_size = world.size
+        _same_data_everywhere(prepared)
 
         def claim() -> tuple[Path, set[str], bool]:
             """The run directory, locked, with the files it held before (rank 0)."""
@@ -94,7 +96,7 @@ def start(recipe: str | None, overrides: dict[str, Any], reporter: engine.Report
 
 
 def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
-           timeout: float = distributed.DEFAULT_TIMEOUT) -> engine.FitResult:
+           timeout: float = config.DIST_TIMEOUT) -> engine.FitResult:
     """Continue `run` from its last checkpoint. Overrides other than RESUMABLE that change the
     run's config are refused; the config is rewritten only once the checkpoint has loaded.
     Under torchrun every rank reads the run's config (on other machines too: the run directory
@@ -108,8 +110,10 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
             + " can change); start a new run to change the rest")
     prepared = data.load_prepared(Path(cfg.data))
     with _session(cfg, timeout) as world, ExitStack() as lock:
-        if world.size != old.train.world_size:
-            raise UserError(_world_size_advice(run, old.train.world_size, world.size))
+        if world.size != old.train.world_size:  # the same on every rank: rank 0 says it
+            advice = _world_size_advice(run, old.train.world_size, world.size)
+            raise UserError(advice) if world.main else Shared(advice)
+        _same_data_everywhere(prepared)
 
         def hold() -> None:
             lock.enter_context(runs.RunLock(run))
@@ -125,10 +129,21 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
         return _interruptible(run, lambda: trainer.fit(shown))
 
 
-def _session(cfg: config.Config, timeout: float) -> Any:
+def _session(cfg: config.Config, timeout: float) -> AbstractContextManager[distributed.World]:
     """The distributed session for `cfg`'s device (nothing to join without torchrun)."""
     local_rank = distributed.launched().local_rank
     return distributed.session(engine.resolve_device(cfg.train.device, local_rank), timeout)
+
+
+def _same_data_everywhere(prepared: data.Prepared) -> None:
+    """Refuse, on every rank, a training whose processes found different prepared data."""
+    prints = distributed.gather(prepared.fingerprint)
+    if len(set(prints)) > 1:
+        odd = [rank for rank, p in enumerate(prints) if p != prints[0]]
+        message = (f"the processes found different prepared data at {prepared.folder} (ranks "
+                   f"{', '.join(map(str, odd))} differ from rank 0): give every machine the "
+                   "same prepared folder (a copy of it)")
+        raise UserError(message) if distributed.world().main else Shared(message)
 
 
 def _reporter(reporter: engine.Reporter) -> engine.Reporter:
@@ -160,15 +175,13 @@ def _interruptible(run: Path, work: Callable[[], T]) -> T:
         raise Interrupted(run, len(runs.epoch_records(run)), code,
                           processes=distributed.world().size) from None
     except Exception as exc:
-        if not distributed.lost_contact(exc):
+        lost = distributed.lost_contact(exc)
+        if lost is None:
             raise
-        kept = (f"; the run keeps its finished epochs: resume with imdbsent train --nproc "
-                f"{distributed.world().size} --resume {run}"
-                if main and runs.has_progress(run) else "")
-        why = ("did not answer within --dist-timeout" if "timeout" in str(exc).lower()
-               or "timed out" in str(exc).lower() else "stopped")
-        raise UserError(f"rank {distributed.world().rank}: another process of this training "
-                        f"{why}{kept}") from None
+        if main and runs.has_progress(run):
+            lost.args = (f"{lost}; the run keeps its finished epochs: resume it with as many "
+                         f"processes ({distributed.world().size}), --resume {run}",)
+        raise lost from None
 
 
 def _refuse(cfg: config.Config, overrides: dict[str, Any], allowed: tuple[str, ...], why: str

@@ -1,0 +1,296 @@
+"""Looking at runs: `imdbsent runs`, `imdbsent report` and `imdbsent explain`."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import struct
+import sys
+import unicodedata
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SMALL_GRU, hold_lock, run_cli
+from imdbsent import explain, runs
+from imdbsent.predict import Predictor
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def small_runs(prepared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One small run of each kind of model that explain treats its own way."""
+    folder = tmp_path_factory.mktemp("kinds")
+    recipes = {
+        "nblr": SMALL_GRU.replace('"gru"', '"nblr"\nngram_buckets = 5000\nngrams = 2'),
+        "nbow": SMALL_GRU.replace('"gru"', '"nbow"\nngram_buckets = 5000\nngrams = 3'),
+        "cnn": SMALL_GRU.replace('"gru"', '"cnn"\nfilter_sizes = [2, 3]\nnum_filters = 8')
+        .replace("batch_size = 16", "batch_size = 16\nmax_length = 6"),
+        "rnn": SMALL_GRU.replace('"gru"', '"rnn"').replace("bidirectional = true", ""),
+    }
+    made = {}
+    for name, recipe in recipes.items():
+        path = folder / f"{name}.toml"
+        path.write_text(recipe.format(data=prepared_dir).replace("epochs = 3", "epochs = 2"))
+        made[name] = folder / name
+        assert run_cli(["train", "--config", str(path), "--run-dir", str(made[name])]) == 0
+    ensemble = folder / "ensemble.toml"
+    ensemble.write_text(f'version = 1\ndata = "{prepared_dir}"\n[model]\nname = "ensemble"\n'
+                        'members = ["cnn.toml", "nblr.toml"]\n')
+    made["ensemble"] = folder / "ensemble"
+    assert run_cli(["train", "--config", str(ensemble), "--run-dir", str(made["ensemble"])]) == 0
+    return made
+
+
+# --- imdbsent runs ---------------------------------------------------------------------------
+
+def _copy(run: Path, folder: Path, name: str, started: float) -> Path:
+    copy = folder / name
+    shutil.copytree(run, copy)
+    os.utime(copy / "tokenizer.json", (started, started))
+    return copy
+
+
+def test_runs_lists_every_state_newest_first_and_survives_a_broken_one(trained_run, tmp_path,
+                                                                       capsys):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    _copy(trained_run, folder, "finished", 1_000_000)
+    interrupted = _copy(trained_run, folder, "interrupted", 2_000_000)
+    lines = (interrupted / "metrics.jsonl").read_text().splitlines()
+    (interrupted / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # no test line
+    training = _copy(trained_run, folder, "training", 3_000_000)
+    unstarted = folder / "unstarted"  # killed before its first epoch ended
+    unstarted.mkdir()
+    for name in ("config.toml", "tokenizer.json"):
+        shutil.copy(trained_run / name, unstarted / name)
+    os.utime(unstarted / "tokenizer.json", (4_000_000, 4_000_000))
+    broken = _copy(trained_run, folder, "broken", 5_000_000)
+    (broken / "metrics.jsonl").write_text('{"epoch": 1, "valid_')  # cut off mid-line
+    odd = _copy(trained_run, folder, "odd\tname\n[bold]", 500_000)  # the oldest
+    (odd / "metrics.jsonl").write_text("[]\n")  # valid JSON, but not a record
+
+    holder = hold_lock(training)
+    try:
+        assert run_cli(["runs", str(folder), "--json"]) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["broken", "unstarted", "training", "interrupted",
+                                         "finished", "odd\tname\n[bold]"]
+    assert rows[-1]["status"].startswith("broken: ")
+    rows = rows[:-1]
+    status = {r["name"]: r["status"] for r in rows}
+    assert status["finished"] == "finished" and status["interrupted"] == "interrupted"
+    assert status["training"] == "training" and status["unstarted"] == "failed before epoch 1"
+    assert status["broken"].startswith("broken: ")
+    finished = rows[-1]
+    records = runs.read_metrics(trained_run)
+    model = Predictor(trained_run).model
+    assert finished["parameters"] == sum(p.numel() for p in model.parameters() if
+                                         p.requires_grad)
+    assert finished["model"] == "gru" and finished["epochs"] == 3
+    assert finished["test_acc"] == records[-1]["test_acc"]
+    best = [r for r in records if r.get("best")][-1]
+    assert (finished["best_epoch"], finished["best_valid_acc"]) == (best["epoch"],
+                                                                    best["valid_acc"])
+    assert rows[3]["test_acc"] is None and rows[3]["epochs"] == 3
+
+    assert run_cli(["runs", str(folder)]) == 0  # piped: a header and a TSV row each
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split("\t") == list(runs.LISTED) and len(out) == 7  # the odd name: one line
+    assert all(len(line.split("\t")) == len(runs.LISTED) for line in out)
+
+
+def test_runs_of_a_missing_folder_is_one_line(tmp_path, capsys):
+    assert run_cli(["runs", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"imdbsent: error: {tmp_path / 'nowhere'}: no such folder of runs"
+
+
+# --- imdbsent report -------------------------------------------------------------------------
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert data[-12:-4] == b"\x00\x00\x00\x00IEND"  # whole: it ends with its last chunk
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_writes_every_figure_and_a_page_that_needs_nothing_else(trained_run, small_runs,
+                                                                       tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from imdbsent import report
+
+    hostile = shutil.copytree(trained_run, tmp_path / HOSTILE)
+    out = tmp_path / "out"
+    assert run_cli(["report", str(hostile), str(small_runs["ensemble"]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(out / f"{k}.png") for k in report.TITLES] + [str(out / "report.html")]
+    for key in report.TITLES:
+        assert _png_size(out / f"{key}.png") == (report.SIZE[0] * report.DPI,
+                                                 report.SIZE[1] * report.DPI)
+    page = (out / "report.html").read_text()
+    assert HOSTILE not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "<script" not in page and "<link" not in page and "url(" not in page
+    assert "href=" not in page
+    sources = page.split('src="')[1:]
+    assert len(sources) == len(report.TITLES)
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert 'name = &quot;gru&quot;' in page and 'name = &quot;ensemble&quot;' in page  # configs
+
+
+def test_report_on_one_run_writes_into_the_run(trained_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    assert run_cli(["report", str(run)]) == 0
+    assert (run / "report" / "report.html").is_file()
+    assert runs.describe(run)["status"] == "finished"  # the run itself untouched
+
+
+def test_report_of_a_run_without_a_model_is_one_line(trained_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "unstarted"
+    run.mkdir()
+    shutil.copy(trained_run / "config.toml", run / "config.toml")
+    assert run_cli(["report", str(run), "--out", str(tmp_path / "r")]) == 1
+    assert "no trained model yet" in capsys.readouterr().err
+
+
+def test_report_without_matplotlib_says_how_to_get_it(trained_run, tmp_path, monkeypatch,
+                                                      capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert run_cli(["report", str(trained_run), "--out", str(tmp_path / "r")]) == 1
+    assert "pip install 'imdbsent[report]'" in capsys.readouterr().err
+
+
+def test_roc_and_pr_of_a_perfect_and_a_useless_ranking():
+    from imdbsent import report
+
+    labels = torch.tensor([0, 0, 1, 1], dtype=torch.float64).numpy()
+    fpr, tpr = report.roc(torch.tensor([0.1, 0.2, 0.8, 0.9]).numpy(), labels)
+    assert list(fpr) == [0, 0, 0, 0.5, 1] and list(tpr) == [0, 0.5, 1, 1, 1]
+    fpr, tpr = report.roc(torch.tensor([0.5, 0.5, 0.5, 0.5]).numpy(), labels)
+    assert list(fpr) == [0, 1] and list(tpr) == [0, 1]  # ties move together
+    recall, precision = report.pr(torch.tensor([0.9, 0.8, 0.2, 0.1]).numpy(), labels)
+    assert list(recall) == [0, 0, 0.5, 1] and list(precision) == [0, 0, 1 / 3, 0.5]
+
+
+# --- imdbsent explain ------------------------------------------------------------------------
+
+TEXT = "Café was great, a wonderful — naïve — film; the plot? Boring!"
+
+
+def _explained(run: Path, text: str = TEXT) -> explain.Explanation:
+    return explain.Explainer(Predictor(run)).explain(text)
+
+
+def test_nblr_scores_are_its_logits_terms(small_runs):
+    e = _explained(small_runs["nblr"], "great boring film great")
+    predictor = Predictor(small_runs["nblr"])
+    calibrated = predictor.model
+    model = calibrated.model
+    assert e.method.startswith("exact")
+    assert e.reference + sum(t.score for t in e.tokens) == pytest.approx(e.logit, abs=1e-5)
+    assert e.gap == pytest.approx(0.0, abs=1e-5)
+    # by hand: each distinct n-gram's term (weight + W_ADJ) * ratio / R_ADJ, scaled by 1/T,
+    # shared by its words and, for the repeated "great", by its two occurrences
+    ids = predictor.tokenizer.encode("great boring film great").ids
+    features = [(ids[i],) for i in range(4)] + [tuple(ids[i:i + 2]) for i in range(3)]
+    hashed = explain.models.ngram_ids(torch.tensor([ids]), model.vocab_size, model.buckets,
+                                      model.n)[0].tolist()
+    term = {f: ((model.weight.weight[h, 0] + model.W_ADJ) * model.ratio[h] / model.R_ADJ).item()
+            / calibrated.temperature for f, h in zip(features, hashed)}
+    expected = [term[features[0]] / 2 + term[features[4]] / 2,  # great (1 of 2) + "great boring"
+                term[features[1]] + term[features[4]] / 2 + term[features[5]] / 2,
+                term[features[2]] + term[features[5]] / 2 + term[features[6]] / 2,
+                term[features[3]] / 2 + term[features[6]] / 2]
+    assert [t.score for t in e.tokens] == pytest.approx(expected, abs=1e-6)
+
+
+def test_nbow_scores_are_its_mean_embeddings_terms(small_runs):
+    predictor = Predictor(small_runs["nbow"])
+    calibrated, text = predictor.model, "great boring film"
+    model = calibrated.model
+    e = explain.Explainer(predictor).explain(text)
+    ids = torch.tensor([predictor.tokenizer.encode(text).ids])
+    hashed = explain.models.ngram_ids(ids, model.vocab_size, model.buckets, model.n)[0]
+    assert len(hashed) == 3 + 2 + 1  # words, then 2-grams, then the 3-gram
+    with torch.no_grad():
+        term = (model.embedding.weight[hashed] @ model.fc.weight[0]).double() / 6
+    term = (term / calibrated.temperature).tolist()
+    w0, w1, w2, b01, b12, t012 = term
+    expected = [w0 + b01 / 2 + t012 / 3, w1 + b01 / 2 + b12 / 2 + t012 / 3,
+                w2 + b12 / 2 + t012 / 3]
+    assert [t.score for t in e.tokens] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gru", "cnn"])
+def test_integrated_gradients_blame_the_cue_words(small_runs, trained_run, kind):
+    e = _explained(trained_run if kind == "gru" else small_runs[kind], "great boring film")
+    score = {t.token: t.score for t in e.tokens}
+    assert score["great"] > 0 > score["boring"]
+
+
+def test_words_past_max_length_score_nothing(small_runs):
+    long_text = "great " * 4 + "boring " * 6
+    e = _explained(small_runs["cnn"], long_text)  # max_length 6
+    assert len(e.tokens) == 10 and all(t.score == 0.0 for t in e.tokens[6:])
+    assert any(t.score != 0.0 for t in e.tokens[:6])
+    ensemble = _explained(small_runs["ensemble"], long_text)  # nblr reads all of it
+    assert any(t.score != 0.0 for t in ensemble.tokens[6:])
+    assert ensemble.complete
+
+
+@pytest.mark.parametrize("kind", ["nbow", "cnn", "rnn", "gru", "ensemble"])
+def test_scores_add_up_to_the_logit(small_runs, trained_run, kind):
+    run = trained_run if kind == "gru" else small_runs[kind]
+    for text in (TEXT, "great", "boring dull film"):
+        e = _explained(run, text)
+        assert e.prob_pos == pytest.approx(Predictor(run).predict([text])[0].prob_pos,
+                                           abs=1e-6)  # as predict scores it
+        total = e.reference + sum(t.score for t in e.tokens)
+        exact = kind == "nbow"
+        bound = 1e-5 if exact else explain.COMPLETENESS_TOLERANCE * max(
+            1.0, abs(e.logit - e.reference))
+        assert abs(total - e.logit) <= bound and abs(e.gap) <= bound
+
+
+def test_offsets_point_into_the_original_text(trained_run):
+    e = _explained(trained_run)
+    assert [TEXT[t.start:t.end] for t in e.tokens][:3] == ["Café", "was", "great"]
+    for t in e.tokens:  # the vocabulary's spelling, or <unk> for a word out of it
+        assert t.token == ("<unk>" if t.unknown else
+                           unicodedata.normalize("NFKC", TEXT[t.start:t.end]).lower())
+    unknown = {TEXT[t.start:t.end]: t.unknown for t in e.tokens}
+    assert unknown["Café"] and unknown["naïve"] and not unknown["great"] and not unknown["plot"]
+    assert "".join(p for p, _ in explain.pieces(e)) == TEXT
+
+
+def test_explain_cli_formats_and_escaping(trained_run, tmp_path, capsys):
+    hostile = "great film <script>alert('x')</script>"
+    assert run_cli(["explain", "--run", str(trained_run), hostile, "  ", TEXT]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # piped: jsonl
+    assert [r["text"] for r in rows] == [hostile, "  ", TEXT]
+    assert rows[1]["prob_pos"] is None and rows[1]["tokens"] == []  # blank: skipped
+    assert all(hostile[t["start"]:t["end"]].lower() == t["token"] or t["unknown"]
+               for t in rows[0]["tokens"])
+    assert rows[0]["complete"] and rows[1]["gap"] is None
+
+    assert run_cli(["explain", "--run", str(trained_run), hostile, "--format", "html"]) == 0
+    page = capsys.readouterr().out
+    assert "<script" not in page and page.startswith("<!DOCTYPE")
+    assert hostile in html.unescape(re.sub(r"<[^>]*>", "", page))  # shown, as text
+
+    assert run_cli(["explain", "--run", str(trained_run), hostile, "--format", "terminal"]) == 0
+    shown = capsys.readouterr().out
+    assert hostile in shown and "towards pos" in shown
+
+    assert run_cli(["explain", "--run", str(trained_run)]) == 1
+    assert "nothing to explain" in capsys.readouterr().err
