@@ -60,6 +60,12 @@ class Format(str, Enum):
     table = "table"
 
 
+TextsArgument = Annotated[list[str] | None, typer.Argument(
+    help="Texts; - reads standard input, one text per line.")]
+FileOption = Annotated[Path | None, typer.Option(help="Read texts from this file, one a line.")]
+RunOption = Annotated[Path | None, typer.Option(help="Run directory (default: the latest).")]
+ThresholdOption = Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")]
+DeviceOption = Annotated[Device, typer.Option(help="auto: CUDA if available.")]
 ThreadsOption = Annotated[int | None, typer.Option(
     "--threads", help="Compute threads (default: OMP_NUM_THREADS if set, else the cores "
     "other processes leave idle, re-checked while computing).")]
@@ -214,7 +220,7 @@ def report_cmd(
     out: Annotated[Path | None, typer.Option(help="Folder for the figures and report.html "
                                                   "(default: RUN/report for one run, report/ "
                                                   "for several).")] = None,
-    device: Annotated[Device, typer.Option(help="auto: CUDA if available.")] = Device.cpu,
+    device: DeviceOption = Device.cpu,
     threads_: ThreadsOption = None,
 ) -> None:
     """Figures of runs (learning curves; on the test split: confusion matrix, ROC, precision-
@@ -242,7 +248,7 @@ def evaluate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     threshold: Annotated[float, typer.Option(help="P(pos) at or above which a review is pos.")
                          ] = 0.5,
-    device: Annotated[Device, typer.Option(help="auto: CUDA if available.")] = Device.cpu,
+    device: DeviceOption = Device.cpu,
     threads_: ThreadsOption = None,
 ) -> None:
     """Loss, accuracy, precision, recall, F1, confusion matrix and calibration of a run."""
@@ -262,20 +268,15 @@ def evaluate_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    texts: Annotated[list[str] | None, typer.Argument(help="Texts to score; - reads "
-                                                         "standard input, one text per line.")
-                     ] = None,
-    file: Annotated[Path | None, typer.Option(help="Read texts from this file, one a line.")
-                    ] = None,
-    run: Annotated[Path | None, typer.Option(help="Run directory (default: the latest).")
-                   ] = None,
+    texts: TextsArgument = None,
+    file: FileOption = None,
+    run: RunOption = None,
     fmt: Annotated[Format | None, typer.Option("--format", help="tsv (default when piped), "
                                                   "jsonl, csv, or table (on a terminal).")] = None,
-    threshold: Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")
-                         ] = 0.5,
+    threshold: ThresholdOption = 0.5,
     batch_size: Annotated[int, typer.Option(help="Texts read before scoring (sorted by length "
                                             "within).")] = 2048,
-    device: Annotated[Device, typer.Option(help="auto: CUDA if available.")] = Device.cpu,
+    device: DeviceOption = Device.cpu,
     threads_: ThreadsOption = None,
 ) -> None:
     """Label texts pos or neg with the probability of pos: `label<TAB>prob_pos<TAB>text`."""
@@ -296,19 +297,14 @@ def predict_cmd(
 
 @app.command("explain")
 def explain_cmd(
-    texts: Annotated[list[str] | None, typer.Argument(help="Texts to explain; - reads "
-                                                         "standard input, one text per line.")
-                     ] = None,
-    file: Annotated[Path | None, typer.Option(help="Read texts from this file, one a line.")
-                    ] = None,
-    run: Annotated[Path | None, typer.Option(help="Run directory (default: the latest).")
-                   ] = None,
+    texts: TextsArgument = None,
+    file: FileOption = None,
+    run: RunOption = None,
     fmt: Annotated[ExplainFormat | None, typer.Option(
         "--format", help="terminal (coloured words; the default on a terminal), jsonl (tokens, "
         "offsets, scores; the default when piped) or html (one page).")] = None,
-    threshold: Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")
-                         ] = 0.5,
-    device: Annotated[Device, typer.Option(help="auto: CUDA if available.")] = Device.cpu,
+    threshold: ThresholdOption = 0.5,
+    device: DeviceOption = Device.cpu,
     threads_: ThreadsOption = None,
 ) -> None:
     """How much each word moved the score: exact for nbow and nblr, integrated gradients for
