@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -344,12 +345,12 @@ def test_an_ensemble_of_every_kind_trains_on_more_processes_than_validation_batc
 
 def test_an_error_on_rank_0_is_one_line(prepared_dir, trained_run, tmp_path):
     recipe = _recipe(tmp_path, prepared_dir)
-    res = run_exe(["train", "--config", str(recipe), "--run-dir", str(trained_run), "--nproc",
-                   "2"])
+    run = shutil.copytree(trained_run, tmp_path / "run")  # (its lock records who tried)
+    res = run_exe(["train", "--config", str(recipe), "--run-dir", str(run), "--nproc", "2"])
     assert res.returncode == 1
     assert res.stderr.decode().strip().splitlines() == [
-        f"imdbsent: error: {trained_run} already holds a run: continue it with --resume "
-        f"{trained_run}, or choose another --run-dir"]
+        f"imdbsent: error: {run} already holds a run: continue it with --resume {run}, or "
+        "choose another --run-dir"]
 
 
 def test_a_hung_rank_ends_the_others_after_the_timeout(prepared_dir, tmp_path):
