@@ -30,7 +30,6 @@ from imdbsent.errors import Shared, UserError
 T = TypeVar("T")
 
 
-
 @dataclass(frozen=True)
 class World:
     """This process's place among the processes training one model."""
@@ -72,23 +71,18 @@ def session(device: torch.device, timeout: float = DIST_TIMEOUT) -> Iterator[Wor
     more than `timeout` seconds for another process fails instead of hanging."""
     global _world
     found = launched()
-    if found.size == 1:
-        _world = found
-        try:
-            yield found
-        finally:
-            _world = World()
-        return
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            timeout=datetime.timedelta(seconds=timeout))
+    if found.size > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout))
     _world = found
     try:
         yield found
     finally:
         _world = World()
-        dist.destroy_process_group()
+        if found.size > 1:
+            dist.destroy_process_group()
 
 
 def active() -> bool:
@@ -151,6 +145,12 @@ def on_main(work: Callable[[], T]) -> T:
     if note is not None:
         raise Shared(note)
     return result
+
+
+def everywhere(message: str) -> UserError:
+    """The error for a refusal that every rank reaches alike: rank 0 says it, the others stop
+    silently (`Shared`)."""
+    return UserError(message) if _world.main else Shared(message)
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:

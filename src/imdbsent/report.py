@@ -184,36 +184,44 @@ def _confusion(plt: Any, scores: list[Scores], title: str) -> Any:
 
 
 def _roc(plt: Any, scores: list[Scores], title: str) -> Any:
-    fig, (ax,) = _figure(plt, title)
-    for s in scores:
-        ax.plot(*roc(s.probs, s.labels),
-                label=f"{_label(s.name)} (AUC {s.metrics['roc_auc']:.4f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    return _finish(fig, ax)
+    return _square(plt, title, [(*roc(s.probs, s.labels),
+                                 f"{_label(s.name)} (AUC {s.metrics['roc_auc']:.4f})")
+                                for s in scores],
+                   "false positive rate", "true positive rate", diagonal="chance")
 
 
 def _pr(plt: Any, scores: list[Scores], title: str) -> Any:
-    fig, (ax,) = _figure(plt, title)
-    for s in scores:
-        ax.plot(*pr(s.probs, s.labels),
-                label=f"{_label(s.name)} (AP {s.metrics['average_precision']:.4f})")
-    ax.set_xlabel("recall (pos)")
-    ax.set_ylabel("precision (pos)")
-    return _finish(fig, ax)
+    return _square(plt, title, [(*pr(s.probs, s.labels),
+                                 f"{_label(s.name)} (AP {s.metrics['average_precision']:.4f})")
+                                for s in scores],
+                   "recall (pos)", "precision (pos)")
 
 
 def _reliability(plt: Any, scores: list[Scores], title: str) -> Any:
+    lines = [([b["mean_prob_pos"] for b in s.metrics["reliability"]],
+              [b["positive"] for b in s.metrics["reliability"]],
+              f"{_label(s.name)} (ECE {s.metrics['ece']:.4f})") for s in scores]
+    return _square(plt, title, lines, "mean P(pos) in the bin (10 bins)",
+                   "share of reviews that are pos", diagonal="perfect calibration", marker="o")
+
+
+def _square(plt: Any, title: str, lines: list[tuple[Any, Any, str]], xlabel: str, ylabel: str,
+            diagonal: str | None = None, marker: str | None = None) -> Any:
+    """One figure of curves (x, y, label) over [0, 1] x [0, 1], with a dotted diagonal when
+    `diagonal` names it."""
     fig, (ax,) = _figure(plt, title)
-    for s in scores:
-        table = s.metrics["reliability"]
-        ax.plot([b["mean_prob_pos"] for b in table], [b["positive"] for b in table], marker="o",
-                label=f"{_label(s.name)} (ECE {s.metrics['ece']:.4f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-    ax.set_xlabel("mean P(pos) in the bin (10 bins)")
-    ax.set_ylabel("share of reviews that are pos")
-    return _finish(fig, ax)
+    for x, y, label in lines:
+        ax.plot(x, y, marker=marker, label=label)
+    if diagonal:
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label=diagonal)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    return fig
 
 
 def _histogram(plt: Any, scores: list[Scores], title: str) -> Any:
@@ -226,15 +234,6 @@ def _histogram(plt: Any, scores: list[Scores], title: str) -> Any:
         ax.set_ylabel("reviews")
         ax.set_title(_label(s.name), fontsize="medium")
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    return fig
-
-
-def _finish(fig: Any, ax: Any) -> Any:
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
     return fig
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from imdbsent import config, data, distributed, engine, runs
-from imdbsent.errors import Shared, Terminated, UserError
+from imdbsent.errors import Terminated, UserError
 
 RESUMABLE = ("train.epochs", "train.device", "data")  # what --resume may change
 ENSEMBLE_OWN = ("train.device", "data")  # what an ensemble takes; members follow their recipes
@@ -111,8 +111,8 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
     prepared = data.load_prepared(Path(cfg.data))
     with _session(cfg, timeout) as world, ExitStack() as lock:
         if world.size != old.train.world_size:  # the same on every rank: rank 0 says it
-            advice = _world_size_advice(run, old.train.world_size, world.size)
-            raise UserError(advice) if world.main else Shared(advice)
+            raise distributed.everywhere(_world_size_advice(run, old.train.world_size,
+                                                            world.size))
         _same_data_everywhere(prepared)
 
         def hold() -> None:
@@ -143,7 +143,7 @@ def _same_data_everywhere(prepared: data.Prepared) -> None:
         message = (f"the processes found different prepared data at {prepared.folder} (ranks "
                    f"{', '.join(map(str, odd))} differ from rank 0): give every machine the "
                    "same prepared folder (a copy of it)")
-        raise UserError(message) if distributed.world().main else Shared(message)
+        raise distributed.everywhere(message)
 
 
 def _reporter(reporter: engine.Reporter) -> engine.Reporter:
