@@ -163,3 +163,39 @@ def test_out_of_fold_stacking_does_not_score_what_it_was_fitted_on():
     assert in_sample > 0.65 and honest.item() < 0.6  # fitted noise looks good only in sample
     signal = torch.cat([labels.unsqueeze(1) * 4 - 2, noise[:, :1]], dim=1)
     assert ((engine.out_of_fold(signal, labels, seed=0) >= 0).double() == labels).all()
+
+
+def test_adversarial_perturbation_raises_the_loss_and_changes_training(prepared_dir):
+    p = data.load_prepared(prepared_dir)
+    cfg = ModelConfig(name="lstm", embedding_dim=8, hidden_dim=8, bidirectional=True,
+                      pooling="max", dropout=0.0)
+    batch = next(iter(data.Batches(p.split("train"), 32)))
+    criterion = nn.BCEWithLogitsLoss()
+    torch.manual_seed(0)
+    model = models.build(cfg, p.tokenizer.get_vocab_size())
+    embedding = engine._embedding_of(model)
+    with engine._capture(embedding) as embedded:
+        clean = criterion(model(batch.text, batch.lengths), batch.label)
+    clean.backward()
+    perturbed = engine.adversarial_step(model, embedding, embedded[0], batch, criterion, 1.0,
+                                        engine.nullcontext())
+    assert perturbed > clean.item() + 1e-4  # along the gradient, the loss rises
+    assert not embedding._forward_hooks  # no hook left behind
+
+    def trained(epsilon: float) -> torch.Tensor:
+        torch.manual_seed(0)
+        net = models.build(cfg, p.tokenizer.get_vocab_size())
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)  # (Adam's first step is a sign)
+        engine.train(net, [batch], optimizer, criterion, adversarial=epsilon)
+        return net.fc.weight.detach().clone()
+
+    assert torch.equal(trained(0.0), trained(0.0))
+    assert not torch.allclose(trained(0.0), trained(1.0))
+
+
+def test_adversarial_training_needs_a_word_embedding(prepared_dir):
+    p = data.load_prepared(prepared_dir)
+    model = models.build(ModelConfig(name="nblr", ngram_buckets=50), p.tokenizer.get_vocab_size())
+    with pytest.raises(engine.UserError, match="word embedding"):
+        engine.train(model, [], torch.optim.SGD(model.parameters(), lr=0.1),
+                     nn.BCEWithLogitsLoss(), adversarial=1.0)

@@ -54,8 +54,10 @@ class TrainConfig:
     `prepared`: the vectors that `prepare` learned from the dataset's own reviews; `crop` is the
     fraction of training reviews cut, each epoch, to a random run of 1 to 3 of their sentences;
     `calibrate` fits a temperature and bias on the validation split after training;
-    `precision` is fp32 or bf16 (autocast); `world_size` records how many processes trained
-    the run (set by training, not by a recipe; `batch_size` is per process)."""
+    `precision` is fp32 or bf16 (autocast); `adversarial` > 0 also trains on word embeddings
+    perturbed along the loss gradient, a perturbation of that L2 norm a review; `world_size`
+    records how many processes trained the run (set by training, not by a recipe;
+    `batch_size` is per process)."""
 
     epochs: int = 5
     batch_size: int = 64
@@ -74,6 +76,7 @@ class TrainConfig:
     crop: float = 0.0
     calibrate: bool = True
     precision: str = "fp32"
+    adversarial: float = 0.0
     world_size: int = 1
 
 
@@ -184,8 +187,8 @@ def validate(cfg: Config, where: str) -> None:
         (t.epochs > 0, "train.epochs must be at least 1"),
         (t.batch_size > 0, "train.batch_size must be at least 1"),
         (t.lr > 0, "train.lr must be positive"),
-        (t.momentum >= 0 and t.weight_decay >= 0 and t.clip_grad >= 0,
-         "train.momentum, weight_decay and clip_grad must be 0 or more"),
+        (t.momentum >= 0 and t.weight_decay >= 0 and t.clip_grad >= 0 and t.adversarial >= 0,
+         "train.momentum, weight_decay, clip_grad and adversarial must be 0 or more"),
         (0.0 <= t.warmup < 1.0, "train.warmup is a fraction of training, in [0, 1)"),
         (t.patience >= 0 and t.max_length >= 0, "train.patience and max_length must be 0 or more"),
         (0.0 <= t.crop <= 1.0, "train.crop is a fraction of the training reviews, in [0, 1]"),

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,22 +43,30 @@ def binary_accuracy(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def train(model: nn.Module, iterator: Iterable[Batch], optimizer: torch.optim.Optimizer,
           criterion: nn.Module, *, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
           clip: float = 0.0, on_batch: OnBatch | None = None, sync: bool = False,
-          amp: AbstractContextManager = nullcontext()) -> tuple[float, float]:
+          amp: AbstractContextManager = nullcontext(), adversarial: float = 0.0
+          ) -> tuple[float, float]:
     """One epoch of training; the mean loss and accuracy over its examples (over every
     process's examples with `sync`, in a distributed training). The forward pass and the loss
-    run within `amp` (an autocast), the backward pass and the step outside it."""
+    run within `amp` (an autocast), the backward pass and the step outside it. With
+    `adversarial` (epsilon > 0), each batch also trains on its word embeddings perturbed along
+    the loss gradient (`adversarial_step`)."""
     device = _device_of(model)
     model.train()
     total_loss = total_acc = 0.0
     seen = 0
+    embedding = _embedding_of(model) if adversarial else None
     for batch in threads.balanced(iterator):
         batch = batch.to(device)
         optimizer.zero_grad()
-        with amp:
-            predictions = model(batch.text, batch.lengths)
-            loss = criterion(predictions, batch.label)
+        with _capture(embedding) as embedded, (model.no_sync() if embedding is not None
+                                               and hasattr(model, "no_sync") else nullcontext()):
+            with amp:
+                predictions = model(batch.text, batch.lengths)
+                loss = criterion(predictions, batch.label)
+            loss.backward()
+        if embedding is not None:
+            adversarial_step(model, embedding, embedded[0], batch, criterion, adversarial, amp)
         acc = binary_accuracy(predictions, batch.label)
-        loss.backward()
         if clip:
             nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
@@ -72,6 +80,57 @@ def train(model: nn.Module, iterator: Iterable[Batch], optimizer: torch.optim.Op
         if on_batch:
             on_batch(n, loss_value, acc_value)
     return _means(total_loss, total_acc, seen, sync)
+
+
+def adversarial_step(model: nn.Module, embedding: nn.Module, embedded: torch.Tensor,
+                     batch: Batch, criterion: nn.Module, epsilon: float,
+                     amp: AbstractContextManager) -> float:
+    """Adversarial training on the embeddings (Miyato, Dai & Goodfellow 2017): add to each
+    review's word embeddings the perturbation of L2 norm `epsilon` (over the whole review)
+    along the gradient of the loss that the clean pass left in `embedded.grad`, and
+    accumulate the gradient of the loss on the perturbed review; returns that loss. Costs one
+    more forward and backward pass a batch."""
+    grad = embedded.grad.detach()
+    norm = grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *[1] * (grad.dim() - 1))
+    delta = epsilon * grad / norm
+    handle = embedding.register_forward_hook(lambda _m, _i, out: out + delta.to(out.dtype))
+    try:
+        with amp:
+            loss = criterion(model(batch.text, batch.lengths), batch.label)
+        loss.backward()
+    finally:
+        handle.remove()
+    return loss.item()
+
+
+def _embedding_of(model: nn.Module) -> nn.Module:
+    """The word embedding (an nn.Embedding named `embedding`) of a model, or of the one DDP
+    wraps, for adversarial training."""
+    inner = getattr(model, "module", model)
+    embedding = getattr(inner, "embedding", None)
+    if not isinstance(embedding, nn.Embedding):
+        raise UserError(f"train.adversarial needs a model with a word embedding (rnn, lstm, gru, "
+                        f"cnn), not {type(inner).__name__}")
+    return embedding
+
+
+@contextmanager
+def _capture(embedding: nn.Module | None) -> Iterator[list[torch.Tensor]]:
+    """While open, keep the embedding's output (with its gradient retained) in the list."""
+    out: list[torch.Tensor] = []
+    if embedding is None:
+        yield out
+        return
+
+    def keep(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        output.retain_grad()
+        out[:] = [output]
+
+    handle = embedding.register_forward_hook(keep)
+    try:
+        yield out
+    finally:
+        handle.remove()
 
 
 def evaluate(model: nn.Module, iterator: Iterable[Batch], criterion: nn.Module,
@@ -418,7 +477,8 @@ class Trainer:
         train_loss, train_acc = train(self.net, self.train_batches, self.optimizer,
                                       self.criterion, scheduler=self.scheduler,
                                       clip=self.cfg.train.clip_grad, on_batch=reporter.batch,
-                                      sync=sync, amp=autocast(self.device, self.cfg.train.precision))
+                                      sync=sync, amp=autocast(self.device, self.cfg.train.precision),
+                                      adversarial=self.cfg.train.adversarial)
         valid_loss, valid_acc = evaluate(self.model, self.valid_batches, self.criterion, sync=sync)
         improved = valid_loss < self.best_loss
         if improved:
