@@ -62,8 +62,8 @@ def tfidf_reference(source: Path, split_ratio: float, seed: int) -> dict:
     from imdbsent.data import split
     from imdbsent.sources import load_source
     src = load_source(str(source), unsupervised=False)
-    train = split(src.splits["train"], split_ratio, seed).train
-    test = src.splits["test"]
+    train = split(src.splits["train"].dataset(), split_ratio, seed).train
+    test = src.splits["test"].dataset()
     start = time.time()
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_df=0.95, sublinear_tf=True)
     clf = LogisticRegression(C=10.0, max_iter=1000)

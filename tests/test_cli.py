@@ -237,3 +237,18 @@ def test_version_and_help_import_neither_torch_nor_datasets(args):
     res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True)
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout.startswith(b"imdbsent 0.") if args == ["--version"] else b"Usage" in res.stdout
+
+
+def test_prepare_piped_says_each_stage_once_in_order(source_dir, tmp_path, capsys):
+    from conftest import run_cli
+    assert run_cli(["prepare", "--source", str(source_dir), "--out", str(tmp_path / "p"),
+                    "--vectors-dim", "4", "--vectors-tokens", "100000"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    stages = [line for line in err if "loss" not in line and line.split(": ")[0] in (
+        "reading train", "reading test", "reading unsupervised", "vocabulary",
+        "encoding train and valid", "encoding test", "encoding unsupervised", "word vectors")]
+    assert stages == ["reading train: 400", "reading test: 200", "reading unsupervised: 100",
+                      "vocabulary: 280/280", "encoding train and valid: 400/400",
+                      "encoding test: 200/200", "encoding unsupervised: 100/100",
+                      "word vectors: 5/5"]
+    assert err.index("vocabulary: 280/280") < err.index("encoding train and valid (400 reviews)")

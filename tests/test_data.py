@@ -12,7 +12,7 @@ def test_split_is_stratified_seeded_and_sized(source_dir):
     import datasets
 
     from imdbsent.sources import load_source
-    train = load_source(str(source_dir)).splits["train"]
+    train = load_source(str(source_dir)).splits["train"].dataset()
     a_train, a_valid, moved = data.split(train, 0.7, 1234)
     b_train, b_valid, _ = data.split(train, 0.7, 1234)
     assert (len(a_train), len(a_valid), moved) == (280, 120, 0)
@@ -252,7 +252,8 @@ def test_prepare_rebuilds_a_folder_of_an_older_format(source_dir, tmp_path):
     assert built and rebuilt["format"] == data.PREPARE_FORMAT
 
 
-@pytest.mark.parametrize("field, value", [("split_ratio", 1.0), ("max_vocab", 0), ("min_freq", 0)])
+@pytest.mark.parametrize("field, value", [("split_ratio", 1.0), ("max_vocab", 0), ("min_freq", 0),
+                                          ("vectors_tokens", 0)])
 def test_prepare_rejects_bad_arguments(tmp_path, field, value):
     with pytest.raises(UserError, match=field.replace("_", "-")):
         data.prepare(data.PrepareArgs(source="x", **{field: value}), tmp_path)
@@ -348,3 +349,62 @@ def test_crop_fraction_and_batches_of_crops():
     assert 0.45 < cut < 0.55
     batch = next(iter(data.Batches(enc, 3, crop=1.0, sentence_ends=[9])))
     assert int(batch.lengths.max()) < 11 and batch.text.shape[1] == int(batch.lengths.max())
+
+
+def _split_files(folder):
+    return {name: data.read_encoded(folder / f"{name}.parquet")
+            for name in ("train", "valid", "test", "unsupervised")}
+
+
+def test_prepare_in_small_chunks_writes_what_one_chunk_would(source_dir, tmp_path, monkeypatch):
+    """Chunk boundaries change nothing: 7-review chunks (so every split spans many, and the
+    seeded split's rows are gathered across them) give the same splits, vocabulary and
+    counts as one chunk, written as many Parquet row groups."""
+    import pyarrow.parquet as pq
+
+    from imdbsent import sources
+    args = data.PrepareArgs(source=str(source_dir), vectors_dim=0)
+    whole, _ = data.prepare(args, tmp_path / "whole")
+    monkeypatch.setattr(sources, "CHUNK_ROWS", 7)
+    stages = {}
+    small, _ = data.prepare(args, tmp_path / "small",
+                            progress=lambda stage, done, total=None: stages.update(
+                                {stage: (done, total)}))
+    for name, enc in _split_files(tmp_path / "whole").items():
+        other = _split_files(tmp_path / "small")[name]
+        assert np.array_equal(enc.flat, other.flat) and np.array_equal(enc.offsets, other.offsets)
+        assert np.array_equal(enc.labels, other.labels)
+    assert (tmp_path / "whole" / "tokenizer.json").read_text() == \
+        (tmp_path / "small" / "tokenizer.json").read_text()
+    assert small["splits"] == whole["splits"] and small["tokens"] == whole["tokens"]
+    assert pq.ParquetFile(tmp_path / "small" / "train.parquet").num_row_groups == -(-280 // 7)
+    assert stages["vocabulary"] == (280, 280)
+    assert stages["encoding train and valid"] == (400, 400)
+    assert stages["reading unsupervised"][0] == stages["encoding unsupervised"][0] == 100
+    assert not list((tmp_path / "small").glob(".*-*"))  # scratch folders removed
+
+
+def test_word_vectors_sample_reviews_beyond_the_token_budget(source_dir, tmp_path):
+    manifest, _ = data.prepare(data.PrepareArgs(source=str(source_dir), vectors_dim=0),
+                               tmp_path / "p")
+    paths = [tmp_path / "p" / "train.parquet", tmp_path / "p" / "unsupervised.parquet"]
+    everything = data.sample_ids(paths, 1.0, 1234)
+    splits = _split_files(tmp_path / "p")
+    assert np.array_equal(everything, np.concatenate([splits["train"].flat,
+                                                      splits["unsupervised"].flat]))
+    assert len(everything) == manifest["tokens"]["train"] + manifest["tokens"]["unsupervised"]
+    half = data.sample_ids(paths, 0.5, 1234)
+    assert 0.35 * len(everything) < len(half) < 0.65 * len(everything)
+    assert np.array_equal(half, data.sample_ids(paths, 0.5, 1234))  # seeded
+    lines = []
+    data.prepare(data.PrepareArgs(source=str(source_dir), vectors_dim=8, vectors_tokens=1000),
+                 tmp_path / "v", report=lines.append)
+    said = next(line for line in lines if line.startswith("learning 8-dimensional"))
+    assert "a sample of" in said and (tmp_path / "v" / "vectors.txt").exists()
+
+
+def test_encoded_take_gathers_rows_in_order():
+    enc = data.Encoded.from_lists([[5, 6], [], [7, 8, 9], [4]], [0, 1, 0, 1])
+    part = enc.take(np.array([2, 0, 1]))
+    assert part.flat.tolist() == [7, 8, 9, 5, 6] and part.offsets.tolist() == [0, 3, 5, 5]
+    assert part.labels.tolist() == [0, 0, 1]

@@ -199,7 +199,7 @@ def test_imdb_items_come_from_valid_reviews_only(source_dir):
     assert len(first) == len(last) == 20
     assert {it.group for it in items} == {suite.IMDB_GROUP}
     src = load_source(str(source_dir), unsupervised=False)
-    train, valid, _ = split(src.splits["train"], suite.SPLIT_RATIO, suite.SPLIT_SEED)
+    train, valid, _ = split(src.splits["train"].dataset(), suite.SPLIT_RATIO, suite.SPLIT_SEED)
     by_first = {suite.sentences(t)[0]: ("pos" if y else "neg")
                 for t, y in zip(valid["text"], valid["label"])}
     assert all(by_first.get(it.text) == it.label for it in first)

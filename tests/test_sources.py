@@ -46,7 +46,8 @@ def _write(folder: Path, fmt: str) -> Path:
     return folder
 
 
-def _sorted_rows(ds):
+def _sorted_rows(split):
+    ds = split.dataset()
     return sorted(zip(ds["text"], ds["label"]))
 
 
@@ -66,7 +67,7 @@ def test_every_format_loads_the_same_reviews(tmp_path, kind):
     assert _sorted_rows(src.splits["test"]) == sorted(zip(*TEST))
     assert src.fingerprint.startswith("sha256:")
     if kind.startswith("acl"):
-        assert src.splits["unsupervised"]["label"] == [-1]
+        assert src.splits["unsupervised"].dataset()["label"] == [-1]
     assert "unsupervised" not in sources.load_source(str(path), unsupervised=False).splits
 
 
@@ -77,7 +78,8 @@ def test_custom_column_names(tmp_path):
         (folder / f"{split}.jsonl").write_text(
             json.dumps({"review": "nice", "sentiment": "pos"}) + "\n")
     src = sources.load_source(str(folder), text_column="review", label_column="sentiment")
-    assert src.splits["train"]["text"] == ["nice"] and src.splits["train"]["label"] == [1]
+    train = src.splits["train"].dataset()
+    assert train["text"] == ["nice"] and train["label"] == [1]
 
 
 def test_bad_label_names_file_and_row(tmp_path):
@@ -155,6 +157,43 @@ def test_unreachable_hub_names_the_local_source_option(monkeypatch):
 
 
 def test_duplicate_rows_are_reported_by_row():
-    import datasets
-    ds = datasets.Dataset.from_dict({"text": ["a", "b", "a", "a"], "label": [0, 1, 0, 0]})
-    assert sources.duplicate_rows(ds) == [3, 4]
+    from imdbsent.data import duplicate_rows, text_digests
+    assert duplicate_rows(text_digests(["a", "b", "a", "a", "b"])).tolist() == [3, 4, 5]
+
+
+def test_csv_with_line_breaks_in_quoted_texts_and_json_arrays(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "train.csv").write_text('text,label\n"two\nlines, and a comma",pos\nplain,0\n')
+    (folder / "test.json").write_text(json.dumps([{"text": "a", "label": "pos"},
+                                                  {"text": "b", "label": "neg"}]))
+    (folder / "unsupervised.jsonl").write_text('{"text": "x"}\n\n{"text": "y"}\n')
+    src = sources.load_source(str(folder))
+    train = src.splits["train"].dataset()
+    assert train["text"] == ["two\nlines, and a comma", "plain"] and train["label"] == [1, 0]
+    assert src.splits["test"].dataset()["label"] == [1, 0]
+    assert src.splits["unsupervised"].dataset()["text"] == ["x", "y"]
+
+
+def test_a_bad_row_past_the_first_chunk_names_its_file_and_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CHUNK_ROWS", 3)
+    folder = tmp_path / "late"
+    folder.mkdir()
+    rows = "".join(f"review {i},{i % 2}\n" for i in range(7))
+    (folder / "train-1.csv").write_text("text,label\n" + rows)
+    (folder / "train-2.csv").write_text("text,label\n" + rows + "odd one,maybe\n")
+    (folder / "test.csv").write_text("text,label\ngood,1\n")
+    src = sources.load_source(str(folder))  # the first chunk is fine
+    chunks = src.splits["train"].chunks()
+    assert [c.start for c in (next(chunks), next(chunks))] == [0, 3]
+    with pytest.raises(UserError, match=r"train-2\.csv, row 8: label 'maybe'"):
+        list(chunks)
+
+
+def test_an_acl_archive_is_read_through_a_scratch_folder_that_goes_away(tmp_path):
+    root = _as_acl(tmp_path / "acl")
+    with sources.load_source(str(root), scratch=tmp_path) as src:
+        scratch = Path(src.scratch.name)
+        assert scratch.parent == tmp_path and scratch.exists()
+        assert len(src.splits["train"].dataset()) == len(TRAIN[0])
+    assert not scratch.exists()

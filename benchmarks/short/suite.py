@@ -105,7 +105,7 @@ def imdb_items(source: str | Path, n: int = IMDB_REVIEWS, seed: int = IMDB_SEED,
     from imdbsent.sources import load_source
 
     src = load_source(str(source), unsupervised=False)
-    valid = split(src.splits["train"], split_ratio, split_seed).valid
+    valid = split(src.splits["train"].dataset(), split_ratio, split_seed).valid
     texts, labels = valid["text"], valid["label"]
     candidates = [i for i, t in enumerate(texts) if len(sentences(t)) >= 2]
     rng = np.random.default_rng(seed)

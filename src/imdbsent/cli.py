@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, BinaryIO
@@ -86,6 +85,9 @@ def prepare(
     unsupervised: Annotated[bool, typer.Option(help="Also encode the unlabeled reviews.")] = True,
     vectors_dim: Annotated[int, typer.Option(help="Size of the word vectors learned from the "
                                              "training and unlabeled reviews (0: none).")] = 128,
+    vectors_tokens: Annotated[int, typer.Option(help="Most tokens the word vectors learn from; "
+                                                "a larger corpus is sampled, review by review."
+                                                )] = 25_000_000,
     text_column: Annotated[str, typer.Option(help="Text column of CSV/JSONL/Parquet files.")
                            ] = "text",
     label_column: Annotated[str, typer.Option(help="Label column (0/1 or neg/pos).")] = "label",
@@ -98,9 +100,13 @@ def prepare(
 
     args = data.PrepareArgs(source=source, split_ratio=split_ratio, seed=seed, max_vocab=max_vocab,
                             min_freq=min_freq, unsupervised=unsupervised, vectors_dim=vectors_dim,
-                            text_column=text_column, label_column=label_column)
-    with console.err.status("preparing") if console.err.is_terminal else nullcontext():
-        manifest, built = data.prepare(args, out, force=force, report=console.log)
+                            vectors_tokens=vectors_tokens, text_column=text_column,
+                            label_column=label_column)
+    view = console.PrepareView()
+    try:
+        manifest, built = data.prepare(args, out, force=force, report=view.log, progress=view)
+    finally:
+        view.close()
     console.prepare_summary(manifest, out, built)
 
 

@@ -96,6 +96,55 @@ class TrainView:
             self._progress = None
 
 
+class PrepareView:
+    """Progress of `prepare`, called as `view(stage, done, total)`: a bar a stage on a terminal
+    (rows read, rows encoded, word-vector epochs); when piped, a plain line as each stage ends,
+    and one a minute within a long stage."""
+
+    EVERY = 60.0  # seconds between plain lines within a stage
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._tasks: dict[str, Any] = {}
+        self._stage: tuple[str, int, int | None] | None = None
+        self._said = time.time()
+
+    def __call__(self, stage: str, done: int, total: int | None = None) -> None:
+        if err.is_terminal:
+            if self._progress is None:
+                self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                          MofNCompleteColumn(), TimeElapsedColumn(), console=err)
+                self._progress.start()
+            if stage not in self._tasks:
+                self._tasks[stage] = self._progress.add_task(stage, total=total)
+            self._progress.update(self._tasks[stage], completed=done, total=total)
+            return
+        if self._stage is not None and self._stage[0] != stage:
+            self._say(*self._stage)
+        elif time.time() - self._said > self.EVERY:
+            self._say(stage, done, total)
+        self._stage = (stage, done, total)
+
+    def log(self, message: str) -> None:
+        """A line of `prepare`'s report, after the line of the stage it ends, when piped."""
+        if self._stage is not None:
+            self._say(*self._stage)
+            self._stage = None
+        log(message)
+
+    def _say(self, stage: str, done: int, total: int | None) -> None:
+        log(f"{stage}: {done:,}" + (f"/{total:,}" if total else ""))
+        self._said = time.time()
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        elif self._stage is not None:
+            self._say(*self._stage)
+            self._stage = None
+
+
 def prepare_summary(manifest: dict, out_dir: Path, built: bool) -> None:
     """The prepared dataset's counts: a table on a terminal, tab-separated lines when piped."""
     rows = [(name, c.get("total", 0), c.get("neg", 0), c.get("pos", 0), c.get("unlabeled", 0))

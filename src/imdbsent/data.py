@@ -11,6 +11,10 @@ Reviews that occur more than once in the source's train split (IMDB has 96) stay
 the seeded split, the valid copies of a review that also sits in train move to train, so no
 review is on both sides. The manifest records how many moved, and how many reviews of valid,
 test and unsupervised also occur, exactly, in train.
+
+`prepare` streams (`_build`): it holds one chunk of reviews at a time (`sources.CHUNK_ROWS`)
+and about 40 bytes a review (label, text digest, split order, token offset), so its memory does
+not grow with the text: a corpus of ten million reviews needs about 400 MB beyond the chunk.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import secrets
+import shutil
+import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -34,10 +41,10 @@ import pyarrow.parquet as pq
 import torch
 from tokenizers import Tokenizer
 
-from imdbsent import __version__, distributed, text, vectors, word2vec
+from imdbsent import __version__, distributed, sources, text, vectors, word2vec
 from imdbsent.errors import UserError
 from imdbsent.fsutil import FolderLock, atomic_write, atomic_write_text, is_locked
-from imdbsent.sources import Source, duplicate_rows, load_source
+from imdbsent.sources import Split, load_source
 from imdbsent.text import TOKENIZER
 
 T = TypeVar("T")
@@ -50,6 +57,8 @@ POOL_BATCHES = 100  # bucketing pool, as torchtext's BucketIterator: sort 100 ba
 # 2: duplicate reviews kept on one side of the train/valid split; overlap counts; a build id.
 PREPARE_FORMAT = 2
 Report = Callable[[str], None]
+Tick = Callable[[int], None]  # rows done so far in a stage
+Progress = Callable[..., None]  # (stage, done, total=None)
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ class PrepareArgs:
     min_freq: int = 1
     unsupervised: bool = True
     vectors_dim: int = 128
+    vectors_tokens: int = 25_000_000
     text_column: str = "text"
     label_column: str = "label"
 
@@ -75,6 +85,8 @@ class PrepareArgs:
             raise UserError(f"--min-freq must be at least 1, not {self.min_freq}")
         if self.vectors_dim < 0:
             raise UserError(f"--vectors-dim must be 0 (none) or more, not {self.vectors_dim}")
+        if self.vectors_tokens < 1:
+            raise UserError(f"--vectors-tokens must be at least 1, not {self.vectors_tokens}")
 
 
 @dataclass
@@ -100,6 +112,14 @@ class Encoded:
         np.cumsum(lengths, out=offsets[1:])
         flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
         return cls(flat, offsets, np.asarray(labels, dtype=np.int64))
+
+    def take(self, rows: np.ndarray) -> Encoded:
+        """The examples `rows`, in that order (no Python loop per example)."""
+        lengths = self.lengths[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        index = np.arange(offsets[-1]) + np.repeat(self.offsets[rows] - offsets[:-1], lengths)
+        return Encoded(self.flat[index], offsets, self.labels[rows])
 
 
 @dataclass
@@ -176,10 +196,12 @@ class Batch:
 
 
 def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
-            report: Report = lambda _msg: None) -> tuple[dict, bool]:
+            report: Report = lambda _msg: None,
+            progress: Progress = lambda _stage, _done, total=None: None) -> tuple[dict, bool]:
     """Build the prepared dataset in `out`, or reuse it when made with the same arguments.
 
-    Returns the manifest and whether it was (re)built. `report` receives one line per step.
+    Returns the manifest and whether it was (re)built. `report` receives one line per step,
+    `progress(stage, done, total)` the count of rows (or epochs) done in a stage so far.
     Building holds `out`'s lock: a second prepare into the same folder stops with a UserError.
     """
     args.check()
@@ -196,44 +218,69 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
         existing = _read_manifest(out)  # what the holder before us left
         if not force and _reusable(out, existing, wanted):
             return existing, False
-        return _build(args, out, report), True
+        return _build(args, out, report, progress), True
 
 
-def _build(args: PrepareArgs, out: Path, report: Report) -> dict:
+def _build(args: PrepareArgs, out: Path, report: Report, progress: Progress) -> dict:
+    """Stream the source into `out` in four passes, holding a chunk of reviews at a time and a
+    few bytes a review (label, digest, row order): scan (labels and text digests), vocabulary
+    (the training reviews' words counted chunk by chunk), encoding (each split written as
+    Parquet row groups as it goes), and the word vectors (within a token budget)."""
     (out / MANIFEST).unlink(missing_ok=True)  # from here on, a crash leaves "not prepared"
-    source = load_source(args.source, text_column=args.text_column,
-                         label_column=args.label_column, unsupervised=args.unsupervised)
-    report(f"loaded {args.source}: " + ", ".join(f"{len(ds):,} {name}"
-                                                 for name, ds in source.splits.items()))
-    warnings = _duplicate_warnings(source)
-    for w in warnings:
-        report(f"warning: {w}")
-    report(f"splitting train {args.split_ratio:g}/{1 - args.split_ratio:g} with seed {args.seed}")
-    train, valid, moved = split(source.splits["train"], args.split_ratio, args.seed)
-    if moved:
-        report(f"moved {moved:,} valid review(s) to train: copies of reviews in train")
-    parts = {"train": train, "valid": valid, "test": source.splits["test"]}
-    if "unsupervised" in source.splits:
-        parts["unsupervised"] = source.splits["unsupervised"]
-    overlap = overlap_with_train(parts)
-    for name, count in overlap.items():
-        if count:
-            warnings.append(f"{source.name} [{name}]: {count:,} review(s) also in the train "
-                            "split (exact copies)")
-            report(f"warning: {warnings[-1]}")
+    for scratch in [*out.glob(".source-*"), *out.glob(".encoded-*")]:  # a killed build's
+        shutil.rmtree(scratch, ignore_errors=True)
+    with load_source(args.source, text_column=args.text_column, label_column=args.label_column,
+                     unsupervised=args.unsupervised, scratch=out) as source:
+        scans = {name: scan(split, partial(progress, f"reading {name}"))
+                 for name, split in source.splits.items()}
+        report(f"read {args.source}: " + ", ".join(f"{len(sc.labels):,} {name}"
+                                                  for name, sc in scans.items()))
+        warnings = _duplicate_warnings(source.name, scans)
+        for w in warnings:
+            report(f"warning: {w}")
+        report(f"splitting train {args.split_ratio:g}/{1 - args.split_ratio:g} with seed "
+               f"{args.seed}")
+        source_train = scans.pop("train")
+        train_rows, valid_rows, moved = split_rows(source_train.labels, source_train.digests,
+                                                   args.split_ratio, args.seed)
+        if moved:
+            report(f"moved {moved:,} valid review(s) to train: copies of reviews in train")
+        in_train = source_train.digests[train_rows]
+        overlap = {"valid": 0, **{name: int(np.isin(sc.digests, in_train).sum())
+                                  for name, sc in scans.items()}}
+        for name, count in overlap.items():
+            if count:
+                warnings.append(f"{source.name} [{name}]: {count:,} review(s) also in the train "
+                                "split (exact copies)")
+                report(f"warning: {warnings[-1]}")
 
-    report(f"building the vocabulary from {len(train):,} training reviews")
-    tok = text.fit_tokenizer(train["text"], args.max_vocab, args.min_freq, length=len(train))
-    atomic_write(out / TOKENIZER, lambda tmp: text.save(tok, tmp))
-    counts, encoded = {}, {}
-    for name, ds in parts.items():
-        report(f"encoding {name} ({len(ds):,} reviews)")
-        encoded[name] = enc = Encoded.from_lists(text.encode(tok, ds["text"]), ds["label"])
-        write_encoded(out / f"{name}.parquet", enc)
-        counts[name] = _label_counts(enc.labels)
+        report(f"building the vocabulary from {len(train_rows):,} training reviews")
+        is_train = np.zeros(len(source_train.labels), dtype=bool)
+        is_train[train_rows] = True
+        tok = text.fit_tokenizer(_texts(source.splits["train"], is_train,
+                                        partial(progress, "vocabulary", total=len(train_rows))),
+                                 args.max_vocab, args.min_freq, length=len(train_rows))
+        atomic_write(out / TOKENIZER, lambda tmp: text.save(tok, tmp))
+
+        counts, tokens = {}, {}
+        orders = {"train": train_rows, "valid": valid_rows}
+        for name, rows in orders.items():
+            counts[name] = _label_counts(source_train.labels[rows])
+        report(f"encoding train and valid ({len(is_train):,} reviews)")
+        with tempfile.TemporaryDirectory(prefix=".encoded-", dir=out) as tmp:
+            spool = Spool.encode(source.splits["train"], tok, Path(tmp) / "train.ids",
+                                 partial(progress, "encoding train and valid", total=len(is_train)))
+            for name, rows in orders.items():
+                tokens[name] = write_encoded(out / f"{name}.parquet", spool.gather(rows))
+        for name, sc in scans.items():
+            report(f"encoding {name} ({len(sc.labels):,} reviews)")
+            tokens[name] = write_encoded(out / f"{name}.parquet", _encode_chunks(
+                source.splits[name], tok, partial(progress, f"encoding {name}",
+                                                  total=len(sc.labels))))
+            counts[name] = _label_counts(sc.labels)
     (out / VECTORS).unlink(missing_ok=True)
     if args.vectors_dim:
-        _learn_vectors(args, tok, encoded, out / VECTORS, report)
+        _learn_vectors(args, tok, out, tokens, report, progress)
     manifest = {
         "tool": "imdbsent",
         "version": __version__,
@@ -244,6 +291,7 @@ def _build(args: PrepareArgs, out: Path, report: Report) -> dict:
         "source_fingerprint": source.fingerprint,
         "vocab_size": tok.get_vocab_size(),
         "splits": counts,
+        "tokens": tokens,
         "duplicates_moved_to_train": moved,
         "overlap_with_train": overlap,
         "vectors": VECTORS if args.vectors_dim else None,
@@ -253,17 +301,117 @@ def _build(args: PrepareArgs, out: Path, report: Report) -> dict:
     return manifest
 
 
-def _learn_vectors(args: PrepareArgs, tok: Tokenizer, encoded: dict[str, Encoded], path: Path,
-                   report: Report) -> None:
-    """Word vectors from the training split and the unlabeled reviews (never valid or test)."""
-    names = [n for n in ("train", "unsupervised") if n in encoded]
-    stream = np.concatenate([encoded[n].flat for n in names])
+@dataclass
+class Scan:
+    """What one pass over a source split finds: each review's label and text digest."""
+
+    labels: np.ndarray
+    digests: np.ndarray
+
+
+def scan(split: Split, tick: Tick = lambda _done: None) -> Scan:
+    """Read a split once for its labels and text digests (`tick(rows read so far)`)."""
+    labels, digests = [], []
+    done = 0
+    for chunk in split.chunks():
+        labels.append(chunk.labels)
+        digests.append(text_digests(chunk.texts))
+        done += len(chunk.texts)
+        tick(done)
+    return Scan(np.concatenate(labels), np.concatenate(digests))
+
+
+def _texts(split: Split, keep: np.ndarray, tick: Tick) -> Iterator[str]:
+    """The texts of the split's rows where `keep` is true, in source order."""
+    done = 0
+    for chunk in split.chunks():
+        mine = keep[chunk.start:chunk.start + len(chunk.texts)]
+        for t, k in zip(chunk.texts, mine):
+            if k:
+                yield t
+        done += int(mine.sum())
+        tick(done)
+
+
+def _encode_chunks(split: Split, tok: Tokenizer, tick: Tick) -> Iterator[Encoded]:
+    """Each chunk of the split, encoded (by the tokenizer's batch encoder, in parallel)."""
+    for chunk in split.chunks():
+        yield Encoded.from_lists(text.encode(tok, chunk.texts), chunk.labels)
+        tick(chunk.start + len(chunk.texts))
+
+
+@dataclass
+class Spool:
+    """A split's token ids, encoded in source order into a scratch file, so that rows can be
+    gathered in any order (a seeded split's) without holding them: only each review's offset
+    and label stay in memory."""
+
+    path: Path
+    offsets: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def encode(cls, split: Split, tok: Tokenizer, path: Path, tick: Tick) -> Spool:
+        offsets, labels = [np.zeros(1, dtype=np.int64)], []
+        end = 0
+        with open(path, "wb") as fh:
+            for enc in _encode_chunks(split, tok, tick):
+                fh.write(enc.flat.astype(np.int32, copy=False).tobytes())
+                offsets.append(enc.offsets[1:] + end)
+                labels.append(enc.labels)
+                end += len(enc.flat)
+        return cls(path, np.concatenate(offsets), np.concatenate(labels))
+
+    def gather(self, rows: np.ndarray) -> Iterator[Encoded]:
+        """The rows, in the given order, a chunk at a time."""
+        item, size = np.dtype(np.int32).itemsize, sources.CHUNK_ROWS
+        with open(self.path, "rb") as fh:
+            fd = fh.fileno()
+            for first in range(0, len(rows), size):
+                idx = rows[first:first + size]
+                starts, ends = self.offsets[idx], self.offsets[idx + 1]
+                flat = np.frombuffer(b"".join(os.pread(fd, int(e - s) * item, int(s) * item)
+                                              for s, e in zip(starts, ends)), dtype=np.int32)
+                offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+                np.cumsum(ends - starts, out=offsets[1:])
+                yield Encoded(flat, offsets, self.labels[idx])
+
+
+def _learn_vectors(args: PrepareArgs, tok: Tokenizer, out: Path, tokens: dict[str, int],
+                   report: Report, progress: Progress) -> None:
+    """Word vectors from the training split and the unlabeled reviews (never valid or test),
+    or, beyond `args.vectors_tokens` tokens, from a seeded sample of their reviews of about
+    that many tokens."""
+    names = [n for n in ("train", "unsupervised") if n in tokens]
+    total = sum(tokens[n] for n in names)
+    keep = min(1.0, args.vectors_tokens / total) if total else 1.0
+    stream = sample_ids([out / f"{n}.parquet" for n in names], keep, args.seed)
+    sampled = f", a sample of {keep:.1%} of their reviews" if keep < 1.0 else ""
     report(f"learning {args.vectors_dim}-dimensional word vectors from {' and '.join(names)} "
-           f"({len(stream):,} tokens)")
-    weights = word2vec.train_vectors(
-        stream, tok.get_vocab_size(), word2vec.Word2VecArgs(dim=args.vectors_dim, seed=args.seed),
-        report=lambda epoch, loss: report(f"  word vectors, epoch {epoch}: loss {loss:.3f}"))
-    atomic_write(path, lambda tmp: vectors.write_text(tmp, tok, weights))
+           f"({len(stream):,} tokens{sampled})")
+    w2v = word2vec.Word2VecArgs(dim=args.vectors_dim, seed=args.seed)
+    losses: list[float] = []
+
+    def epoch_done(epoch: int, loss: float) -> None:
+        losses.append(loss)
+        progress("word vectors", epoch, total=w2v.epochs)
+
+    weights = word2vec.train_vectors(stream, tok.get_vocab_size(), w2v, report=epoch_done)
+    report("word vectors: loss by epoch " + ", ".join(f"{x:.3f}" for x in losses))
+    atomic_write(out / VECTORS, lambda tmp: vectors.write_text(tmp, tok, weights))
+
+
+def sample_ids(paths: list[Path], keep: float, seed: int) -> np.ndarray:
+    """The token ids of the encoded splits in `paths`, end to end, of each review with
+    probability `keep` (seeded; all of them at 1.0), read a row group at a time."""
+    rng = np.random.default_rng([seed, 2])
+    parts = []
+    for path in paths:
+        for enc in iter_encoded(path):
+            if keep < 1.0:
+                enc = enc.take(np.flatnonzero(rng.random(len(enc)) < keep))
+            parts.append(enc.flat)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
 
 def load_prepared(folder: Path) -> Prepared:
@@ -279,86 +427,124 @@ def load_prepared(folder: Path) -> Prepared:
 
 
 def split(ds: datasets.Dataset, ratio: float, seed: int) -> TrainValid:
-    """Seeded split stratified by label: the same seed gives the same split on every machine.
+    """`split_rows` of an in-memory dataset (for small data: benchmarks, tests)."""
+    train, valid, moved = split_rows(np.asarray(ds["label"]), text_digests(ds["text"]), ratio,
+                                     seed)
+    return TrainValid(ds.select(train), ds.select(valid), moved)
 
-    Copies of one review never end on both sides: the valid copies of a review that also sits
-    in train move to train (`moved` counts them), so data without duplicates splits exactly as
-    `datasets`' seeded train_test_split does. A split that cannot be made (too few reviews, a
-    ratio that leaves a side empty, a label with one review) is a UserError.
+
+def split_rows(labels: np.ndarray, digests: np.ndarray, ratio: float, seed: int
+               ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Seeded split stratified by label, from labels alone: the rows of train and of valid,
+    in order, and how many valid rows moved to train. The same seed gives the same split on
+    every machine.
+
+    It is `datasets`' seeded train_test_split, run on the labels and row numbers only (never
+    the texts), so data without duplicates splits exactly as that does. Copies of one review
+    (equal `digests`) never end on both sides: the valid copies of a review that also sits in
+    train move to the end of train. A split that cannot be made (too few reviews, a ratio that
+    leaves a side empty, a label with one review) is a UserError.
     """
-    _check_splittable(ds, ratio)
-    ds = ds.cast_column("label", datasets.ClassLabel(names=["neg", "pos"]))
+    _check_splittable(labels, ratio)
+    rows = datasets.Dataset.from_dict({"label": labels, "row": np.arange(len(labels))})
+    rows = rows.cast_column("label", datasets.ClassLabel(names=["neg", "pos"]))
     try:
-        parts = ds.train_test_split(train_size=ratio, seed=seed, stratify_by_column="label")
+        parts = rows.train_test_split(train_size=ratio, seed=seed, stratify_by_column="label")
     except ValueError as exc:  # what _check_splittable did not foresee
         raise UserError(f"cannot split the training reviews {ratio:g}/{1 - ratio:g}: "
                         f"{str(exc).splitlines()[0]}") from None
-    train, valid = parts["train"], parts["test"]
-    in_train = set(text_digests(train["text"]))
-    move = [i for i, d in enumerate(text_digests(valid["text"])) if d in in_train]
-    if not move:
-        return TrainValid(train, valid, 0)
-    if len(move) == len(valid):
+    train = np.asarray(parts["train"].with_format("numpy")["row"][:], dtype=np.int64)
+    valid = np.asarray(parts["test"].with_format("numpy")["row"][:], dtype=np.int64)
+    move = np.isin(digests[valid], digests[train])
+    if not move.any():
+        return train, valid, 0
+    if move.all():
         raise UserError(f"cannot split the training reviews {ratio:g}/{1 - ratio:g}: every "
                         "valid review is a copy of one in train, so valid would be empty")
-    moving = set(move)
-    train = datasets.concatenate_datasets([train, valid.select(move)])
-    valid = valid.select([i for i in range(len(valid)) if i not in moving])
-    return TrainValid(train, valid, len(move))
+    return np.concatenate([train, valid[move]]), valid[~move], int(move.sum())
 
 
-def _check_splittable(ds: datasets.Dataset, ratio: float) -> None:
+def _check_splittable(labels: np.ndarray, ratio: float) -> None:
     """Refuse, in words, a split that datasets' stratified train_test_split cannot make."""
-    n = len(ds)
-    counts = Counter(ds["label"])
+    n = len(labels)
+    counts = {v: int((labels == v).sum()) for v in (0, 1)}
     n_train = math.floor(ratio * n)  # as train_test_split counts them
     n_valid = n - n_train
-    labels = ", ".join(f"{counts[v]:,} {name}" for v, name in ((0, "neg"), (1, "pos"))
-                       if counts[v])
-    where = (f"cannot split {n:,} training review(s) ({labels}) into train and valid "
+    labels_said = ", ".join(f"{counts[v]:,} {name}" for v, name in ((0, "neg"), (1, "pos"))
+                            if counts[v])
+    where = (f"cannot split {n:,} training review(s) ({labels_said}) into train and valid "
              f"{ratio:g}/{1 - ratio:g} by label")
     single = [name for v, name in ((0, "neg"), (1, "pos")) if counts[v] == 1]
     if single:
         raise UserError(f"{where}: each label needs 2 reviews or more, one for each side, and "
                         f"{' and '.join(single)} has 1; add reviews")
-    if min(n_train, n_valid) < len(counts):
+    if min(n_train, n_valid) < sum(1 for c in counts.values() if c):
         raise UserError(f"{where}: that leaves {n_train:,} for train and {n_valid:,} for valid, "
                         "too few for one of each label on each side; add reviews or change "
                         "--split-ratio")
 
 
-def text_digests(texts: Iterable[str]) -> list[bytes]:
-    """A 16-byte BLAKE2b digest of each text: equal texts, equal digests (sets of these stand
-    in for sets of whole reviews)."""
-    return [hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-            for t in texts]
+def text_digests(texts: Iterable[str]) -> np.ndarray:
+    """A 16-byte BLAKE2b digest of each text (numpy "S16"): equal texts, equal digests, so
+    arrays of these stand in for sets of whole reviews (16 bytes a review: 160 MB for ten
+    million)."""
+    return np.array([hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+                     for t in texts], dtype="S16")
 
 
-def overlap_with_train(parts: dict[str, datasets.Dataset]) -> dict[str, int]:
-    """For each split but train, how many of its reviews also occur, exactly, in train."""
-    in_train = set(text_digests(parts["train"]["text"]))
-    return {name: sum(d in in_train for d in text_digests(ds["text"]))
-            for name, ds in parts.items() if name != "train"}
+def duplicate_rows(digests: np.ndarray) -> np.ndarray:
+    """Row numbers (1-based) of texts already seen earlier in the same split."""
+    _, first = np.unique(digests, return_index=True)
+    later = np.ones(len(digests), dtype=bool)
+    later[first] = False
+    return np.flatnonzero(later) + 1
 
 
-def write_encoded(path: Path, enc: Encoded) -> None:
-    """One split as Parquet: a list<int32> column of ids and an int8 label column."""
-    ids = pa.LargeListArray.from_arrays(pa.array(enc.offsets), pa.array(enc.flat))
-    table = pa.table({"ids": ids, "label": pa.array(enc.labels.astype(np.int8))})
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+def write_encoded(path: Path, pieces: Iterable[Encoded]) -> int:
+    """One split as Parquet, a row group a piece as it comes: a list<int32> column of ids and
+    an int8 label column. Returns the number of tokens written."""
+    schema = pa.schema([("ids", pa.large_list(pa.int32())), ("label", pa.int8())])
+    tokens = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal tokens
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for enc in pieces:
+                ids = pa.LargeListArray.from_arrays(pa.array(enc.offsets), pa.array(enc.flat))
+                writer.write_table(pa.table({"ids": ids, "label": enc.labels.astype(np.int8)},
+                                            schema=schema))
+                tokens += len(enc.flat)
+
+    atomic_write(path, write)
+    return tokens
 
 
-def read_encoded(path: Path) -> Encoded:
-    """Read a split written by `write_encoded`, zero-copy into numpy where arrow allows."""
+def iter_encoded(path: Path) -> Iterator[Encoded]:
+    """A split written by `write_encoded`, a row group at a time."""
     try:
-        table = pq.read_table(path)
-        ids = table.column("ids").combine_chunks()
-        offsets = ids.offsets.to_numpy().astype(np.int64)
-        flat = ids.flatten().to_numpy().astype(np.int32, copy=False)
-        labels = table.column("label").to_numpy().astype(np.int64)
+        pf = pq.ParquetFile(path)
+        for i in range(pf.num_row_groups):
+            yield _to_encoded(pf.read_row_group(i))
     except (OSError, KeyError, pa.ArrowException) as exc:
         raise UserError(f"{path}: unreadable prepared split ({exc}); "
                         "run imdbsent prepare --force") from None
+
+
+def read_encoded(path: Path) -> Encoded:
+    """Read a split written by `write_encoded` whole, zero-copy into numpy where arrow allows
+    (token ids as int32: 4 bytes a token, no Python object a review)."""
+    try:
+        return _to_encoded(pq.read_table(path))
+    except (OSError, KeyError, pa.ArrowException) as exc:
+        raise UserError(f"{path}: unreadable prepared split ({exc}); "
+                        "run imdbsent prepare --force") from None
+
+
+def _to_encoded(table: pa.Table) -> Encoded:
+    ids = table.column("ids").combine_chunks()
+    offsets = ids.offsets.to_numpy().astype(np.int64)
+    flat = ids.flatten().to_numpy().astype(np.int32, copy=False)
+    labels = table.column("label").to_numpy().astype(np.int64)
     return Encoded(flat, offsets - offsets[0], labels)
 
 
@@ -511,12 +697,12 @@ def _label_counts(labels: np.ndarray) -> dict[str, int]:
     return {"total": int(len(labels)), **{names[int(v)]: int(c) for v, c in zip(values, counts)}}
 
 
-def _duplicate_warnings(source: Source) -> list[str]:
+def _duplicate_warnings(source: str, scans: dict[str, Scan]) -> list[str]:
     out = []
-    for name, ds in source.splits.items():
-        dups = duplicate_rows(ds)
-        if dups:
+    for name, sc in scans.items():
+        dups = duplicate_rows(sc.digests)
+        if len(dups):
             together = ", each one's copies on one side of train/valid" if name == "train" else ""
-            out.append(f"{source.name} [{name}]: {len(dups)} duplicate review(s), kept as in the "
+            out.append(f"{source} [{name}]: {len(dups)} duplicate review(s), kept as in the "
                        f"source{together} (first at row {dups[0]})")
     return out

@@ -1,22 +1,35 @@
 """Where IMDB comes from: the Hugging Face Hub, a folder of Parquet/CSV/JSONL files named by
 split, or the original Stanford `aclImdb/` folder or `aclImdb_v1.tar.gz` archive.
 
-Every source yields the same thing: `datasets.Dataset` splits with a `text` string column and an
-int `label` column (0 = negative, 1 = positive; -1 for the unlabeled `unsupervised` split).
+Every source gives the same thing: splits (train, test, maybe unsupervised), each read in
+chunks of `text` strings and int labels (0 = negative, 1 = positive; -1 for the unlabeled
+`unsupervised` split), as often as needed and never held whole, so that a corpus larger than
+memory can be prepared. Parquet is read by row groups, CSV by blocks, JSONL by lines; the Hub's
+splits are `datasets`' memory-mapped Arrow files; an aclImdb folder or archive is read once into
+Parquet files in a scratch folder (one member at a time), then read as Parquet.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import json
 import os
 import re
 import socket
 import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
 
 from imdbsent.config import HUB_DEFAULT
 from imdbsent.errors import UserError
@@ -24,19 +37,99 @@ from imdbsent.errors import UserError
 SPLITS = ("train", "test", "unsupervised")
 LOCAL_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 LABEL_NAMES = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
+CHUNK_ROWS = 4096  # reviews a chunk: what prepare holds (and tokenizes) at once
+_CSV_BLOCK = 8 << 20  # bytes of CSV parsed at once
 _ACL_MEMBER = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg|unsup)/[^/]+\.txt$")
+_SCHEMA = pa.schema([("text", pa.string()), ("label", pa.int64())])
 
 datasets.logging.set_verbosity_error()
 datasets.disable_progress_bars()
 
+# A reader yields (where, column names, table) pieces: `where` names the file for messages.
+Reader = Callable[[int], Iterator[tuple[str, list[str], pa.Table | pa.RecordBatch]]]
+
+
+@dataclass
+class Chunk:
+    """Consecutive rows of a split: their texts, labels (int64) and the first one's row
+    number (0-based, within the split)."""
+
+    texts: list[str]
+    labels: np.ndarray
+    start: int
+
+
+@dataclass
+class Split:
+    """One split of a source, read chunk by chunk as often as needed. Texts are checked to be
+    strings and labels mapped to 0/1 (-1 when `unlabeled`) as they are read, so a bad row is
+    a UserError that names the file and row."""
+
+    where: str
+    reader: Reader
+    text_column: str = "text"
+    label_column: str = "label"
+    unlabeled: bool = False
+
+    def chunks(self, size: int | None = None) -> Iterator[Chunk]:
+        size = size or CHUNK_ROWS
+        start = row = 0  # row: within the current file, for messages
+        last = None
+        for where, names, table in self.reader(size):
+            row, last = (row if where == last else 0), where
+            for column in (self.text_column,) if self.unlabeled else (self.text_column,
+                                                                          self.label_column):
+                if column not in names:
+                    raise UserError(f"{where}: no {column!r} column (columns: {', '.join(names)})")
+            texts = table.column(self.text_column).to_pylist()
+            for i, t in enumerate(texts):
+                if not isinstance(t, str):
+                    raise UserError(f"{where}, row {row + i + 1}: text is {t!r}, not a string")
+            if self.unlabeled:
+                labels = np.full(len(texts), -1, dtype=np.int64)
+            else:
+                labels = np.asarray(normalise_labels(table.column(self.label_column).to_pylist(),
+                                                     where, row + 1), dtype=np.int64)
+            if texts:
+                yield Chunk(texts, labels, start)
+            start += len(texts)
+            row += len(texts)
+        if start == 0:
+            raise UserError(f"{self.where}: no rows")
+
+    def dataset(self) -> datasets.Dataset:
+        """The whole split in memory, as a `datasets.Dataset` of text and label (for small
+        files: an evaluation file, tests, benchmarks)."""
+        texts: list[str] = []
+        labels: list[np.ndarray] = []
+        for chunk in self.chunks():
+            texts += chunk.texts
+            labels.append(chunk.labels)
+        return datasets.Dataset.from_dict(
+            {"text": texts, "label": np.concatenate(labels)},
+            features=datasets.Features({"text": datasets.Value("string"),
+                                        "label": datasets.Value("int64")}))
+
 
 @dataclass
 class Source:
-    """A loaded source: its splits (train, test, maybe unsupervised) and a fingerprint of its bytes."""
+    """A loaded source: its splits (train, test, maybe unsupervised) and a fingerprint of its
+    bytes. A context manager: leaving it removes its scratch folder, if it made one."""
 
     name: str
-    splits: dict[str, datasets.Dataset]
+    splits: dict[str, Split]
     fingerprint: str
+    scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        if self.scratch is not None:
+            self.scratch.cleanup()
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def load_source(
@@ -45,14 +138,24 @@ def load_source(
     text_column: str = "text",
     label_column: str = "label",
     unsupervised: bool = True,
+    scratch: Path | None = None,
 ) -> Source:
-    """Load IMDB from `source` (a Hub name, a folder, or an aclImdb tarball) and check its labels."""
+    """Open IMDB at `source` (a Hub name, a folder, or an aclImdb tarball). Each split's first
+    chunk is read at once, so a missing column or an empty file is found here; later rows are
+    checked as they are read. An aclImdb archive or folder is converted into a temporary folder
+    in `scratch` (default: the system's)."""
     path = Path(source).expanduser()
+    tmp = None
     if path.exists():
-        if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
-            splits, fingerprint = _from_tarball(path, unsupervised)
-        elif path.is_dir() and _acl_root(path) is not None:
-            splits, fingerprint = _from_acl_folder(_acl_root(path), unsupervised)
+        acl = path.is_dir() and _acl_root(path) is not None
+        if acl or (path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar"))):
+            tmp = tempfile.TemporaryDirectory(prefix=".source-", dir=scratch)
+            try:
+                members = _acl_folder(_acl_root(path)) if acl else _tar_members(path)
+                splits, fingerprint = _spool_acl(members, str(path), unsupervised, Path(tmp.name))
+            except BaseException:
+                tmp.cleanup()
+                raise
         elif path.is_dir():
             splits, fingerprint = _from_folder(path, text_column, label_column, unsupervised)
         else:
@@ -64,10 +167,17 @@ def load_source(
         raise UserError(f"{source}: no such file or folder")
     else:
         splits, fingerprint = _from_hub(source, unsupervised)
-    for required in ("train", "test"):
-        if required not in splits:
-            raise UserError(f"{source}: no {required!r} split found")
-    return Source(name=source, splits=splits, fingerprint=fingerprint)
+    src = Source(name=source, splits=splits, fingerprint=fingerprint, scratch=tmp)
+    try:
+        for required in ("train", "test"):
+            if required not in splits:
+                raise UserError(f"{source}: no {required!r} split found")
+        for split in splits.values():
+            next(split.chunks(), None)
+    except BaseException:
+        src.close()
+        raise
+    return src
 
 
 def normalise_labels(raw: list, where: str, row_offset: int = 1) -> list[int]:
@@ -94,25 +204,14 @@ def read_labeled_file(path: Path, text_column: str = "text", label_column: str =
     fmt = LOCAL_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise UserError(f"{path}: unknown format (use .parquet, .csv or .jsonl)")
-    return _labeled(_read_files(fmt, [path]), str(path), text_column, label_column)
-
-
-def duplicate_rows(ds: datasets.Dataset) -> list[int]:
-    """Row numbers (1-based) of texts already seen earlier in the same split."""
-    seen: set[str] = set()
-    dups = []
-    for i, text in enumerate(ds["text"]):
-        if text in seen:
-            dups.append(i + 1)
-        seen.add(text)
-    return dups
+    return _file_split(fmt, [path], str(path), text_column, label_column).dataset()
 
 
 def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") != 1
 
 
-def _from_hub(name: str, unsupervised: bool) -> tuple[dict[str, datasets.Dataset], str]:
+def _from_hub(name: str, unsupervised: bool) -> tuple[dict[str, Split], str]:
     hint = "use --source PATH for a local copy (Parquet/CSV/JSONL folder, aclImdb/ or its tarball)"
     if not os.environ.get("HF_HUB_OFFLINE") and not os.environ.get("HF_DATASETS_OFFLINE"):
         try:
@@ -123,14 +222,22 @@ def _from_hub(name: str, unsupervised: bool) -> tuple[dict[str, datasets.Dataset
         loaded = datasets.load_dataset(name)
     except Exception as exc:  # the Hub raises many types: network, auth, missing repo
         raise UserError(f"cannot load {name!r} from the Hugging Face Hub ({exc}); {hint}") from None
-    splits = {s: _labeled(loaded[s], f"{name}[{s}]", "text", "label", s == "unsupervised")
+
+    def reader(ds: datasets.Dataset, where: str) -> Reader:
+        def read(size: int) -> Iterator[tuple[str, list[str], pa.Table]]:
+            for table in ds.with_format("arrow").iter(batch_size=size):
+                yield where, table.column_names, table
+        return read
+
+    splits = {s: Split(f"{name}[{s}]", reader(loaded[s], f"{name}[{s}]"),
+                       unlabeled=s == "unsupervised")
               for s in SPLITS if s in loaded and (unsupervised or s != "unsupervised")}
-    fingerprint = "hub:" + ",".join(f"{s}={d._fingerprint}" for s, d in sorted(splits.items()))
+    fingerprint = "hub:" + ",".join(f"{s}={loaded[s]._fingerprint}" for s in sorted(splits))
     return splits, fingerprint
 
 
 def _from_folder(folder: Path, text_column: str, label_column: str, unsupervised: bool
-                 ) -> tuple[dict[str, datasets.Dataset], str]:
+                 ) -> tuple[dict[str, Split], str]:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in LOCAL_FORMATS and p.is_file())
     splits = {}
     used: list[Path] = []
@@ -144,49 +251,85 @@ def _from_folder(folder: Path, text_column: str, label_column: str, unsupervised
         if len(formats) > 1:
             raise UserError(f"{folder}: {split} split has files of several formats: "
                             + ", ".join(p.name for p in mine))
-        ds = _read_files(formats.pop(), mine)
         where = str(mine[0]) if len(mine) == 1 else f"{folder}/{split}*"
-        splits[split] = _labeled(ds, where, text_column, label_column, split == "unsupervised")
+        splits[split] = _file_split(formats.pop(), mine, where, text_column, label_column,
+                                    split == "unsupervised")
         used += mine
     if not splits:
         raise UserError(f"{folder}: no train/test files (.parquet, .csv or .jsonl) and no aclImdb/")
     return splits, _hash_files(used)
 
 
-def _read_files(fmt: str, paths: list[Path]) -> datasets.Dataset:
+def _file_split(fmt: str, paths: list[Path], where: str, text_column: str, label_column: str,
+                unlabeled: bool = False) -> Split:
     for p in paths:
         if p.stat().st_size == 0:
             raise UserError(f"{p}: empty file")
-    try:
-        return datasets.load_dataset(fmt, data_files=[str(p) for p in paths], split="train")
-    except Exception as exc:  # parser errors come in many types; name the file, not a traceback
-        names = ", ".join(str(p) for p in paths)
-        if "corresponds to no data" in str(exc):  # a header and nothing else
-            raise UserError(f"{names}: no rows") from None
-        raise UserError(f"{names}: cannot read as {fmt}: {str(exc).splitlines()[0]}") from None
+    read_one = {"parquet": _parquet_pieces, "csv": _csv_pieces, "json": _json_pieces}[fmt]
+
+    def read(size: int) -> Iterator[tuple[str, list[str], pa.Table | pa.RecordBatch]]:
+        for p in paths:
+            try:
+                for names, piece in read_one(p, size):
+                    yield str(p), names, piece
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                raise UserError(f"{p}: cannot read as {fmt}: "
+                                f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+
+    return Split(where, read, text_column, label_column, unlabeled)
 
 
-def _labeled(ds: datasets.Dataset, where: str, text_column: str, label_column: str,
-             unlabeled: bool = False) -> datasets.Dataset:
-    """Keep `text` and `label` columns, labels checked and mapped to 0/1 (-1 when unlabeled)."""
-    if len(ds) == 0:
-        raise UserError(f"{where}: no rows")
-    for column in (text_column, label_column) if not unlabeled else (text_column,):
-        if column not in ds.column_names:
-            raise UserError(f"{where}: no {column!r} column (columns: {', '.join(ds.column_names)})")
-    texts = ds[text_column]
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise UserError(f"{where}, row {i + 1}: text is {t!r}, not a string")
-    if unlabeled:
-        labels = [-1] * len(texts)
-    else:
-        labels = normalise_labels(ds[label_column], where)
-    return datasets.Dataset.from_dict(
-        {"text": texts, "label": labels},
-        features=datasets.Features({"text": datasets.Value("string"),
-                                    "label": datasets.Value("int64")}),
-    )
+def _parquet_pieces(path: Path, size: int) -> Iterator[tuple[list[str], pa.RecordBatch]]:
+    """Record batches of `size` rows; memory is bounded by the file's row groups."""
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    yield from ((names, b) for b in pf.iter_batches(batch_size=size))
+
+
+def _csv_pieces(path: Path, size: int) -> Iterator[tuple[list[str], pa.RecordBatch]]:
+    """Blocks of a CSV file, every column read as text (labels are mapped afterwards);
+    quoted values may hold line breaks."""
+    with open(path, "rb") as fh:
+        header = fh.readline()
+    names = next(csv.reader([header.decode("utf-8-sig")]), [])
+    reader = pa_csv.open_csv(
+        path, read_options=pa_csv.ReadOptions(block_size=_CSV_BLOCK),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                              strings_can_be_null=False))
+    for batch in reader:
+        for start in range(0, batch.num_rows, size):
+            yield batch.schema.names, batch.slice(start, size)
+
+
+def _json_pieces(path: Path, size: int) -> Iterator[tuple[list[str], pa.Table]]:
+    """`size` lines at a time of a JSON Lines file (blank lines skipped); a file holding one
+    JSON array is read whole."""
+    with open(path, "rb") as fh:
+        if fh.read(64).lstrip()[:1] == b"[":
+            fh.seek(0)
+            rows = json.load(fh)
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ValueError("not a JSON array of objects")
+            for start in range(0, len(rows), size):
+                table = pa.Table.from_pylist(rows[start:start + size])
+                yield table.column_names, table
+            return
+        fh.seek(0)
+        block: list[bytes] = []
+        for line in fh:
+            if line.strip():
+                block.append(line)
+            if len(block) == size:
+                yield _json_block(block)
+                block = []
+        if block:
+            yield _json_block(block)
+
+
+def _json_block(lines: list[bytes]) -> tuple[list[str], pa.Table]:
+    table = pa_json.read_json(io.BytesIO(b"".join(lines)))
+    return table.column_names, table
 
 
 def _acl_root(folder: Path) -> Path | None:
@@ -196,49 +339,61 @@ def _acl_root(folder: Path) -> Path | None:
     return None
 
 
-def _from_acl_folder(root: Path, unsupervised: bool) -> tuple[dict[str, datasets.Dataset], str]:
-    def members() -> Iterator[tuple[str, bytes]]:
-        for path in sorted(root.glob("*/*/*.txt")):
-            yield f"aclImdb/{path.relative_to(root).as_posix()}", path.read_bytes()
-
-    return _acl_splits(members(), str(root), unsupervised)
+def _acl_folder(root: Path) -> Iterator[tuple[str, bytes]]:
+    for path in sorted(root.glob("*/*/*.txt")):
+        yield f"aclImdb/{path.relative_to(root).as_posix()}", path.read_bytes()
 
 
-def _from_tarball(path: Path, unsupervised: bool) -> tuple[dict[str, datasets.Dataset], str]:
-    def members() -> Iterator[tuple[str, bytes]]:
-        try:
-            with tarfile.open(path) as tar:
-                for member in tar:
-                    if member.isfile() and _ACL_MEMBER.search(member.name):
-                        yield member.name, tar.extractfile(member).read()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise UserError(f"{path}: not a readable tar archive ({exc})") from None
-
-    return _acl_splits(members(), str(path), unsupervised)
+def _tar_members(path: Path) -> Iterator[tuple[str, bytes]]:
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.isfile() and _ACL_MEMBER.search(member.name):
+                    yield member.name, tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable tar archive ({exc})") from None
 
 
-def _acl_splits(members: Iterator[tuple[str, bytes]], where: str, unsupervised: bool
-                ) -> tuple[dict[str, datasets.Dataset], str]:
-    """Group aclImdb review files into splits by their folder: train/pos, test/neg, train/unsup."""
-    rows: dict[str, tuple[list[str], list[int]]] = {}
+def _spool_acl(members: Iterator[tuple[str, bytes]], where: str, unsupervised: bool,
+               folder: Path) -> tuple[dict[str, Split], str]:
+    """Write aclImdb review files, grouped into splits by their folder (train/pos, test/neg,
+    train/unsup), to one Parquet file a split in `folder`, a chunk at a time."""
+    writers: dict[str, pq.ParquetWriter] = {}
+    pending: dict[str, tuple[list[str], list[int]]] = {}
     digest = hashlib.sha256()
-    for name, data in members:
-        split, kind = _ACL_MEMBER.search(name).groups()
-        if kind == "unsup":
-            if not unsupervised:
-                continue
-            split = "unsupervised"
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"{where}: {name} is not UTF-8 text") from None
-        digest.update(name.encode() + b"\0" + data)
-        texts, labels = rows.setdefault(split, ([], []))
-        texts.append(text)
-        labels.append({"pos": 1, "neg": 0, "unsup": -1}[kind])
-    if "train" not in rows:
+
+    def flush(split: str) -> None:
+        texts, labels = pending.pop(split)
+        if split not in writers:
+            writers[split] = pq.ParquetWriter(folder / f"{split}.parquet", _SCHEMA)
+        writers[split].write_table(pa.table({"text": texts, "label": labels}, schema=_SCHEMA))
+
+    try:
+        for name, data in members:
+            split, kind = _ACL_MEMBER.search(name).groups()
+            if kind == "unsup":
+                if not unsupervised:
+                    continue
+                split = "unsupervised"
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{where}: {name} is not UTF-8 text") from None
+            digest.update(name.encode() + b"\0" + data)
+            texts, labels = pending.setdefault(split, ([], []))
+            texts.append(text)
+            labels.append({"pos": 1, "neg": 0, "unsup": -1}[kind])
+            if len(texts) >= CHUNK_ROWS:
+                flush(split)
+        for split in list(pending):
+            flush(split)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    if "train" not in writers:
         raise UserError(f"{where}: not an aclImdb archive (no aclImdb/train/pos/*.txt inside)")
-    splits = {s: datasets.Dataset.from_dict({"text": t, "label": lab}) for s, (t, lab) in rows.items()}
+    splits = {s: _file_split("parquet", [folder / f"{s}.parquet"], f"{where} [{s}]", "text",
+                             "label", s == "unsupervised") for s in writers}
     return splits, "sha256:" + digest.hexdigest()
 
 
