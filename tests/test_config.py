@@ -57,8 +57,10 @@ def test_ensemble_names_two_or_more_member_recipes(tmp_path):
     assert cfg.model.members == ["default", "nblr"]
     cfg.data = "elsewhere"
     assert config.member_names(cfg) == ["default", "nblr"]
+    cfg.train.seed = 7
     member = config.load_member(cfg, "nblr")
     assert member.model.name == "nblr" and member.data == "elsewhere"  # the ensemble's data
+    assert member.train.seed == 7  # and its seed
 
 
 def test_member_paths_are_relative_to_the_ensembles_file_and_names_unique(tmp_path, monkeypatch):

@@ -113,8 +113,10 @@ def member_names(cfg: Config) -> list[str]:
 
 
 def load_member(cfg: Config, ref: str) -> Config:
-    """An ensemble's member recipe, reading the ensemble's data on its device."""
-    member = load(ref, {"data": cfg.data, "train.device": cfg.train.device})
+    """An ensemble's member recipe, reading the ensemble's data on its device, with the
+    ensemble's seed (so `train --seed` trains every member anew)."""
+    member = load(ref, {"data": cfg.data, "train.device": cfg.train.device,
+                        "train.seed": cfg.train.seed})
     if member.model.name == "ensemble":
         raise UserError(f"model.members: {ref} is itself an ensemble")
     member.recipe = member.recipe or Path(ref).stem
