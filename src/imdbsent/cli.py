@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -375,10 +376,36 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors and interruptions end as one line and an exit code."""
     signal.signal(signal.SIGTERM, _raise_terminated)
+    size = os.environ.get("WORLD_SIZE", "1")
+    worker = size.isdigit() and int(size) > 1
+    code: int | str | None = 1
     try:
         _run(argv)
+    except SystemExit as exc:
+        code = exc.code
+        raise
+    except BaseException:
+        if worker:  # said here: _leave_at_once skips Python's own report
+            traceback.print_exc()
+        raise
     finally:  # exiting: a SIGTERM now (torchrun stopping its ranks) just ends the process,
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a traceback from an atexit hook
+        if worker:
+            _leave_at_once(code)
+
+
+def _leave_at_once(code: int | str | None) -> None:
+    """End a process of a distributed training without the interpreter's finalization: there,
+    gloo's worker threads could still release tensors once Python is gone, and the process
+    died by SIGABRT ("terminate called without an active exception") after its work was
+    done. Everything it writes is already whole on disk (atomic writes); the standard streams
+    are flushed here."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 
 
 def _run(argv: list[str] | None) -> None:
