@@ -197,3 +197,25 @@ def test_an_acl_archive_is_read_through_a_scratch_folder_that_goes_away(tmp_path
         assert scratch.parent == tmp_path and scratch.exists()
         assert len(src.splits["train"].dataset()) == len(TRAIN[0])
     assert not scratch.exists()
+
+
+def test_parquet_is_read_a_row_group_at_a_time_in_bounded_memory(tmp_path):
+    """Arrow memory while reading stays near one row group (~1 MB of text here), not the
+    30 MB file: pyarrow's pre-buffering would keep every row group read so far."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    folder = tmp_path / "big"
+    folder.mkdir()
+    schema = pa.schema([("text", pa.string()), ("label", pa.int64())])
+    with pq.ParquetWriter(folder / "train.parquet", schema, compression="none") as writer:
+        for group in range(30):
+            texts = [f"review {group} {i} " + "word " * 200 for i in range(1000)]
+            writer.write_table(pa.table({"text": texts, "label": [i % 2 for i in range(1000)]},
+                                        schema=schema))
+    write_parquet(folder / "test.parquet", ["fine"], [1])
+    split = sources.load_source(str(folder)).splits["train"]
+    peak, rows = 0, 0
+    for chunk in split.chunks(500):
+        peak = max(peak, pa.total_allocated_bytes())
+        rows += len(chunk.texts)
+    assert rows == 30_000 and peak < 8 * 2**20

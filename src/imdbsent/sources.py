@@ -280,8 +280,10 @@ def _file_split(fmt: str, paths: list[Path], where: str, text_column: str, label
 
 
 def _parquet_pieces(path: Path, size: int) -> Iterator[tuple[list[str], pa.RecordBatch]]:
-    """Record batches of `size` rows; memory is bounded by the file's row groups."""
-    pf = pq.ParquetFile(path)
+    """Record batches of `size` rows; memory is bounded by the file's row groups. Without
+    pre-buffering: with it, pyarrow keeps every row group read so far until the file ends
+    (memory grew by the size of the text read)."""
+    pf = pq.ParquetFile(path, pre_buffer=False)
     names = pf.schema_arrow.names
     yield from ((names, b) for b in pf.iter_batches(batch_size=size))
 
