@@ -7,23 +7,27 @@ with N. Writes one Markdown table row per N to standard output (and the machine)
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 EXE = Path(sys.executable).parent / "imdbsent"
+GNU_TIME = "/usr/bin/time"
 LINES = [b"A great film, I loved every minute of it.", b"Dull, far too long and badly acted.",
          b"", b"The plot made no sense but the music was wonderful!",
          "\u8fd9\u90e8\u7535\u5f71\u592a\u68d2\u4e86 \U0001F600".encode()]
 
 
 def measure(run: Path, n: int) -> tuple[float, float, int]:
-    """Feed `n` lines to predict; return wall seconds, peak RSS in MiB, output rows."""
-    proc = subprocess.Popen([str(EXE), "predict", "-", "--run", str(run)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    """Feed `n` lines to predict; return wall seconds, peak RSS in MiB, output rows. The peak
+    is GNU time's, for the reason run.run_measured gives (a child forked from a large process
+    reports that process's memory as its own)."""
+    peak = tempfile.NamedTemporaryFile("r")
+    proc = subprocess.Popen([GNU_TIME, "-q", "-f", "%M", "-o", peak.name, str(EXE), "predict",
+                             "-", "--run", str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     rows = 0
 
     def count() -> None:
@@ -40,11 +44,13 @@ def measure(run: Path, n: int) -> tuple[float, float, int]:
         proc.stdin.write(chunk)
     proc.stdin.write(b"".join(line + b"\n" for line in LINES[:rest]))
     proc.stdin.close()
-    _, status, usage = os.wait4(proc.pid, 0)
+    status = proc.wait()
     reader.join()
-    if os.waitstatus_to_exitcode(status):
+    if status:
         sys.exit(f"predict failed on {n} lines")
-    return time.time() - start, usage.ru_maxrss / 1024, rows
+    with peak:
+        kib = int(peak.read().split()[-1])
+    return time.time() - start, kib / 1024, rows
 
 
 def main() -> None:

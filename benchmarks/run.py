@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -150,7 +151,7 @@ def main() -> None:
                             args.out.parent / "DISTRIBUTED.md")
     skipped = [n for n in config.recipe_names() if n not in names]
     write_results(args.out, rows, short, ref, memory, suite.machine(), started, command,
-                  skipped)
+                  skipped, vectors_line(args.work / "prepare.log"))
     print(f"wrote {args.out}")
 
 
@@ -217,8 +218,21 @@ def summary(row: dict) -> dict:
     }
 
 
+def vectors_line(log: Path) -> str | None:
+    """What prepare's log says of its word vectors: tokens, seconds, seconds a million tokens."""
+    said = log.read_text() if log.exists() else ""
+    tokens = re.search(r"word vectors from .*?\(([\d,]+) tokens", said)
+    seconds = re.search(r"word vectors: (\d+) s", said)
+    if not (tokens and seconds):
+        return None
+    n, s = int(tokens.group(1).replace(",", "")), int(seconds.group(1))
+    return (f"prepare's word vectors (CBOW, 5 epochs): {n:,} tokens in {s} s, "
+            f"{s / n * 1e6:.1f} s a million tokens")
+
+
 def write_results(path: Path, rows: list[dict], short: dict, ref: dict | None, memory: list,
-                  host: str, started: str, command: str, skipped: list[str]) -> None:
+                  host: str, started: str, command: str, skipped: list[str],
+                  prepared: str | None = None) -> None:
     import suite
     by_name = {r["recipe"]: {**r, **summary(r)} for r in rows}
     seeds = max((len(r["seeds"]) for r in rows), default=1)
@@ -229,8 +243,10 @@ def write_results(path: Path, rows: list[dict], short: dict, ref: dict | None, m
         f"- command: `{command}`",
         "- data: full IMDB, train split 70/30 into train/valid (seed 1234), 25,000 test reviews",
         f"- accuracies in %: the mean over {seeds} seeds (1234, 1235, ...) ± their standard "
-        "deviation where a recipe ran more than one (an ensemble runs one); time, memory and "
-        "speed of the first seed" if seeds > 1 else "- accuracies in %, one seed (1234)",
+        "deviation where a recipe ran more than one (an ensemble's members take its seed); "
+        "time, memory and speed of the first seed" if seeds > 1
+        else "- accuracies in %, one seed (1234)",
+        *([f"- {prepared}"] if prepared else []),
         "- test ECE: expected calibration error of P(pos), 10 bins, after the temperature "
         "and bias training fitted on validation (the baseline is not calibrated, as the tutorial)",
         "- short suite: macro accuracy over the 9 categories of benchmarks/short/suite.tsv; IMDB "
@@ -273,7 +289,7 @@ def write_results(path: Path, rows: list[dict], short: dict, ref: dict | None, m
         lines += ["", suite.markdown(shown).replace("# Short-text suite", "## Short-text suite")
                   .rstrip()]
     for extra in ("CONCURRENCY.md", "DISTRIBUTED.md", "STREAMING.md", "notes.md"):  # by hand: notes
-        if (path.parent / extra).exists():
+        if not skipped and (path.parent / extra).exists():  # a partial run (--only): its own
             lines += ["", _demote((path.parent / extra).read_text())]  # its own "# " title
     path.write_text("\n".join(lines) + "\n")
 

@@ -396,8 +396,10 @@ def _learn_vectors(args: PrepareArgs, tok: Tokenizer, out: Path, tokens: dict[st
         losses.append(loss)
         progress("word vectors", epoch, total=w2v.epochs)
 
+    start = time.time()
     weights = word2vec.train_vectors(stream, tok.get_vocab_size(), w2v, report=epoch_done)
-    report("word vectors: loss by epoch " + ", ".join(f"{x:.3f}" for x in losses))
+    report(f"word vectors: {time.time() - start:.0f} s, loss by epoch "
+           + ", ".join(f"{x:.3f}" for x in losses))
     atomic_write(out / VECTORS, lambda tmp: vectors.write_text(tmp, tok, weights))
 
 
