@@ -116,6 +116,9 @@ class PrepareView:
                                           MofNCompleteColumn(), TimeElapsedColumn(), console=err)
                 self._progress.start()
             if stage not in self._tasks:
+                for task in self._progress.tasks:  # a stage of unknown length ends here
+                    if task.total is None:
+                        self._progress.update(task.id, total=task.completed)
                 self._tasks[stage] = self._progress.add_task(stage, total=total)
             self._progress.update(self._tasks[stage], completed=done, total=total)
             return
