@@ -90,6 +90,19 @@ def test_training_overrides_and_a_second_run_into_it_are_refused(ensemble_run, c
     assert "already holds a run" in capsys.readouterr().err
 
 
+def test_a_seed_given_to_an_ensemble_trains_every_member_with_it(ensemble_run, tmp_path):
+    from imdbsent import runs
+    run = tmp_path / "seeded"
+    assert run_cli(["train", "--config", str(ensemble_run.parent / "ens.toml"), "--seed", "7",
+                    "--run-dir", str(run)]) == 0
+    assert runs.load_config(run).train.seed == 7
+    for name in ("gru", "nblr"):
+        assert runs.load_config(run / "members" / name).train.seed == 7
+        assert runs.load_config(ensemble_run / "members" / name).train.seed == 1234
+    seeded = (run / "members" / "gru" / "metrics.jsonl").read_text()
+    assert seeded != (ensemble_run / "members" / "gru" / "metrics.jsonl").read_text()
+
+
 def test_resume_finishes_an_unfinished_member_and_only_it(ensemble_run, tmp_path):
     run = _copy(ensemble_run, tmp_path)
     gru, nblr = (run / "members" / n / "metrics.jsonl" for n in ("gru", "nblr"))

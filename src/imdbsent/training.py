@@ -21,7 +21,8 @@ from imdbsent import config, data, distributed, engine, runs
 from imdbsent.errors import Terminated, UserError
 
 RESUMABLE = ("train.epochs", "train.device", "data")  # what --resume may change
-ENSEMBLE_OWN = ("train.device", "data")  # what an ensemble takes; members follow their recipes
+ENSEMBLE_OWN = ("train.device", "data", "train.seed")  # what an ensemble takes (and gives its
+# members); otherwise members follow their recipes
 T = TypeVar("T")
 
 
