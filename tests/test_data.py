@@ -408,3 +408,14 @@ def test_encoded_take_gathers_rows_in_order():
     part = enc.take(np.array([2, 0, 1]))
     assert part.flat.tolist() == [7, 8, 9, 5, 6] and part.offsets.tolist() == [0, 3, 5, 5]
     assert part.labels.tolist() == [0, 0, 1]
+
+
+def test_a_split_of_many_row_groups_reads_back_whole(tmp_path):
+    enc = data.Encoded.from_lists([[5, 6], [], [7], [], []], [0, 1, 0, 1, 1])
+    data.write_encoded(tmp_path / "s.parquet", [enc, enc.take(np.array([1, 2])), enc.take(
+        np.array([], dtype=np.int64))])
+    back = data.read_encoded(tmp_path / "s.parquet")
+    assert back.flat.tolist() == [5, 6, 7, 7]
+    assert back.offsets.tolist() == [0, 2, 2, 3, 3, 3, 3, 4]
+    assert back.labels.tolist() == [0, 1, 0, 1, 1, 1, 0]
+    assert [len(part) for part in data.iter_encoded(tmp_path / "s.parquet")] == [5, 2, 0]

@@ -524,7 +524,7 @@ def write_encoded(path: Path, pieces: Iterable[Encoded]) -> int:
 def iter_encoded(path: Path) -> Iterator[Encoded]:
     """A split written by `write_encoded`, a row group at a time."""
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, pre_buffer=False)
         for i in range(pf.num_row_groups):
             yield _to_encoded(pf.read_row_group(i))
     except (OSError, KeyError, pa.ArrowException) as exc:
@@ -533,13 +533,26 @@ def iter_encoded(path: Path) -> Iterator[Encoded]:
 
 
 def read_encoded(path: Path) -> Encoded:
-    """Read a split written by `write_encoded` whole, zero-copy into numpy where arrow allows
-    (token ids as int32: 4 bytes a token, no Python object a review)."""
+    """Read a split written by `write_encoded` whole, a row group at a time into arrays sized
+    from the file's metadata: token ids as int32 (4 bytes a token, no Python object a
+    review), and no second copy of the split while reading it."""
     try:
-        return _to_encoded(pq.read_table(path))
-    except (OSError, KeyError, pa.ArrowException) as exc:
+        meta = pq.ParquetFile(path).metadata
+        tokens = sum(meta.row_group(i).column(0).num_values for i in range(meta.num_row_groups))
+    except (OSError, pa.ArrowException) as exc:
         raise UserError(f"{path}: unreadable prepared split ({exc}); "
                         "run imdbsent prepare --force") from None
+    flat = np.empty(tokens, dtype=np.int32)
+    offsets = np.zeros(meta.num_rows + 1, dtype=np.int64)
+    labels = np.empty(meta.num_rows, dtype=np.int64)
+    row = token = 0
+    for part in iter_encoded(path):
+        n, m = len(part), len(part.flat)
+        flat[token:token + m] = part.flat
+        offsets[row + 1:row + n + 1] = part.offsets[1:] + token
+        labels[row:row + n] = part.labels
+        row, token = row + n, token + m
+    return Encoded(flat[:token], offsets, labels)
 
 
 def _to_encoded(table: pa.Table) -> Encoded:
