@@ -44,7 +44,7 @@ from tokenizers import Tokenizer
 from imdbsent import __version__, distributed, sources, text, vectors, word2vec
 from imdbsent.errors import UserError
 from imdbsent.fsutil import FolderLock, atomic_write, atomic_write_text, is_locked
-from imdbsent.sources import Split, load_source
+from imdbsent.sources import Source, Split, load_source
 from imdbsent.text import TOKENIZER
 
 T = TypeVar("T")
@@ -222,10 +222,10 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
 
 
 def _build(args: PrepareArgs, out: Path, report: Report, progress: Progress) -> dict:
-    """Stream the source into `out` in four passes, holding a chunk of reviews at a time and a
-    few bytes a review (label, digest, row order): scan (labels and text digests), vocabulary
-    (the training reviews' words counted chunk by chunk), encoding (each split written as
-    Parquet row groups as it goes), and the word vectors (within a token budget)."""
+    """Stream the source into `out`, holding a chunk of reviews at a time and a few bytes a
+    review: scan (labels and text digests), split, vocabulary (the training reviews' words
+    counted chunk by chunk), encoding (each split written as Parquet row groups as it goes),
+    and the word vectors (within a token budget)."""
     (out / MANIFEST).unlink(missing_ok=True)  # from here on, a crash leaves "not prepared"
     for scratch in [*out.glob(".source-*"), *out.glob(".encoded-*")]:  # a killed build's
         shutil.rmtree(scratch, ignore_errors=True)
@@ -238,46 +238,21 @@ def _build(args: PrepareArgs, out: Path, report: Report, progress: Progress) -> 
         warnings = _duplicate_warnings(source.name, scans)
         for w in warnings:
             report(f"warning: {w}")
-        report(f"splitting train {args.split_ratio:g}/{1 - args.split_ratio:g} with seed "
-               f"{args.seed}")
-        source_train = scans.pop("train")
-        train_rows, valid_rows, moved = split_rows(source_train.labels, source_train.digests,
-                                                   args.split_ratio, args.seed)
-        if moved:
-            report(f"moved {moved:,} valid review(s) to train: copies of reviews in train")
-        in_train = source_train.digests[train_rows]
-        overlap = {"valid": 0, **{name: int(np.isin(sc.digests, in_train).sum())
-                                  for name, sc in scans.items()}}
+        train_rows, valid_rows, moved, overlap = _split(args, scans, report)
         for name, count in overlap.items():
             if count:
                 warnings.append(f"{source.name} [{name}]: {count:,} review(s) also in the train "
                                 "split (exact copies)")
                 report(f"warning: {warnings[-1]}")
-
         report(f"building the vocabulary from {len(train_rows):,} training reviews")
-        is_train = np.zeros(len(source_train.labels), dtype=bool)
+        is_train = np.zeros(len(scans["train"].labels), dtype=bool)
         is_train[train_rows] = True
         tok = text.fit_tokenizer(_texts(source.splits["train"], is_train,
                                         partial(progress, "vocabulary", total=len(train_rows))),
                                  args.max_vocab, args.min_freq, length=len(train_rows))
         atomic_write(out / TOKENIZER, lambda tmp: text.save(tok, tmp))
-
-        counts, tokens = {}, {}
-        orders = {"train": train_rows, "valid": valid_rows}
-        for name, rows in orders.items():
-            counts[name] = _label_counts(source_train.labels[rows])
-        report(f"encoding train and valid ({len(is_train):,} reviews)")
-        with tempfile.TemporaryDirectory(prefix=".encoded-", dir=out) as tmp:
-            spool = Spool.encode(source.splits["train"], tok, Path(tmp) / "train.ids",
-                                 partial(progress, "encoding train and valid", total=len(is_train)))
-            for name, rows in orders.items():
-                tokens[name] = write_encoded(out / f"{name}.parquet", spool.gather(rows))
-        for name, sc in scans.items():
-            report(f"encoding {name} ({len(sc.labels):,} reviews)")
-            tokens[name] = write_encoded(out / f"{name}.parquet", _encode_chunks(
-                source.splits[name], tok, partial(progress, f"encoding {name}",
-                                                  total=len(sc.labels))))
-            counts[name] = _label_counts(sc.labels)
+        counts, tokens = _encode(source, scans, {"train": train_rows, "valid": valid_rows}, tok,
+                                 out, report, progress)
     (out / VECTORS).unlink(missing_ok=True)
     if args.vectors_dim:
         _learn_vectors(args, tok, out, tokens, report, progress)
@@ -299,6 +274,49 @@ def _build(args: PrepareArgs, out: Path, report: Report, progress: Progress) -> 
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _split(args: PrepareArgs, scans: dict[str, Scan], report: Report
+           ) -> tuple[np.ndarray, np.ndarray, int, dict[str, int]]:
+    """The source's train split divided into train and valid rows (`split_rows`), the copies
+    moved, and how many reviews of each other split also occur, exactly, in train."""
+    report(f"splitting train {args.split_ratio:g}/{1 - args.split_ratio:g} with seed "
+           f"{args.seed}")
+    source_train = scans["train"]
+    train_rows, valid_rows, moved = split_rows(source_train.labels, source_train.digests,
+                                               args.split_ratio, args.seed)
+    if moved:
+        report(f"moved {moved:,} valid review(s) to train: copies of reviews in train")
+    in_train = source_train.digests[train_rows]
+    overlap = {"valid": 0, **{name: int(np.isin(sc.digests, in_train).sum())
+                              for name, sc in scans.items() if name != "train"}}
+    return train_rows, valid_rows, moved, overlap
+
+
+def _encode(source: Source, scans: dict[str, Scan], orders: dict[str, np.ndarray],
+            tok: Tokenizer, out: Path, report: Report, progress: Progress
+            ) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Encode and write every split: train and valid (`orders`: their rows of the source's
+    train split, in order) gathered from a scratch file of that split's ids, the others as
+    they are read. Returns each split's label counts and tokens."""
+    labels = scans["train"].labels
+    counts = {name: _label_counts(labels[rows]) for name, rows in orders.items()}
+    tokens = {}
+    report(f"encoding train and valid ({len(labels):,} reviews)")
+    with tempfile.TemporaryDirectory(prefix=".encoded-", dir=out) as tmp:
+        spool = Spool.encode(source.splits["train"], tok, Path(tmp) / "train.ids",
+                             partial(progress, "encoding train and valid", total=len(labels)))
+        for name, rows in orders.items():
+            tokens[name] = write_encoded(out / f"{name}.parquet", spool.gather(rows))
+    for name, sc in scans.items():
+        if name == "train":
+            continue
+        report(f"encoding {name} ({len(sc.labels):,} reviews)")
+        tokens[name] = write_encoded(out / f"{name}.parquet", _encode_chunks(
+            source.splits[name], tok, partial(progress, f"encoding {name}",
+                                              total=len(sc.labels))))
+        counts[name] = _label_counts(sc.labels)
+    return counts, tokens
 
 
 @dataclass
