@@ -109,3 +109,19 @@ def test_console_imports_neither_torch_nor_datasets() -> None:
             "assert 'torch' not in sys.modules, 'torch'; assert 'datasets' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("every, said", [
+    (1e9, ["a: 2", "b: 1/2", "a report line", "c: 5/5"]),  # each stage once, as it ends
+    (0.0, ["a: 1", "a: 2", "b: 1/2", "a report line", "c: 5/5"]),  # a line each time, no repeat
+])
+def test_prepare_progress_when_piped_says_each_state_once(capsys, monkeypatch, every, said):
+    monkeypatch.setattr(console.PrepareView, "EVERY", every)
+    view = console.PrepareView()
+    view("a", 1)
+    view("a", 2)
+    view("b", 1, 2)
+    view.log("a report line")
+    view("c", 5, 5)
+    view.close()
+    assert capsys.readouterr().err.splitlines() == said

@@ -124,9 +124,10 @@ class PrepareView:
             return
         if self._stage is not None and self._stage[0] != stage:
             self._say(*self._stage)
-        elif time.time() - self._said > self.EVERY:
-            self._say(stage, done, total)
-        self._stage = (stage, done, total)
+        self._stage = (stage, done, total)  # said when the stage ends, or a minute on
+        if time.time() - self._said > self.EVERY:
+            self._say(*self._stage)
+            self._stage = None
 
     def log(self, message: str) -> None:
         """A line of `prepare`'s report, after the line of the stage it ends, when piped."""
