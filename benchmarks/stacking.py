@@ -1,0 +1,49 @@
+"""Which recipes stack well: every subset of two or more trained runs, stacked by a logistic
+regression over their logits and scored cross-fitted on the validation split (each review by
+weights fitted on the other four fifths, as an ensemble's validation figure is), best first.
+Needs only finished runs (e.g. those benchmarks/run.py leaves in benchmarks/work/runs); test
+figures are printed beside, and choose nothing.
+
+    python benchmarks/stacking.py --runs benchmarks/work/runs default-1234 gru-1234 nblr-1234
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import torch
+
+from imdbsent import engine, models
+from imdbsent.predict import score_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="+", help="run folders under --runs")
+    parser.add_argument("--runs", type=Path, default=Path("benchmarks/work/runs"))
+    parser.add_argument("--data", type=Path, help="prepared data (default: each run's own)")
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    logits = {(name, split): score_run(args.runs / name, split=split, data_dir=args.data)
+              for name in args.names for split in ("valid", "test")}
+    rows = []
+    for size in range(2, len(args.names) + 1):
+        for subset in itertools.combinations(args.names, size):
+            scored = {}
+            for split in ("valid", "test"):
+                x = torch.stack([logits[(n, split)].logits.float() for n in subset], dim=1)
+                scored[split] = (x, logits[(subset[0], split)].labels.float())
+            (xv, yv), (xt, yt) = scored["valid"], scored["test"]
+            valid = ((engine.out_of_fold(xv, yv, 1234) > 0).float() == yv).float().mean()
+            weight, bias = models.fit_logistic(xv, yv)
+            test = (((xt @ weight + bias) > 0).float() == yt).float().mean()
+            rows.append((valid.item(), test.item(), subset))
+    print("| members | cross-fitted valid acc | test acc |\n| --- | --- | --- |")
+    for valid, test, subset in sorted(rows, reverse=True)[:args.top]:
+        print(f"| {', '.join(subset)} | {100 * valid:.2f} | {100 * test:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
