@@ -246,23 +246,31 @@ def test_nproc_train_interrupt_resume_and_evaluate(prepared_dir, trained_run, tm
     assert len(err.strip().splitlines()) == 1
 
 
-def test_a_killed_rank_ends_the_job_with_a_clear_line(prepared_dir, tmp_path):
+def _long_training_past_epoch_1(prepared_dir: Path, tmp_path: Path, timeout: int
+                                ) -> tuple[subprocess.Popen, int]:
+    """A 2-process training of 400 epochs into tmp_path/run with `--dist-timeout timeout`,
+    once its first epoch is saved; the launcher and rank 1's pid."""
     recipe = _recipe(tmp_path, prepared_dir, SMALL_GRU.replace("epochs = 3", "epochs = 400"))
     run = tmp_path / "run"
     proc = subprocess.Popen([str(EXE), "train", "--config", str(recipe), "--run-dir", str(run),
-                             "--nproc", "2", "--dist-timeout", "20"],
+                             "--nproc", "2", "--dist-timeout", str(timeout)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_for_epochs(run, 1, proc)
     rank1 = [pid for pid in _children(proc.pid) if _rank_of(pid) == 1]
-    assert rank1, "rank 1 not found"
-    os.kill(rank1[0], signal.SIGKILL)
+    assert len(rank1) == 1, f"rank 1 not found once: {rank1}"
+    return proc, rank1[0]
+
+
+def test_a_killed_rank_ends_the_job_with_a_clear_line(prepared_dir, tmp_path):
+    proc, rank1 = _long_training_past_epoch_1(prepared_dir, tmp_path, timeout=20)
+    os.kill(rank1, signal.SIGKILL)
     killed = time.time()
     _, err = proc.communicate(timeout=60)
     assert time.time() - killed < 20  # within --dist-timeout
     assert proc.returncode == 137
-    assert f"rank 1 (pid {rank1[0]}) was killed by SIGKILL" in err.decode()
+    assert f"rank 1 (pid {rank1}) was killed by SIGKILL" in err.decode()
     assert b"Traceback" not in err
-    last = runs.load_checkpoint(run / runs.LAST)  # whole, and resumable
+    last = runs.load_checkpoint(tmp_path / "run" / runs.LAST)  # whole, and resumable
     assert last.meta["epoch"] >= 1
 
 
@@ -356,13 +364,7 @@ def test_an_error_on_rank_0_is_one_line(prepared_dir, trained_run, tmp_path):
 def test_a_hung_rank_ends_the_others_after_the_timeout(prepared_dir, tmp_path):
     import select
 
-    recipe = _recipe(tmp_path, prepared_dir, SMALL_GRU.replace("epochs = 3", "epochs = 400"))
-    run = tmp_path / "run"
-    proc = subprocess.Popen([str(EXE), "train", "--config", str(recipe), "--run-dir", str(run),
-                             "--nproc", "2", "--dist-timeout", "5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_for_epochs(run, 1, proc)
-    (rank1,) = [pid for pid in _children(proc.pid) if _rank_of(pid) == 1]
+    proc, rank1 = _long_training_past_epoch_1(prepared_dir, tmp_path, timeout=5)
     os.kill(rank1, signal.SIGSTOP)  # alive, but answers nothing
     stopped, err = time.time(), b""
     try:
@@ -375,4 +377,4 @@ def test_a_hung_rank_ends_the_others_after_the_timeout(prepared_dir, tmp_path):
         os.kill(rank1, signal.SIGKILL)
         proc.communicate(timeout=60)
     assert b"Traceback" not in err
-    assert runs.load_checkpoint(run / runs.LAST).meta["epoch"] >= 1
+    assert runs.load_checkpoint(tmp_path / "run" / runs.LAST).meta["epoch"] >= 1
