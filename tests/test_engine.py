@@ -1,3 +1,5 @@
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
@@ -174,7 +176,8 @@ def test_adversarial_perturbation_raises_the_loss_and_changes_training(prepared_
     torch.manual_seed(0)
     model = models.build(cfg, p.tokenizer.get_vocab_size())
     embedding = engine._embedding_of(model)
-    with engine._capture(embedding) as embedded:
+    embedded = []
+    with models.output_hooked(embedding, partial(engine._keep_with_grad, embedded)):
         clean = criterion(model(batch.text, batch.lengths), batch.label)
     clean.backward()
     perturbed = engine.adversarial_step(model, embedding, embedded[0], batch, criterion, 1.0,

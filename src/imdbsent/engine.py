@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -58,8 +58,11 @@ def train(model: nn.Module, iterator: Iterable[Batch], optimizer: torch.optim.Op
     for batch in threads.balanced(iterator):
         batch = batch.to(device)
         optimizer.zero_grad()
-        with _capture(embedding) as embedded, (model.no_sync() if embedding is not None
-                                               and hasattr(model, "no_sync") else nullcontext()):
+        embedded: list[torch.Tensor] = []  # the clean pass's embeddings, for adversarial
+        with (models.output_hooked(embedding, partial(_keep_with_grad, embedded))
+              if embedding is not None else nullcontext()), \
+                (model.no_sync() if embedding is not None and hasattr(model, "no_sync")
+                 else nullcontext()):
             with amp:
                 predictions = model(batch.text, batch.lengths)
                 loss = criterion(predictions, batch.label)
@@ -93,13 +96,10 @@ def adversarial_step(model: nn.Module, embedding: nn.Module, embedded: torch.Ten
     grad = embedded.grad.detach()
     norm = grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *[1] * (grad.dim() - 1))
     delta = epsilon * grad / norm
-    handle = embedding.register_forward_hook(lambda _m, _i, out: out + delta.to(out.dtype))
-    try:
+    with models.output_hooked(embedding, lambda output: output + delta.to(output.dtype)):
         with amp:
             loss = criterion(model(batch.text, batch.lengths), batch.label)
         loss.backward()
-    finally:
-        handle.remove()
     return loss.item()
 
 
@@ -114,23 +114,10 @@ def _embedding_of(model: nn.Module) -> nn.Module:
     return embedding
 
 
-@contextmanager
-def _capture(embedding: nn.Module | None) -> Iterator[list[torch.Tensor]]:
-    """While open, keep the embedding's output (with its gradient retained) in the list."""
-    out: list[torch.Tensor] = []
-    if embedding is None:
-        yield out
-        return
-
-    def keep(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-        output.retain_grad()
-        out[:] = [output]
-
-    handle = embedding.register_forward_hook(keep)
-    try:
-        yield out
-    finally:
-        handle.remove()
+def _keep_with_grad(kept: list[torch.Tensor], output: torch.Tensor) -> None:
+    """Keep a forward hook's `output` in `kept`, its gradient retained by the backward pass."""
+    output.retain_grad()
+    kept[:] = [output]
 
 
 def evaluate(model: nn.Module, iterator: Iterable[Batch], criterion: nn.Module,

@@ -19,8 +19,6 @@ logit units: positive pushes towards pos. Tokens past the model's `max_length` s
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -170,23 +168,14 @@ def integrated_gradients(model: nn.Module, ids: torch.Tensor, steps: int = STEPS
     alphas = (torch.arange(steps, dtype=embedded.dtype, device=ids.device) + 0.5) / steps
     path = (alphas.view(shape) * embedded).requires_grad_(True)  # the batch: one per step
     with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False), \
-            _embedding_replaced(model, path):
+            models.output_hooked(model.embedding, lambda _output: path):
         logits = model(ids.expand(steps, -1), lengths.expand(steps))
         (grads,) = torch.autograd.grad(logits.sum(), path)
-    with torch.no_grad(), _embedding_replaced(model, torch.zeros_like(embedded)):
+    zeros = torch.zeros_like(embedded)
+    with torch.no_grad(), models.output_hooked(model.embedding, lambda _output: zeros):
         reference = model(ids, lengths).item()
     scores = (grads.mean(dim=batch_dim, keepdim=True) * embedded).sum(dim=-1).reshape(-1)
     return scores[:length].double().cpu(), reference
-
-
-@contextmanager
-def _embedding_replaced(model: nn.Module, value: torch.Tensor) -> Iterator[None]:
-    """Within the block, the model's embedding layer returns `value` whatever its input."""
-    handle = model.embedding.register_forward_hook(lambda _m, _i, _o: value)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def as_dict(e: Explanation) -> dict:

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -303,6 +304,18 @@ REGISTRY: dict[str, Builder] = {
     "nbow": NBOW,
     "nblr": NBLR,
 }
+
+
+@contextmanager
+def output_hooked(module: nn.Module, hook: Callable[[torch.Tensor], torch.Tensor | None]
+                  ) -> Iterator[None]:
+    """Within the block, `hook` sees every output of `module`; what it returns, unless None,
+    replaces that output (for explanations and adversarial training, on the embedding)."""
+    handle = module.register_forward_hook(lambda _module, _inputs, output: hook(output))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def build(cfg: ModelConfig, vocab_size: int) -> nn.Module:
