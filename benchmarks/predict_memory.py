@@ -9,48 +9,43 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 EXE = Path(sys.executable).parent / "imdbsent"
-GNU_TIME = "/usr/bin/time"
 LINES = [b"A great film, I loved every minute of it.", b"Dull, far too long and badly acted.",
          b"", b"The plot made no sense but the music was wonderful!",
          "\u8fd9\u90e8\u7535\u5f71\u592a\u68d2\u4e86 \U0001F600".encode()]
 
 
 def measure(run: Path, n: int) -> tuple[float, float, int]:
-    """Feed `n` lines to predict; return wall seconds, peak RSS in MiB, output rows. The peak
-    is GNU time's, for the reason run.run_measured gives (a child forked from a large process
-    reports that process's memory as its own)."""
-    peak = tempfile.NamedTemporaryFile("r")
-    proc = subprocess.Popen([GNU_TIME, "-q", "-f", "%M", "-o", peak.name, str(EXE), "predict",
-                             "-", "--run", str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    rows = 0
+    """Feed `n` lines to predict; return wall seconds, peak RSS in MiB (run.peak_measured),
+    output rows."""
+    from run import peak_measured
+    with peak_measured([str(EXE), "predict", "-", "--run", str(run)]) as (timed, peak_mib):
+        proc = subprocess.Popen(timed, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        rows = 0
 
-    def count() -> None:
-        nonlocal rows
-        for _ in proc.stdout:
-            rows += 1
+        def count() -> None:
+            nonlocal rows
+            for _ in proc.stdout:
+                rows += 1
 
-    reader = threading.Thread(target=count)
-    reader.start()
-    start = time.time()
-    chunk = b"\n".join(LINES) + b"\n"
-    full, rest = divmod(n, len(LINES))
-    for _ in range(full):
-        proc.stdin.write(chunk)
-    proc.stdin.write(b"".join(line + b"\n" for line in LINES[:rest]))
-    proc.stdin.close()
-    status = proc.wait()
-    reader.join()
-    if status:
-        sys.exit(f"predict failed on {n} lines")
-    with peak:
-        kib = int(peak.read().split()[-1])
-    return time.time() - start, kib / 1024, rows
+        reader = threading.Thread(target=count)
+        reader.start()
+        start = time.time()
+        chunk = b"\n".join(LINES) + b"\n"
+        full, rest = divmod(n, len(LINES))
+        for _ in range(full):
+            proc.stdin.write(chunk)
+        proc.stdin.write(b"".join(line + b"\n" for line in LINES[:rest]))
+        proc.stdin.close()
+        status = proc.wait()
+        reader.join()
+        if status:
+            sys.exit(f"predict failed on {n} lines")
+        return time.time() - start, peak_mib(), rows
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,23 +33,31 @@ SEED = 1234  # the recipes' seed; --seeds N adds 1235, 1236, ...
 GNU_TIME = "/usr/bin/time"
 
 
-def run_measured(cmd: list[str], log: Path, env: dict[str, str] | None = None
-                 ) -> tuple[float, float, int]:
-    """Run a command (in `env`), its output to `log`; return wall seconds, peak RSS in MiB,
-    exit status.
-
-    The peak is GNU time's (`/usr/bin/time`, a small process between): the rusage of a child
-    started straight from this process counts this process's own memory at the fork, since
-    Linux keeps the larger high-water mark across exec, which made the later rows of an
+@contextmanager
+def peak_measured(cmd: list[str]) -> Iterator[tuple[list[str], Callable[[], float]]]:
+    """`cmd` run under GNU time (`/usr/bin/time`, a small process between), and a function
+    that reads the command's peak RSS in MiB once it has ended. Not the rusage of a child
+    started straight from this process: that counts this process's own memory at the fork,
+    since Linux keeps the larger high-water mark across exec, which made the later rows of an
     earlier RESULTS.md repeat this script's own 4.4 GB."""
     if not Path(GNU_TIME).exists():
         sys.exit(f"{GNU_TIME} (GNU time) is needed to measure peak memory: apt-get install time")
+    with tempfile.NamedTemporaryFile("r") as peak:
+        def mib() -> float:
+            kib = peak.read().split()
+            return (int(kib[-1]) if kib else 0) / 1024
+
+        yield [GNU_TIME, "-q", "-f", "%M", "-o", peak.name, *cmd], mib
+
+
+def run_measured(cmd: list[str], log: Path, env: dict[str, str] | None = None
+                 ) -> tuple[float, float, int]:
+    """Run a command (in `env`), its output to `log`; return wall seconds, peak RSS in MiB
+    (`peak_measured`), exit status."""
     start = time.time()
-    with tempfile.NamedTemporaryFile("r") as peak, open(log, "w") as fh:
-        code = subprocess.run([GNU_TIME, "-q", "-f", "%M", "-o", peak.name, *cmd], stdout=fh,
-                              stderr=subprocess.STDOUT, env=env).returncode
-        kib = peak.read().split()
-    return time.time() - start, (int(kib[-1]) if kib else 0) / 1024, code
+    with peak_measured(cmd) as (timed, peak_mib), open(log, "w") as fh:
+        code = subprocess.run(timed, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+        return time.time() - start, peak_mib(), code
 
 
 def throughput(run: Path, source: Path) -> dict:
