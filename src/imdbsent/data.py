@@ -89,6 +89,14 @@ class PrepareArgs:
             raise UserError(f"--vectors-tokens must be at least 1, not {self.vectors_tokens}")
 
 
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    """Where each of a run of examples of these lengths starts, end to end, and where the last
+    ends (one longer than `lengths`)."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
 @dataclass
 class Encoded:
     """One encoded split: all token ids end to end (`flat`), each example's start (`offsets`,
@@ -108,16 +116,14 @@ class Encoded:
     @classmethod
     def from_lists(cls, ids: list[list[int]], labels: list[int] | np.ndarray) -> Encoded:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        offsets = offsets_of(lengths)
         flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
         return cls(flat, offsets, np.asarray(labels, dtype=np.int64))
 
     def take(self, rows: np.ndarray) -> Encoded:
         """The examples `rows`, in that order (no Python loop per example)."""
         lengths = self.lengths[rows]
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        offsets = offsets_of(lengths)
         index = np.arange(offsets[-1]) + np.repeat(self.offsets[rows] - offsets[:-1], lengths)
         return Encoded(self.flat[index], offsets, self.labels[rows])
 
@@ -390,9 +396,7 @@ class Spool:
                 starts, ends = self.offsets[idx], self.offsets[idx + 1]
                 flat = np.frombuffer(b"".join(os.pread(fd, int(e - s) * item, int(s) * item)
                                               for s, e in zip(starts, ends)), dtype=np.int32)
-                offsets = np.zeros(len(idx) + 1, dtype=np.int64)
-                np.cumsum(ends - starts, out=offsets[1:])
-                yield Encoded(flat, offsets, self.labels[idx])
+                yield Encoded(flat, offsets_of(ends - starts), self.labels[idx])
 
 
 def _learn_vectors(args: PrepareArgs, tok: Tokenizer, out: Path, tokens: dict[str, int],
