@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import SMALL_GRU, make_reviews, run_cli, run_exe
-from imdbsent import text
+from imdbsent import config, text, training
 from imdbsent.cli import app
 
 runner = CliRunner()
@@ -180,6 +180,25 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsy
     assert err.count("\n") == 1 and err.startswith("imdbsent: error: "), err
     assert message in err
     assert out == ""
+
+
+def test_a_recipe_meant_for_another_split_refuses_data_split_otherwise(prepared_dir, tmp_path,
+                                                                        monkeypatch, capsys):
+    """`stack` trains on a 90/10 split (split_ratio = 0.9): missing data is named with the
+    flag that makes it, and data prepared 70/30 is refused before any run is made."""
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["train", "--config", "stack"]) == 1
+    assert ("no prepared dataset in data/imdb90: run imdbsent prepare --split-ratio 0.9 "
+            in capsys.readouterr().err)
+    assert run_cli(["train", "--config", "stack", "--data", str(prepared_dir),
+                    "--run-dir", "run"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was prepared with --split-ratio 0.7, but the recipe is " \
+        "meant for 0.9: run imdbsent prepare --split-ratio 0.9 --out DIR" in err
+    assert not (tmp_path / "run").exists()
+    small = tmp_path / "small.toml"  # a recipe whose split the data has passes
+    small.write_text(SMALL_GRU.format(data=prepared_dir))
+    assert training.prepared_for(config.load(small, {"split_ratio": 0.7})).folder == prepared_dir
 
 
 def test_the_installed_command_reports_a_user_error_in_one_line(tmp_path):

@@ -75,6 +75,13 @@ def test_member_paths_are_relative_to_the_ensembles_file_and_names_unique(tmp_pa
         config.member_names(cfg)
 
 
+def test_a_split_ratio_outside_0_1_is_refused(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text("split_ratio = 1.0\n")
+    with pytest.raises(UserError, match=r"split_ratio is a share of the train split, in \[0, 1\)"):
+        config.load(path)
+
+
 @pytest.mark.parametrize("model, message", [
     ('name = "ensemble"\nmembers = ["default"]', "an ensemble names two or more recipes"),
     ('name = "gru"\nmembers = ["default", "nblr"]', "an ensemble names two or more recipes"),

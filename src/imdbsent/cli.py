@@ -182,7 +182,7 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
     torchrun, and exit with their status."""
     if "WORLD_SIZE" in os.environ:
         raise UserError("--nproc: this process was already started by torchrun; drop --nproc")
-    from imdbsent import data, launch, runs
+    from imdbsent import launch, runs, training
 
     if resume is not None:
         cfg = config.load(runs.check_run(resume) / runs.CONFIG, overrides)
@@ -191,7 +191,7 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
                             f"process(es); resume it with as many")
     else:
         cfg = config.load(recipe, overrides)
-    data.load_prepared(Path(cfg.data))
+    training.prepared_for(cfg)
     launch.share_threads(nproc, threads_)
     forwarded = []
     for param in ctx.command.params:

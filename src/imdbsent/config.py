@@ -82,11 +82,14 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    """A whole recipe: where the prepared data is, the model, the training."""
+    """A whole recipe: where the prepared data is, the model, the training. `split_ratio`,
+    when set, is the train share of the train/valid split the recipe is meant for (prepare's
+    --split-ratio); training refuses data split otherwise. 0: any."""
 
     version: int = CONFIG_VERSION
     recipe: str = ""  # set when a run starts: the recipe's name, or its file's stem
     data: str = "data/imdb"
+    split_ratio: float = 0.0
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -196,6 +199,7 @@ def validate(cfg: Config, where: str) -> None:
         (0.0 <= t.crop <= 1.0, "train.crop is a fraction of the training reviews, in [0, 1]"),
         (t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
         (t.world_size >= 1, "train.world_size must be at least 1"),
+        (0.0 <= cfg.split_ratio < 1.0, "split_ratio is a share of the train split, in [0, 1)"),
     ]
     for ok, message in checks:
         if not ok:

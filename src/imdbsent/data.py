@@ -438,13 +438,14 @@ def sample_ids(paths: list[Path], keep: float, seed: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
 
-def load_prepared(folder: Path) -> Prepared:
-    """Open a prepared dataset; a missing one says how to make it."""
+def load_prepared(folder: Path, flags: str = "") -> Prepared:
+    """Open a prepared dataset; a missing one says how to make it (with prepare's `flags`)."""
     folder = Path(folder)
     raw = _read_manifest_bytes(folder)
     manifest = _parse_manifest(raw)
     if manifest is None:
         raise UserError(f"no prepared dataset in {folder}: run imdbsent prepare "
+                        f"{flags + ' ' if flags else ''}"
                         f"(with --out {folder} if that is not the default)")
     tok = text.load(folder / TOKENIZER, fix="run imdbsent prepare --force")
     return Prepared(folder, manifest, tok, manifest_bytes=raw)

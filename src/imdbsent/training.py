@@ -68,7 +68,7 @@ def start(recipe: str | None, overrides: dict[str, Any], reporter: engine.Report
     if cfg.model.name == "ensemble":
         _refuse(cfg, overrides, ENSEMBLE_OWN, "an ensemble trains each member by its own recipe; "
                 "change the member recipes instead")
-    prepared = data.load_prepared(Path(cfg.data))
+    prepared = prepared_for(cfg)
     with _session(cfg, timeout) as world, ExitStack() as lock:
         cfg.train.world_size = world.size
         _same_data_everywhere(prepared)
@@ -109,7 +109,7 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
     _refuse(cfg, {k: v for k, v in overrides.items() if _get(old, k) != _get(cfg, k)}, own,
             "a resumed run keeps its recipe (only " + ", ".join(_flag(k) for k in own)
             + " can change); start a new run to change the rest")
-    prepared = data.load_prepared(Path(cfg.data))
+    prepared = prepared_for(cfg)
     with _session(cfg, timeout) as world, ExitStack() as lock:
         if world.size != old.train.world_size:  # the same on every rank: rank 0 says it
             raise distributed.everywhere(_world_size_advice(run, old.train.world_size,
@@ -128,6 +128,20 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
         trainer = _interruptible(run, lambda: engine.Trainer(cfg, prepared, run, resume=True))
         distributed.on_main(lambda: runs.write_config(run, cfg))
         return _interruptible(run, lambda: trainer.fit(shown))
+
+
+def prepared_for(cfg: config.Config) -> data.Prepared:
+    """The recipe's prepared data, refused if it was split otherwise than the recipe's
+    `split_ratio` asks (a recipe chosen for more training reviews would quietly get fewer);
+    either error says how to prepare it."""
+    flags = f"--split-ratio {cfg.split_ratio:g}" if cfg.split_ratio else ""
+    prepared = data.load_prepared(Path(cfg.data), flags)
+    made = prepared.manifest.get("args", {}).get("split_ratio")
+    if cfg.split_ratio and made != cfg.split_ratio:
+        raise UserError(f"{prepared.folder} was prepared with --split-ratio {made}, but the "
+                        f"recipe is meant for {cfg.split_ratio:g}: run imdbsent prepare "
+                        f"{flags} --out DIR, and train with --data DIR")
+    return prepared
 
 
 def _session(cfg: config.Config, timeout: float) -> AbstractContextManager[distributed.World]:
