@@ -555,7 +555,7 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
         for ref, name in zip(cfg.model.members, names):
             member_run = run / runs.MEMBERS / name
             if resume and (member_run / runs.CONFIG).exists():
-                if any(m.get("split") == "test" for m in runs.read_metrics(member_run)):
+                if runs.tested(member_run):
                     runs.check_data(member_run, data, runs.recorded_fingerprint(member_run))
                     continue  # finished
                 member_cfg = runs.load_config(member_run)  # as it started, not today's recipe

@@ -209,6 +209,11 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def tested(run: Path) -> bool:
+    """Whether a run has finished: its test line is in metrics.jsonl."""
+    return any(m.get("split") == "test" for m in read_metrics(run))
+
+
 def epoch_records(run: Path) -> list[dict[str, Any]]:
     """The finished epochs of a run, an ensemble's being those of its members."""
     return [m for r in (run, *sorted((run / MEMBERS).glob("*"))) for m in read_metrics(r)
