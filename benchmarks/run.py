@@ -331,7 +331,7 @@ def write_results(path: Path, rows: list[dict], short: dict, ref: dict | None, m
             f"| `{name}` | {r['model']} | {spread(r['valid'])} | {spread(r['test'])} | "
             f"{spread(r['ece'], 1, 4)} | {groups['suite']['macro'] * 100:.1f} | "
             f"{groups['imdb-valid']['micro'] * 100:.1f} | {r['epochs']} | {r['epoch_seconds']} "
-            f"| {r['train_seconds']:.0f} | {_number(r['command_seconds'])} | "
+            f"| {_number(r['train_seconds'])} | {_number(r['command_seconds'])} | "
             f"{r['predict_per_second']:,.0f} | {_number(r['peak_rss_mib'])} |")
     if ref:
         lines.append(f"| reference: TF-IDF 1-2 grams + logistic regression (scikit-learn) | "
@@ -388,7 +388,8 @@ def check_targets(by_name: dict[str, dict], best: dict, own: list[dict] = ()) ->
         acc, command = mean(d["test"]), d["command_seconds"]
         out.append(f"default: test accuracy >= 89.0% and the whole command <= 600 s: "
                    f"{acc * 100:.2f}%, {_number(command)} s: "
-                   f"{verdict(acc >= 0.89 and command is not None and command <= 600)}")
+                   + ("not measured (a reused run)" if command is None
+                      else verdict(acc >= 0.89 and command <= 600)))
         out.append(f"default: predict >= 1,000 reviews/s: {d['predict_per_second']:,.0f}: "
                    f"{verdict(d['predict_per_second'] >= 1000)}")
     for r in [best, *own]:
