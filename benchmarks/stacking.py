@@ -5,11 +5,15 @@ Needs only finished runs (e.g. those benchmarks/run.py leaves in benchmarks/work
 figures are printed beside, and choose nothing.
 
     python benchmarks/stacking.py --runs benchmarks/work/runs default-1234 gru-1234 nblr-1234
+
+A name of several runs joined by "+" is one member whose logits are those runs' mean (seeds
+averaged: default-1234+default-1235+default-1236).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -21,13 +25,18 @@ from imdbsent.predict import score_run
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="+", help="run folders under --runs")
+    parser.add_argument("names", nargs="+", help="run folders under --runs (a+b: their mean logits)")
     parser.add_argument("--runs", type=Path, default=Path("benchmarks/work/runs"))
     parser.add_argument("--data", type=Path, help="prepared data (default: each run's own)")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
-    logits = {(name, split): score_run(args.runs / name, split=split, data_dir=args.data)
-              for name in args.names for split in ("valid", "test")}
+    by_run = {(run, split): score_run(args.runs / run, split=split, data_dir=args.data)
+              for name in args.names for run in name.split("+") for split in ("valid", "test")}
+    logits = {(name, split): dataclasses.replace(
+        by_run[(name.split("+")[0], split)],
+        logits=torch.stack([by_run[(run, split)].logits.float()
+                            for run in name.split("+")]).mean(0))
+        for name in args.names for split in ("valid", "test")}
     rows = []
     for size in range(2, len(args.names) + 1):
         for subset in itertools.combinations(args.names, size):
