@@ -36,6 +36,18 @@ class Word2VecArgs:
     seed: int = 1234
 
 
+def sampling(counts: np.ndarray, subsample: float, rng: np.random.Generator,
+             size: int = NEGATIVE_TABLE) -> tuple[np.ndarray, torch.Tensor]:
+    """word2vec's two distributions from word counts: each word's probability of being kept
+    (frequent words subsampled at threshold `subsample`) and `size` negatives pre-drawn from
+    the counts raised to 3/4."""
+    freq = counts / counts.sum()
+    with np.errstate(divide="ignore"):
+        keep = np.minimum(1.0, (np.sqrt(freq / subsample) + 1) * subsample / freq)
+    noise = counts ** 0.75
+    return keep, torch.from_numpy(rng.choice(len(counts), size, p=noise / noise.sum()))
+
+
 def train_vectors(ids: np.ndarray, vocab_size: int, args: Word2VecArgs,
                   report: Callable[[int, float], None] = lambda _epoch, _loss: None
                   ) -> torch.Tensor:
@@ -52,11 +64,7 @@ def train_vectors(ids: np.ndarray, vocab_size: int, args: Word2VecArgs,
     counts = np.bincount(ids, minlength=vocab_size).astype(np.float64)
     if not len(ids):
         return torch.zeros(vocab_size, args.dim)
-    freq = counts / counts.sum()
-    with np.errstate(divide="ignore"):
-        keep = np.minimum(1.0, (np.sqrt(freq / args.subsample) + 1) * args.subsample / freq)
-    noise = counts ** 0.75
-    negatives = torch.from_numpy(rng.choice(vocab_size, NEGATIVE_TABLE, p=noise / noise.sum()))
+    keep, negatives = sampling(counts, args.subsample, rng)
 
     context = nn.EmbeddingBag(vocab_size, args.dim, mode="mean", sparse=True)
     nn.init.uniform_(context.weight, -0.5 / args.dim, 0.5 / args.dim, generator=gen)
