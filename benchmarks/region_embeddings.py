@@ -26,25 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imdbsent import data, engine, models, threads
+from imdbsent import data, engine, threads, word2vec
 from imdbsent.data import Batches, Encoded
 from imdbsent.predict import score_run
 from imdbsent.text import PAD_ID, UNK_ID
+from stacking import stacked_accuracy  # benchmarks/, beside this script
 
 
 def train_tv(stream: np.ndarray, vocab: int, region: int, dim: int, seed: int,
              negatives: int = 10, batch: int = 8192, subsample: float = 1e-4
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """One epoch over every region of the token stream: the tv-embedding's weights and bias."""
-    rng = np.random.default_rng(seed)
     counts = np.bincount(stream, minlength=vocab).astype(np.float64)
     counts[[PAD_ID, UNK_ID]] = 0
-    freq = counts / counts.sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        keep = torch.from_numpy(np.nan_to_num(
-            np.minimum(1.0, (np.sqrt(freq / subsample) + 1) * subsample / freq))).float()
-    noise = counts ** 0.75
-    table = torch.from_numpy(rng.choice(vocab, 2_000_000, p=noise / noise.sum()))
+    kept_p, table = word2vec.sampling(counts, subsample, np.random.default_rng(seed), 2_000_000)
+    keep = torch.from_numpy(kept_p).float()
     tokens = torch.from_numpy(stream.astype(np.int64))
     embed = nn.EmbeddingBag(vocab, dim, mode="sum", sparse=True, padding_idx=PAD_ID)
     nn.init.uniform_(embed.weight, -0.5 / dim, 0.5 / dim)
@@ -182,10 +178,9 @@ def report(scored: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]], epoc
     for subset in subsets:
         xv, xt = (torch.stack([scored[n][s][0].double() for n in subset], dim=1)
                   for s in ("valid", "test"))
-        weight, bias = models.fit_logistic(xv, yv)
-        print(f"| {' + '.join(subset)} (stacked; valid cross-fitted) | "
-              f"{_acc(engine.out_of_fold(xv, yv, 1234), yv):.2f} | "
-              f"{_acc(xt @ weight + bias, yt):.2f} |")
+        valid, test = stacked_accuracy(xv, yv, xt, yt)
+        print(f"| {' + '.join(subset)} (stacked; valid cross-fitted) | {100 * valid:.2f} | "
+              f"{100 * test:.2f} |")
 
 
 def _acc(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -23,6 +23,16 @@ from imdbsent import engine, models
 from imdbsent.predict import score_run
 
 
+def stacked_accuracy(xv: torch.Tensor, yv: torch.Tensor, xt: torch.Tensor, yt: torch.Tensor,
+                     seed: int = 1234) -> tuple[float, float]:
+    """Accuracy of a logistic regression over member logits [reviews, members]: on validation
+    cross-fitted (`engine.out_of_fold`), on test with the weights fitted on all of validation."""
+    valid = (engine.out_of_fold(xv, yv, seed) > 0).to(yv.dtype) == yv
+    weight, bias = models.fit_logistic(xv, yv)
+    test = (xt @ weight + bias > 0).to(yt.dtype) == yt
+    return valid.double().mean().item(), test.double().mean().item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="+", help="run folders under --runs (a+b: their mean logits)")
@@ -44,11 +54,7 @@ def main() -> None:
             for split in ("valid", "test"):
                 x = torch.stack([logits[(n, split)].logits.float() for n in subset], dim=1)
                 scored[split] = (x, logits[(subset[0], split)].labels.float())
-            (xv, yv), (xt, yt) = scored["valid"], scored["test"]
-            valid = ((engine.out_of_fold(xv, yv, 1234) > 0).float() == yv).float().mean()
-            weight, bias = models.fit_logistic(xv, yv)
-            test = (((xt @ weight + bias) > 0).float() == yt).float().mean()
-            rows.append((valid.item(), test.item(), subset))
+            rows.append((*stacked_accuracy(*scored["valid"], *scored["test"]), subset))
     print("| members | cross-fitted valid acc | test acc |\n| --- | --- | --- |")
     for valid, test, subset in sorted(rows, reverse=True)[:args.top]:
         print(f"| {', '.join(subset)} | {100 * valid:.2f} | {100 * test:.2f} |")
