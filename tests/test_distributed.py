@@ -378,3 +378,14 @@ def test_a_hung_rank_ends_the_others_after_the_timeout(prepared_dir, tmp_path):
         proc.communicate(timeout=60)
     assert b"Traceback" not in err
     assert runs.load_checkpoint(tmp_path / "run" / runs.LAST).meta["epoch"] >= 1
+
+
+def test_adversarial_and_virtual_adversarial_training_on_two_processes(prepared_dir, tmp_path):
+    # three backward passes a step, the first two kept from DDP's all-reduce (no_sync)
+    recipe = _recipe(tmp_path, prepared_dir, SMALL_GRU + "adversarial = 1.0\n"
+                     "virtual_adversarial = 1.0\n")
+    run = tmp_path / "run"
+    done = run_exe(["train", "--config", str(recipe), "--run-dir", str(run), "--nproc", "2"])
+    assert done.returncode == 0, done.stderr
+    assert runs.load_config(run).train.virtual_adversarial == 1.0
+    assert runs.read_metrics(run)[-1]["test_acc"] > 0.8

@@ -1,3 +1,4 @@
+import dataclasses
 from functools import partial
 
 import pytest
@@ -5,7 +6,8 @@ import torch
 from torch import nn
 
 from imdbsent import data, engine, models
-from imdbsent.config import ModelConfig, TrainConfig
+from imdbsent.config import Config, ModelConfig, TrainConfig
+from imdbsent.training import Silent
 
 
 def test_binary_accuracy_rounds_the_sigmoid():
@@ -196,9 +198,67 @@ def test_adversarial_perturbation_raises_the_loss_and_changes_training(prepared_
     assert not torch.allclose(trained(0.0), trained(1.0))
 
 
+def test_virtual_adversarial_direction_moves_the_prediction_most_and_ignores_labels(
+        prepared_dir):
+    p = data.load_prepared(prepared_dir)
+    cfg = ModelConfig(name="lstm", embedding_dim=8, hidden_dim=8, bidirectional=True,
+                      pooling="max", dropout=0.0)
+    batch = next(iter(data.Batches(p.split("unsupervised"), 32)))
+    assert (batch.label == -1).all()  # unlabeled: nothing to learn from but the model itself
+    torch.manual_seed(0)
+    model = models.build(cfg, p.tokenizer.get_vocab_size())
+    embedding = engine._embedding_of(model)
+    with torch.no_grad():
+        clean = torch.sigmoid(model(batch.text, batch.lengths))
+    torch.manual_seed(1)
+    virtual = engine.virtual_adversarial_step(model, embedding, batch, 1.0, engine.nullcontext())
+    assert not embedding._forward_hooks and embedding.weight.grad.abs().sum() > 0
+
+    def divergence(delta: torch.Tensor) -> float:  # the same measure, any perturbation
+        with torch.no_grad(), models.output_hooked(embedding, lambda output: output + delta):
+            logits = model(batch.text, batch.lengths)
+        return nn.functional.binary_cross_entropy_with_logits(logits, clean).item()
+
+    shape = (*batch.text.shape, cfg.embedding_dim)
+    randoms = [divergence(engine._per_review_norm(torch.randn(shape), 1.0)) for _ in range(5)]
+    assert virtual > max(randoms) + 1e-5  # the power iteration found a worse direction
+    assert divergence(torch.zeros(shape)) < min(randoms)  # the clean prediction is the floor
+
+
+def test_virtual_adversarial_training_uses_the_unlabeled_reviews(prepared_dir, tmp_path):
+    base = dataclasses.replace(Config(data=str(prepared_dir)), model=ModelConfig(
+        name="gru", embedding_dim=8, hidden_dim=8))
+    base.train = dataclasses.replace(base.train, epochs=1, batch_size=16, optimizer="adam",
+                                     lr=0.01, calibrate=False)
+    p = data.load_prepared(prepared_dir)
+
+    def weights(virtual: float, name: str) -> torch.Tensor:
+        cfg = dataclasses.replace(base, train=dataclasses.replace(
+            base.train, virtual_adversarial=virtual))
+        trainer = engine.Trainer(cfg, p, tmp_path / name)
+        trainer.epoch(1, Silent())
+        return trainer.model.fc.weight.detach().clone()
+
+    assert torch.equal(weights(2.0, "a"), weights(2.0, "b"))  # seeded, unlabeled order too
+    assert not torch.allclose(weights(0.0, "c"), weights(2.0, "d"))
+    with pytest.raises(ValueError, match="unlabeled"):
+        engine.train(models.build(base.model, 50), [], torch.optim.SGD([nn.Parameter(
+            torch.zeros(1))], lr=0.1), nn.BCEWithLogitsLoss(), virtual_adversarial=1.0)
+
+
 def test_adversarial_training_needs_a_word_embedding(prepared_dir):
     p = data.load_prepared(prepared_dir)
     model = models.build(ModelConfig(name="nblr", ngram_buckets=50), p.tokenizer.get_vocab_size())
     with pytest.raises(engine.UserError, match="word embedding"):
         engine.train(model, [], torch.optim.SGD(model.parameters(), lr=0.1),
                      nn.BCEWithLogitsLoss(), adversarial=1.0)
+
+
+def test_virtual_adversarial_training_without_unlabeled_reviews_says_how_to_prepare(
+        source_dir, tmp_path):
+    out = tmp_path / "labeled-only"
+    data.prepare(data.PrepareArgs(source=str(source_dir), unsupervised=False, vectors_dim=0), out)
+    cfg = Config(data=str(out), model=ModelConfig(name="gru", embedding_dim=8, hidden_dim=8))
+    cfg.train = dataclasses.replace(cfg.train, virtual_adversarial=1.0)
+    with pytest.raises(engine.UserError, match="--no-unsupervised"):
+        engine.Trainer(cfg, data.load_prepared(out), tmp_path / "run")

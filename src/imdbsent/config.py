@@ -55,7 +55,9 @@ class TrainConfig:
     fraction of training reviews cut, each epoch, to a random run of 1 to 3 of their sentences;
     `calibrate` fits a temperature and bias on the validation split after training;
     `precision` is fp32 or bf16 (autocast); `adversarial` > 0 also trains on word embeddings
-    perturbed along the loss gradient, a perturbation of that L2 norm a review; `world_size`
+    perturbed along the loss gradient, a perturbation of that L2 norm a review;
+    `virtual_adversarial` > 0 also trains on the unlabeled reviews' embeddings perturbed where
+    the prediction moves most, by that norm (needs the `unsupervised` split); `world_size`
     records how many processes trained the run (set by training, not by a recipe;
     `batch_size` is per process)."""
 
@@ -77,6 +79,7 @@ class TrainConfig:
     calibrate: bool = True
     precision: str = "fp32"
     adversarial: float = 0.0
+    virtual_adversarial: float = 0.0
     world_size: int = 1
 
 
@@ -192,8 +195,9 @@ def validate(cfg: Config, where: str) -> None:
         (t.epochs > 0, "train.epochs must be at least 1"),
         (t.batch_size > 0, "train.batch_size must be at least 1"),
         (t.lr > 0, "train.lr must be positive"),
-        (t.momentum >= 0 and t.weight_decay >= 0 and t.clip_grad >= 0 and t.adversarial >= 0,
-         "train.momentum, weight_decay, clip_grad and adversarial must be 0 or more"),
+        (min(t.momentum, t.weight_decay, t.clip_grad, t.adversarial, t.virtual_adversarial) >= 0,
+         "train.momentum, weight_decay, clip_grad, adversarial and virtual_adversarial must be "
+         "0 or more"),
         (0.0 <= t.warmup < 1.0, "train.warmup is a fraction of training, in [0, 1)"),
         (t.patience >= 0 and t.max_length >= 0, "train.patience and max_length must be 0 or more"),
         (0.0 <= t.crop <= 1.0, "train.crop is a fraction of the training reviews, in [0, 1]"),

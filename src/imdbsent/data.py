@@ -156,11 +156,12 @@ class Prepared:
             raise UserError(f"{self.folder} changed while in use (prepared again); the run's "
                             "checkpoints are kept, but it was not tested on the new data")
 
-    def split(self, name: str) -> Encoded:
+    def split(self, name: str, missing: str = "run imdbsent prepare again") -> Encoded:
+        """The split's token ids; a missing one is a user error that says `missing` to do."""
         if name not in self._cache:
             path = self.folder / f"{name}.parquet"
             if not path.exists():
-                raise UserError(f"{self.folder}: no {name!r} split (run imdbsent prepare again)")
+                raise UserError(f"{self.folder}: no {name!r} split ({missing})")
             self._cache[name] = read_encoded(path)
         return self._cache[name]
 

@@ -5,10 +5,11 @@ The engine reports progress through a `Reporter` (any object with its methods); 
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -26,6 +27,8 @@ from imdbsent.data import Batch, Batches, Prepared
 from imdbsent.errors import UserError
 
 OnBatch = Callable[[int, float, float], None]  # (examples in batch, loss, accuracy)
+UNLABELED_NEEDED = ("train.virtual_adversarial trains on the unlabeled reviews: prepare "
+                    "without --no-unsupervised")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -43,32 +46,39 @@ def binary_accuracy(preds: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def train(model: nn.Module, iterator: Iterable[Batch], optimizer: torch.optim.Optimizer,
           criterion: nn.Module, *, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
           clip: float = 0.0, on_batch: OnBatch | None = None, sync: bool = False,
-          amp: AbstractContextManager = nullcontext(), adversarial: float = 0.0
+          amp: AbstractContextManager = nullcontext(), adversarial: float = 0.0,
+          virtual_adversarial: float = 0.0, unlabeled: Iterator[Batch] | None = None
           ) -> tuple[float, float]:
     """One epoch of training; the mean loss and accuracy over its examples (over every
     process's examples with `sync`, in a distributed training). The forward pass and the loss
     run within `amp` (an autocast), the backward pass and the step outside it. With
     `adversarial` (epsilon > 0), each batch also trains on its word embeddings perturbed along
-    the loss gradient (`adversarial_step`)."""
+    the loss gradient (`adversarial_step`); with `virtual_adversarial` (epsilon > 0), also on
+    the next batch of `unlabeled` (`virtual_adversarial_step`)."""
     device = _device_of(model)
     model.train()
     total_loss = total_acc = 0.0
     seen = 0
-    embedding = _embedding_of(model) if adversarial else None
+    embedding = _embedding_of(model) if adversarial or virtual_adversarial else None
+    if virtual_adversarial and unlabeled is None:
+        raise ValueError("virtual adversarial training needs batches of unlabeled reviews")
     for batch in threads.balanced(iterator):
         batch = batch.to(device)
         optimizer.zero_grad()
         embedded: list[torch.Tensor] = []  # the clean pass's embeddings, for adversarial
         with (models.output_hooked(embedding, partial(_keep_with_grad, embedded))
-              if embedding is not None else nullcontext()), \
-                (model.no_sync() if embedding is not None and hasattr(model, "no_sync")
-                 else nullcontext()):
+              if adversarial else nullcontext()), _unsynced(model, embedding is not None):
             with amp:
                 predictions = model(batch.text, batch.lengths)
                 loss = criterion(predictions, batch.label)
             loss.backward()
-        if embedding is not None:
-            adversarial_step(model, embedding, embedded[0], batch, criterion, adversarial, amp)
+        if adversarial:
+            with _unsynced(model, bool(virtual_adversarial)):
+                adversarial_step(model, embedding, embedded[0], batch, criterion, adversarial,
+                                 amp)
+        if virtual_adversarial:
+            virtual_adversarial_step(model, embedding, next(unlabeled).to(device),
+                                     virtual_adversarial, amp)
         acc = binary_accuracy(predictions, batch.label)
         if clip:
             nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -93,14 +103,53 @@ def adversarial_step(model: nn.Module, embedding: nn.Module, embedded: torch.Ten
     along the gradient of the loss that the clean pass left in `embedded.grad`, and
     accumulate the gradient of the loss on the perturbed review; returns that loss. Costs one
     more forward and backward pass a batch."""
-    grad = embedded.grad.detach()
-    norm = grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *[1] * (grad.dim() - 1))
-    delta = epsilon * grad / norm
+    delta = _per_review_norm(embedded.grad.detach(), epsilon)
     with models.output_hooked(embedding, lambda output: output + delta.to(output.dtype)):
         with amp:
             loss = criterion(model(batch.text, batch.lengths), batch.label)
         loss.backward()
     return loss.item()
+
+
+def virtual_adversarial_step(model: nn.Module, embedding: nn.Module, batch: Batch,
+                             epsilon: float, amp: AbstractContextManager, xi: float = 0.1
+                             ) -> float:
+    """Virtual adversarial training on unlabeled reviews (Miyato, Dai & Goodfellow 2017): find,
+    by one power iteration from a random direction of L2 norm `xi` a review, the perturbation
+    of the word embeddings, of norm `epsilon` a review, that moves the model's prediction
+    most, and accumulate the gradient of the divergence (Bernoulli KL, up to a constant) of
+    the perturbed prediction from the clean one; returns it. Needs no label: three more
+    passes, one without gradient."""
+    with torch.no_grad(), amp:
+        clean = torch.sigmoid(model(batch.text, batch.lengths).float())
+
+    def divergence(delta: torch.Tensor) -> torch.Tensor:
+        with models.output_hooked(embedding, lambda output: output + delta.to(output.dtype)):
+            with amp:
+                logits = model(batch.text, batch.lengths)
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), clean)
+
+    real = (torch.arange(batch.text.shape[1]) < batch.lengths[:, None]).to(clean.device)
+    shape = (*batch.text.shape, embedding.embedding_dim)
+    direction = _per_review_norm(torch.randn(shape, device=clean.device) * real[..., None], xi)
+    direction.requires_grad_()
+    with _unsynced(model, True):
+        (grad,) = torch.autograd.grad(divergence(direction), direction)
+    loss = divergence(_per_review_norm(grad.detach(), epsilon))
+    loss.backward()
+    return loss.item()
+
+
+def _per_review_norm(delta: torch.Tensor, norm: float) -> torch.Tensor:
+    """`delta` [batch, time, dim] scaled to L2 norm `norm` for each review."""
+    length = delta.flatten(1).norm(dim=1).clamp(min=1e-12)
+    return norm * delta / length.view(-1, *[1] * (delta.dim() - 1))
+
+
+def _unsynced(model: nn.Module, unsynced: bool) -> AbstractContextManager:
+    """DDP's `no_sync` when `unsynced` (a pass whose gradient more passes will add to, before
+    the last one all-reduces the sum), else nothing."""
+    return model.no_sync() if unsynced and hasattr(model, "no_sync") else nullcontext()
 
 
 def _embedding_of(model: nn.Module) -> nn.Module:
@@ -109,8 +158,8 @@ def _embedding_of(model: nn.Module) -> nn.Module:
     inner = getattr(model, "module", model)
     embedding = getattr(inner, "embedding", None)
     if not isinstance(embedding, nn.Embedding):
-        raise UserError(f"train.adversarial needs a model with a word embedding (rnn, lstm, gru, "
-                        f"cnn), not {type(inner).__name__}")
+        raise UserError(f"train.adversarial and virtual_adversarial need a model with a word "
+                        f"embedding (rnn, lstm, gru, cnn), not {type(inner).__name__}")
     return embedding
 
 
@@ -385,6 +434,11 @@ class Trainer:
                                      shard=shard, pin=pin)
         self.valid_batches = Batches(data.split("valid"), t.batch_size, max_length=self.max_length,
                                      shard=shard, pin=pin)
+        self.unlabeled_batches = (Batches(data.split("unsupervised", UNLABELED_NEEDED),
+                                          t.batch_size, shuffle=True,
+                                          seed=t.seed, max_length=self.max_length, shard=shard,
+                                          pin=pin)
+                                  if t.virtual_adversarial else None)
         self.optimizer = make_optimizer(t, self.model.parameters())
         self.schedule = Schedule(t.schedule, t.epochs * len(self.train_batches), t.warmup)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
@@ -465,7 +519,9 @@ class Trainer:
                                       self.criterion, scheduler=self.scheduler,
                                       clip=self.cfg.train.clip_grad, on_batch=reporter.batch,
                                       sync=sync, amp=autocast(self.device, self.cfg.train.precision),
-                                      adversarial=self.cfg.train.adversarial)
+                                      adversarial=self.cfg.train.adversarial,
+                                      virtual_adversarial=self.cfg.train.virtual_adversarial,
+                                      unlabeled=self.unlabeled(epoch))
         valid_loss, valid_acc = evaluate(self.model, self.valid_batches, self.criterion, sync=sync)
         improved = valid_loss < self.best_loss
         if improved:
@@ -476,6 +532,19 @@ class Trainer:
                 "valid_loss": valid_loss, "valid_acc": valid_acc,
                 "seconds": round(time.time() - start_time, 3), "best": improved,
                 "lr": self.scheduler.get_last_lr()[0]}
+
+    def unlabeled(self, epoch: int) -> Iterator[Batch] | None:
+        """The unlabeled reviews' batches for virtual adversarial training in `epoch`, in an
+        order of that epoch (so a resumed run sees the same), begun again when they run out."""
+        batches = self.unlabeled_batches
+        if batches is None:
+            return None
+
+        def endless() -> Iterator[Batch]:
+            for rerun in itertools.count():
+                batches.epoch = epoch * 1_000 + rerun
+                yield from batches
+        return endless()
 
     def checkpoint(self, record: dict[str, Any]) -> None:
         """Save `best` if the epoch improved, then `last` (the commit point, with every
