@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import SMALL_GRU, make_reviews, run_cli, run_exe
-from imdbsent import config, text, training
+from imdbsent import config, runs, text, training
 from imdbsent.cli import app
 
 runner = CliRunner()
@@ -153,6 +153,17 @@ def test_seeded_training_is_repeatable(prepared_dir, tmp_path):
     assert strip[0] == strip[1]
 
 
+def test_adversarial_flags_set_the_run_recipe(prepared_dir, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(SMALL_GRU.format(data=prepared_dir))
+    res = runner.invoke(app, ["train", "--config", str(config), "--run-dir", str(tmp_path / "r"),
+                              "--epochs", "1", "--adversarial", "0.5",
+                              "--virtual-adversarial", "2"])
+    assert res.exit_code == 0, res.output
+    train = runs.load_config(tmp_path / "r").train
+    assert (train.adversarial, train.virtual_adversarial) == (0.5, 2.0)
+
+
 def test_python_dash_m_runs_the_cli():
     import subprocess
     import sys
@@ -166,6 +177,10 @@ def test_python_dash_m_runs_the_cli():
     (["train", "--epochs", "many"], "Invalid value for '--epochs'"),
     (["train", "--config", "nope"], "no recipe named 'nope'"),
     (["train", "--threads", "0"], "--threads must be a whole number of at least 1, not 0"),
+    (["train", "--virtual-adversarial", "-1"], "Invalid value for '--virtual-adversarial'"),
+    (["train", "--model", "nblr", "--vectors", "none", "--adversarial", "1", "--data",
+      "{prepared}"],
+     "need a model with a word embedding"),
     (["evaluate", "no/such/run"], "no/such/run: no such run directory"),
     (["predict", "--run", "no/such/run", "hi"], "no such run directory"),
     (["predict"], "nothing to predict"),
@@ -173,9 +188,10 @@ def test_python_dash_m_runs_the_cli():
     (["prepare", "--source", "./missing"], "./missing: no such file or folder"),
     (["prepare", "--split-ratio", "1.5", "--source", "."], "--split-ratio must be between 0 and 1"),
 ])
-def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsys, args, message):
+def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsys, args, message,
+                                                    prepared_dir):
     monkeypatch.chdir(tmp_path)
-    assert run_cli(args) != 0
+    assert run_cli([a.format(prepared=prepared_dir) for a in args]) != 0
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and err.startswith("imdbsent: error: "), err
     assert message in err

@@ -132,6 +132,12 @@ def train_cmd(
     device: Annotated[Device | None, typer.Option(help="auto: CUDA if available.")] = None,
     precision: Annotated[Precision | None, typer.Option(
         help="bf16: autocast to bfloat16 (CUDA or CPU). Default: the recipe's (fp32).")] = None,
+    adversarial: Annotated[float | None, typer.Option(
+        help="Adversarial training on the word embeddings: the perturbation's L2 norm a "
+        "review (0: off).", min=0.0)] = None,
+    virtual_adversarial: Annotated[float | None, typer.Option(
+        help="Virtual adversarial training on the unlabeled reviews: the perturbation's L2 "
+        "norm a review (0: off).", min=0.0)] = None,
     data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder.")
                         ] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: "
@@ -152,6 +158,7 @@ def train_cmd(
                  "train.max_length": max_length, "train.device": device and device.value,
                  "train.precision": precision and precision.value,
                  "train.vectors": "" if vectors == "none" else vectors,
+                 "train.adversarial": adversarial, "train.virtual_adversarial": virtual_adversarial,
                  "data": data_dir and str(data_dir)}
     if resume is not None and (config_name or run_dir):
         raise UserError("--resume continues a run with its own config; drop --config/--run-dir")

@@ -421,6 +421,8 @@ class Trainer:
         self.vocab_size = data.tokenizer.get_vocab_size()
         self.max_length = t.max_length or None
         self.model = models.build(cfg.model, self.vocab_size)
+        if t.adversarial or t.virtual_adversarial:
+            _embedding_of(self.model)  # refused now, before the run directory is started
         if self.world.rank:  # dropout of its own; rank 0 keeps a one-process run's stream
             torch.manual_seed(t.seed + self.world.rank)
         last = distributed.on_main(self._load_last) if resume else None
