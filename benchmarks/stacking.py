@@ -13,7 +13,6 @@ averaged: default-1234+default-1235+default-1236).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 from pathlib import Path
 
@@ -42,21 +41,34 @@ def main() -> None:
     args = parser.parse_args()
     by_run = {(run, split): score_run(args.runs / run, split=split, data_dir=args.data)
               for name in args.names for run in name.split("+") for split in ("valid", "test")}
-    logits = {(name, split): dataclasses.replace(
-        by_run[(name.split("+")[0], split)],
-        logits=torch.stack([by_run[(run, split)].logits.float()
-                            for run in name.split("+")]).mean(0))
-        for name in args.names for split in ("valid", "test")}
+    splits = ("valid", "test")
+    members = {name: tuple(torch.stack([by_run[(run, split)].logits.float()
+                                        for run in name.split("+")]).mean(0)
+                           for split in splits)
+               for name in args.names}
+    yv, yt = (by_run[(args.names[0].split("+")[0], split)].labels.float() for split in splits)
+    print_ranked(ranked_subsets(members, yv, yt), args.top)
+    wrong = torch.stack([(v > 0).float() != yv for v, _ in members.values()]).sum(0)
+    print("\nvalidation reviews that k of the members get wrong: " + ", ".join(
+        f"{k}: {100 * (wrong == k).float().mean():.2f}%" for k in range(len(members) + 1)))
+
+
+def ranked_subsets(members: dict[str, tuple[torch.Tensor, torch.Tensor]], yv: torch.Tensor,
+                   yt: torch.Tensor) -> list[tuple[float, float, tuple[str, ...]]]:
+    """Every subset of two or more members (name: its valid and test logits, in the labels'
+    order), stacked by `stacked_accuracy`: (valid, test, names), best on validation first."""
     rows = []
-    for size in range(2, len(args.names) + 1):
-        for subset in itertools.combinations(args.names, size):
-            scored = {}
-            for split in ("valid", "test"):
-                x = torch.stack([logits[(n, split)].logits.float() for n in subset], dim=1)
-                scored[split] = (x, logits[(subset[0], split)].labels.float())
-            rows.append((*stacked_accuracy(*scored["valid"], *scored["test"]), subset))
+    for size in range(2, len(members) + 1):
+        for subset in itertools.combinations(members, size):
+            xv, xt = (torch.stack([members[n][i] for n in subset], dim=1) for i in (0, 1))
+            rows.append((*stacked_accuracy(xv, yv, xt, yt), subset))
+    return sorted(rows, reverse=True)
+
+
+def print_ranked(rows: list[tuple[float, float, tuple[str, ...]]], top: int) -> None:
+    """The first `top` rows of `ranked_subsets` as a Markdown table."""
     print("| members | cross-fitted valid acc | test acc |\n| --- | --- | --- |")
-    for valid, test, subset in sorted(rows, reverse=True)[:args.top]:
+    for valid, test, subset in rows[:top]:
         print(f"| {', '.join(subset)} | {100 * valid:.2f} | {100 * test:.2f} |")
 
 

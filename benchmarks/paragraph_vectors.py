@@ -1,0 +1,88 @@
+"""Paragraph vectors from the unlabeled reviews as a stack member (issue 12): PV-DBOW (gensim's
+Doc2Vec, dm=0) learned on the train split and the 50,000 unlabeled reviews, each review's
+vector trained to predict its words and, with `--ngrams 2`, its bigrams as extra targets (Li
+et al. 2016's DV-ngram; Mesnil et al. 2014 stacked paragraph vectors with NBSVM). Validation
+and test vectors are inferred with the model frozen, so no test review is read in training; a
+logistic regression (C 1) on the training vectors scores them; then every subset of the
+members with it, stacked (`stacking.ranked_subsets`, cross-fitted on validation).
+
+    python benchmarks/paragraph_vectors.py --data benchmarks/work/data \\
+        --members benchmarks/work/runs/{default,gru,nblr,nbow}-1234
+
+Needs the `bench` extra (gensim, scikit-learn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from gensim.models.doc2vec import Doc2Vec
+from sklearn.linear_model import LogisticRegression
+
+from imdbsent import data
+from imdbsent.predict import score_run
+from stacking import print_ranked, ranked_subsets  # benchmarks/, beside this script
+
+
+def targets(split: data.Encoded, i: int, ngrams: int) -> list[str]:
+    """Review `i`'s token ids as words, then its n-grams up to `ngrams` joined by "_"."""
+    ids = split.flat[split.offsets[i]:split.offsets[i + 1]].tolist()
+    return [str(t) for t in ids] + ["_".join(map(str, ids[j:j + n]))
+                                    for n in range(2, ngrams + 1)
+                                    for j in range(len(ids) - n + 1)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("benchmarks/work/data"))
+    parser.add_argument("--members", type=Path, nargs="*", default=[],
+                        help="finished runs on the same data, to stack with")
+    parser.add_argument("--dim", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--ngrams", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args()
+    prepared = data.load_prepared(args.data)
+    train = prepared.split("train")
+    start = time.time()
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as corpus:
+        for split in (train, prepared.split("unsupervised")):
+            for i in range(len(split)):
+                corpus.write(" ".join(targets(split, i, args.ngrams)) + "\n")
+        corpus.flush()
+        model = Doc2Vec(corpus_file=corpus.name, dm=0, vector_size=args.dim, negative=5,
+                        min_count=2, sample=1e-4, epochs=args.epochs, workers=2,
+                        seed=args.seed)
+    print(f"PV-DBOW: {time.time() - start:.0f} s, {len(model.wv):,} targets", flush=True)
+    classifier = LogisticRegression(max_iter=2000).fit(model.dv.vectors[:len(train)],
+                                                       train.labels)
+    members, labels = {}, {}
+    start = time.time()
+    for name in ("valid", "test"):
+        split = prepared.split(name)
+        order = np.argsort(split.lengths, kind="stable")  # a scored run's order
+        vectors = np.stack([model.infer_vector(targets(split, i, args.ngrams),
+                                               epochs=args.epochs) for i in order])
+        members.setdefault("pv", []).append(torch.tensor(classifier.decision_function(vectors)))
+        labels[name] = torch.tensor(split.labels[order]).float()
+        for run in args.members:
+            scored = score_run(run, split=name, data_dir=args.data)
+            if not torch.equal(scored.labels.float(), labels[name]):
+                raise SystemExit(f"{run}: not scored in the order of {args.data}'s {name}")
+            members.setdefault(run.name, []).append(scored.logits.float())
+    print(f"inferred validation and test: {time.time() - start:.0f} s\n", flush=True)
+    for name, (valid, test) in members.items():
+        acc = [100 * ((x > 0).float() == labels[s]).float().mean() for x, s in
+               ((valid, "valid"), (test, "test"))]
+        print(f"{name} alone: valid {acc[0]:.2f}%, test {acc[1]:.2f}%")
+    print_ranked(ranked_subsets({n: tuple(m) for n, m in members.items()}, labels["valid"],
+                                labels["test"]), 20)
+
+
+if __name__ == "__main__":
+    main()
