@@ -38,7 +38,11 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     ("[train]\nbogus = 1", "unknown config key 'train.bogus'"),
     ("version = 99", "newer than this imdbsent"),
     ("[train\n", "not valid TOML"),
-    ("[train]\nlr = -1.0", "train.lr must be positive"),
+    ("[train]\nlr = -1.0", "train.lr must be a positive number"),
+    ("[train]\nlr = inf", "train.lr must be a positive number"),
+    ("[train]\nadversarial = nan", "adversarial and virtual_adversarial must be numbers"),
+    ("[train]\nclip_grad = inf", "clip_grad, adversarial and virtual_adversarial must be"),
+    ("[train]\nvirtual_adversarial = -2.0", "virtual_adversarial must be numbers, 0 or more"),
 ])
 def test_bad_configs_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"

@@ -1,6 +1,7 @@
 import dataclasses
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -225,6 +226,34 @@ def test_virtual_adversarial_direction_moves_the_prediction_most_and_ignores_lab
     assert divergence(torch.zeros(shape)) < min(randoms)  # the clean prediction is the floor
 
 
+def test_adversarial_perturbations_leave_padding_alone_and_fit_a_cnns_padded_input():
+    cfg = ModelConfig(name="cnn", embedding_dim=8, num_filters=4, filter_sizes=[3, 5],
+                      dropout=0.0)
+    reviews = data.Encoded.from_lists([[5, 6, 7], [5], [8, 9]], [1, 0, 1])
+    batch = next(iter(data.Batches(reviews, 3)))  # 3 tokens at most: the CNN pads to 5
+    torch.manual_seed(0)
+    model = models.build(cfg, 20)
+    embedding = engine._embedding_of(model)
+    seen = []  # what the convolutions read: the embeddings, perturbed or not (the dropout
+    model.dropout.register_forward_hook(  # before the output layer reads [batch, features])
+        lambda _m, inputs, _out: seen.append(inputs[0].detach()) if inputs[0].dim() == 3 else None)
+
+    def assert_only_real_tokens_moved(delta: torch.Tensor, epsilon: float) -> None:
+        for review, length in enumerate(batch.lengths.tolist()):
+            assert delta[review, length:].abs().max() == 0
+            assert delta[review].norm().item() == pytest.approx(epsilon, rel=1e-4)
+
+    embedded = []
+    with models.output_hooked(embedding, partial(engine._keep_with_grad, embedded)):
+        nn.BCEWithLogitsLoss()(model(batch.text, batch.lengths), batch.label).backward()
+    engine.adversarial_step(model, embedding, embedded[0], batch, nn.BCEWithLogitsLoss(), 0.5,
+                            engine.nullcontext())
+    assert_only_real_tokens_moved(seen[-1] - seen[0], 0.5)
+    seen.clear()
+    engine.virtual_adversarial_step(model, embedding, batch, 0.5, engine.nullcontext())
+    assert_only_real_tokens_moved(seen[-1] - seen[0], 0.5)
+
+
 def test_virtual_adversarial_training_uses_the_unlabeled_reviews(prepared_dir, tmp_path):
     base = dataclasses.replace(Config(data=str(prepared_dir)), model=ModelConfig(
         name="gru", embedding_dim=8, hidden_dim=8))
@@ -232,15 +261,19 @@ def test_virtual_adversarial_training_uses_the_unlabeled_reviews(prepared_dir, t
                                      lr=0.01, calibrate=False)
     p = data.load_prepared(prepared_dir)
 
-    def weights(virtual: float, name: str) -> torch.Tensor:
+    def weights(virtual: float, name: str, prepared: data.Prepared = p) -> torch.Tensor:
         cfg = dataclasses.replace(base, train=dataclasses.replace(
             base.train, virtual_adversarial=virtual))
-        trainer = engine.Trainer(cfg, p, tmp_path / name)
+        trainer = engine.Trainer(cfg, prepared, tmp_path / name)
         trainer.epoch(1, Silent())
         return trainer.model.fc.weight.detach().clone()
 
     assert torch.equal(weights(2.0, "a"), weights(2.0, "b"))  # seeded, unlabeled order too
     assert not torch.allclose(weights(0.0, "c"), weights(2.0, "d"))
+    other = data.load_prepared(prepared_dir)  # other unlabeled reviews, the same labeled ones
+    unlabeled = other.split("unsupervised")
+    other._cache["unsupervised"] = unlabeled.take(np.arange(len(unlabeled) // 2))
+    assert not torch.allclose(weights(2.0, "e"), weights(2.0, "f", other))
     with pytest.raises(ValueError, match="unlabeled"):
         engine.train(models.build(base.model, 50), [], torch.optim.SGD([nn.Parameter(
             torch.zeros(1))], lr=0.1), nn.BCEWithLogitsLoss(), virtual_adversarial=1.0)
@@ -262,3 +295,7 @@ def test_virtual_adversarial_training_without_unlabeled_reviews_says_how_to_prep
     cfg.train = dataclasses.replace(cfg.train, virtual_adversarial=1.0)
     with pytest.raises(engine.UserError, match="--no-unsupervised"):
         engine.Trainer(cfg, data.load_prepared(out), tmp_path / "run")
+    empty = data.load_prepared(out)  # a split with no review would loop for ever, unread
+    empty._cache["unsupervised"] = data.Encoded.from_lists([], [])
+    with pytest.raises(engine.UserError, match="'unsupervised' split is empty"):
+        engine.Trainer(cfg, empty, tmp_path / "run2")

@@ -73,7 +73,7 @@ def test_interrupted_then_resumed_run_ends_as_an_uninterrupted_one(prepared_dir,
     _wait_for_epochs(run, 3, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == code
+    assert proc.returncode == code, err.decode()[-3000:]  # a miss says what the run printed
     assert f"resume with: imdbsent train --resume {run}" in err.decode()
     assert b"Traceback" not in err
     done = _epochs_done(run)

@@ -6,6 +6,7 @@ repository points at them), so `--config baseline` works wherever imdbsent is in
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -194,10 +195,11 @@ def validate(cfg: Config, where: str) -> None:
          "model.members: an ensemble names two or more recipes, other models none"),
         (t.epochs > 0, "train.epochs must be at least 1"),
         (t.batch_size > 0, "train.batch_size must be at least 1"),
-        (t.lr > 0, "train.lr must be positive"),
-        (min(t.momentum, t.weight_decay, t.clip_grad, t.adversarial, t.virtual_adversarial) >= 0,
+        (math.isfinite(t.lr) and t.lr > 0, "train.lr must be a positive number"),
+        (all(math.isfinite(v) and v >= 0 for v in (t.momentum, t.weight_decay, t.clip_grad,
+                                                   t.adversarial, t.virtual_adversarial)),
          "train.momentum, weight_decay, clip_grad, adversarial and virtual_adversarial must be "
-         "0 or more"),
+         "numbers, 0 or more"),
         (0.0 <= t.warmup < 1.0, "train.warmup is a fraction of training, in [0, 1)"),
         (t.patience >= 0 and t.max_length >= 0, "train.patience and max_length must be 0 or more"),
         (0.0 <= t.crop <= 1.0, "train.crop is a fraction of the training reviews, in [0, 1]"),

@@ -27,8 +27,8 @@ from imdbsent.data import Batch, Batches, Prepared
 from imdbsent.errors import UserError
 
 OnBatch = Callable[[int, float, float], None]  # (examples in batch, loss, accuracy)
-UNLABELED_NEEDED = ("train.virtual_adversarial trains on the unlabeled reviews: prepare "
-                    "without --no-unsupervised")
+UNLABELED_NEEDED = ("train.virtual_adversarial trains on unlabeled reviews: prepare from a "
+                    "source that has them, without --no-unsupervised")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -102,8 +102,9 @@ def adversarial_step(model: nn.Module, embedding: nn.Module, embedded: torch.Ten
     review's word embeddings the perturbation of L2 norm `epsilon` (over the whole review)
     along the gradient of the loss that the clean pass left in `embedded.grad`, and
     accumulate the gradient of the loss on the perturbed review; returns that loss. Costs one
-    more forward and backward pass a batch."""
-    delta = _per_review_norm(embedded.grad.detach(), epsilon)
+    more forward and backward pass a batch. Padding is not perturbed."""
+    real = _real_tokens(batch.lengths, embedded)
+    delta = _per_review_norm(embedded.grad.detach() * real, epsilon)
     with models.output_hooked(embedding, lambda output: output + delta.to(output.dtype)):
         with amp:
             loss = criterion(model(batch.text, batch.lengths), batch.label)
@@ -119,8 +120,9 @@ def virtual_adversarial_step(model: nn.Module, embedding: nn.Module, batch: Batc
     of the word embeddings, of norm `epsilon` a review, that moves the model's prediction
     most, and accumulate the gradient of the divergence (Bernoulli KL, up to a constant) of
     the perturbed prediction from the clean one; returns it. Needs no label: three more
-    passes, one without gradient."""
-    with torch.no_grad(), amp:
+    passes, one without gradient. Padding is not perturbed."""
+    embedded = []  # the clean pass's embedding output, for its shape (a CNN pads short text)
+    with torch.no_grad(), amp, models.output_hooked(embedding, embedded.append):
         clean = torch.sigmoid(model(batch.text, batch.lengths).float())
 
     def divergence(delta: torch.Tensor) -> torch.Tensor:
@@ -129,15 +131,21 @@ def virtual_adversarial_step(model: nn.Module, embedding: nn.Module, batch: Batc
                 logits = model(batch.text, batch.lengths)
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), clean)
 
-    real = (torch.arange(batch.text.shape[1]) < batch.lengths[:, None]).to(clean.device)
-    shape = (*batch.text.shape, embedding.embedding_dim)
-    direction = _per_review_norm(torch.randn(shape, device=clean.device) * real[..., None], xi)
+    real = _real_tokens(batch.lengths, embedded[0])
+    direction = _per_review_norm(torch.randn_like(embedded[0], dtype=torch.float) * real, xi)
     direction.requires_grad_()
     with _unsynced(model, True):
         (grad,) = torch.autograd.grad(divergence(direction), direction)
-    loss = divergence(_per_review_norm(grad.detach(), epsilon))
+    loss = divergence(_per_review_norm(grad.detach() * real, epsilon))
     loss.backward()
     return loss.item()
+
+
+def _real_tokens(lengths: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+    """1 at each review's real tokens, 0 at padding, shaped [batch, time, 1] like `embedded`
+    [batch, time, dim]."""
+    time = torch.arange(embedded.shape[1], device=embedded.device)
+    return (time < lengths.to(embedded.device)[:, None]).to(torch.float)[..., None]
 
 
 def _per_review_norm(delta: torch.Tensor, norm: float) -> torch.Tensor:
@@ -422,7 +430,7 @@ class Trainer:
         self.max_length = t.max_length or None
         self.model = models.build(cfg.model, self.vocab_size)
         if t.adversarial or t.virtual_adversarial:
-            _embedding_of(self.model)  # refused now, before the run directory is started
+            _embedding_of(self.model)  # refused before the run line and the first batch
         if self.world.rank:  # dropout of its own; rank 0 keeps a one-process run's stream
             torch.manual_seed(t.seed + self.world.rank)
         last = distributed.on_main(self._load_last) if resume else None
@@ -436,11 +444,12 @@ class Trainer:
                                      shard=shard, pin=pin)
         self.valid_batches = Batches(data.split("valid"), t.batch_size, max_length=self.max_length,
                                      shard=shard, pin=pin)
-        self.unlabeled_batches = (Batches(data.split("unsupervised", UNLABELED_NEEDED),
-                                          t.batch_size, shuffle=True,
-                                          seed=t.seed, max_length=self.max_length, shard=shard,
-                                          pin=pin)
-                                  if t.virtual_adversarial else None)
+        unlabeled = data.split("unsupervised", UNLABELED_NEEDED) if t.virtual_adversarial else None
+        if unlabeled is not None and not len(unlabeled):
+            raise UserError(f"{data.folder}: the 'unsupervised' split is empty ({UNLABELED_NEEDED})")
+        self.unlabeled_batches = (Batches(unlabeled, t.batch_size, shuffle=True, seed=t.seed,
+                                          max_length=self.max_length, shard=shard, pin=pin)
+                                  if unlabeled is not None else None)
         self.optimizer = make_optimizer(t, self.model.parameters())
         self.schedule = Schedule(t.schedule, t.epochs * len(self.train_batches), t.warmup)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
