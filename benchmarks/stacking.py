@@ -47,6 +47,10 @@ def main() -> None:
                            for split in splits)
                for name in args.names}
     yv, yt = (by_run[(args.names[0].split("+")[0], split)].labels.float() for split in splits)
+    for (run, split), scored in by_run.items():
+        if not torch.equal(scored.labels.float(), yv if split == "valid" else yt):
+            raise SystemExit(f"{run} was not scored on the same {split} reviews as "
+                             f"{args.names[0]}: give --data, or runs of the same prepared data")
     print_ranked(ranked_subsets(members, yv, yt), args.top)
     wrong = torch.stack([(v > 0).float() != yv for v, _ in members.values()]).sum(0)
     print("\nvalidation reviews that k of the members get wrong: " + ", ".join(
@@ -56,13 +60,14 @@ def main() -> None:
 def ranked_subsets(members: dict[str, tuple[torch.Tensor, torch.Tensor]], yv: torch.Tensor,
                    yt: torch.Tensor) -> list[tuple[float, float, tuple[str, ...]]]:
     """Every subset of two or more members (name: its valid and test logits, in the labels'
-    order), stacked by `stacked_accuracy`: (valid, test, names), best on validation first."""
+    order), stacked by `stacked_accuracy`: (valid, test, names), best on validation first
+    (ties in the order given: test accuracy ranks nothing)."""
     rows = []
     for size in range(2, len(members) + 1):
         for subset in itertools.combinations(members, size):
             xv, xt = (torch.stack([members[n][i] for n in subset], dim=1) for i in (0, 1))
             rows.append((*stacked_accuracy(xv, yv, xt, yt), subset))
-    return sorted(rows, reverse=True)
+    return sorted(rows, key=lambda row: -row[0])
 
 
 def print_ranked(rows: list[tuple[float, float, tuple[str, ...]]], top: int) -> None:
