@@ -3,8 +3,10 @@ Doc2Vec, dm=0) learned on the train split and the 50,000 unlabeled reviews, each
 vector trained to predict its words and, with `--ngrams 2`, its bigrams as extra targets (Li
 et al. 2016's DV-ngram; Mesnil et al. 2014 stacked paragraph vectors with NBSVM). Validation
 and test vectors are inferred with the model frozen, so no test review is read in training; a
-logistic regression (C 1) on the training vectors scores them; then every subset of the
-members with it, stacked (`stacking.ranked_subsets`, cross-fitted on validation).
+logistic regression (C 1) on the training vectors scores them (the vectors learned in training,
+or with `--infer-train` inferred again as the others are); then every subset of the members
+with it, stacked (`stacking.ranked_subsets`, cross-fitted on validation). gensim's two worker
+threads make the vectors differ a little from run to run.
 
     python benchmarks/paragraph_vectors.py --data benchmarks/work/data \\
         --members benchmarks/work/runs/{default,gru,nblr,nbow}-1234
@@ -46,6 +48,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--ngrams", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--infer-train", action="store_true",
+                        help="fit the classifier on inferred training vectors")
     args = parser.parse_args()
     prepared = data.load_prepared(args.data)
     train = prepared.split("train")
@@ -59,23 +63,29 @@ def main() -> None:
                         min_count=2, sample=1e-4, epochs=args.epochs, workers=2,
                         seed=args.seed)
     print(f"PV-DBOW: {time.time() - start:.0f} s, {len(model.wv):,} targets", flush=True)
-    classifier = LogisticRegression(max_iter=2000).fit(model.dv.vectors[:len(train)],
-                                                       train.labels)
-    members, labels = {}, {}
+
+    def inferred(split: data.Encoded, rows: np.ndarray) -> np.ndarray:
+        return np.stack([model.infer_vector(targets(split, i, args.ngrams), epochs=args.epochs)
+                         for i in rows])
+
     start = time.time()
+    vectors = (inferred(train, np.arange(len(train))) if args.infer_train
+               else model.dv.vectors[:len(train)])
+    classifier = LogisticRegression(max_iter=2000).fit(vectors, train.labels)
+    members, labels = {}, {}
     for name in ("valid", "test"):
         split = prepared.split(name)
         order = np.argsort(split.lengths, kind="stable")  # a scored run's order
-        vectors = np.stack([model.infer_vector(targets(split, i, args.ngrams),
-                                               epochs=args.epochs) for i in order])
-        members.setdefault("pv", []).append(torch.tensor(classifier.decision_function(vectors)))
+        members.setdefault("pv", []).append(
+            torch.tensor(classifier.decision_function(inferred(split, order))))
         labels[name] = torch.tensor(split.labels[order]).float()
         for run in args.members:
             scored = score_run(run, split=name, data_dir=args.data)
             if not torch.equal(scored.labels.float(), labels[name]):
                 raise SystemExit(f"{run}: not scored in the order of {args.data}'s {name}")
             members.setdefault(run.name, []).append(scored.logits.float())
-    print(f"inferred validation and test: {time.time() - start:.0f} s\n", flush=True)
+    print(f"inferred {'train, ' if args.infer_train else ''}validation and test: "
+          f"{time.time() - start:.0f} s\n", flush=True)
     for name, (valid, test) in members.items():
         acc = [100 * ((x > 0).float() == labels[s]).float().mean() for x, s in
                ((valid, "valid"), (test, "test"))]
