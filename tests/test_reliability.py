@@ -71,7 +71,9 @@ def test_interrupted_then_resumed_run_ends_as_an_uninterrupted_one(prepared_dir,
     run = tmp_path / "interrupted"
     proc = _start_train(cfg, run)
     _wait_for_epochs(run, 3, proc)
-    proc.send_signal(sig)
+    time.sleep(0.1)  # into the next epoch. Sent the instant the third line appeared, SIGINT was
+    proc.send_signal(sig)  # in 3 of 5 full-suite runs not acted on (the run ended 0), never
+    # alone or in 50 trials of a script that sends it so; not yet explained (issue notes)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err.decode()[-3000:]  # a miss says what the run printed
     assert f"resume with: imdbsent train --resume {run}" in err.decode()
