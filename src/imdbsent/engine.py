@@ -103,7 +103,7 @@ def adversarial_step(model: nn.Module, embedding: nn.Module, embedded: torch.Ten
     along the gradient of the loss that the clean pass left in `embedded.grad`, and
     accumulate the gradient of the loss on the perturbed review; returns that loss. Costs one
     more forward and backward pass a batch. Padding is not perturbed."""
-    real = _real_tokens(batch.lengths, embedded)
+    real = models.token_mask(batch.lengths, embedded)
     delta = _per_review_norm(embedded.grad.detach() * real, epsilon)
     with models.output_hooked(embedding, lambda output: output + delta.to(output.dtype)):
         with amp:
@@ -131,7 +131,7 @@ def virtual_adversarial_step(model: nn.Module, embedding: nn.Module, batch: Batc
                 logits = model(batch.text, batch.lengths)
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), clean)
 
-    real = _real_tokens(batch.lengths, embedded[0])
+    real = models.token_mask(batch.lengths, embedded[0])
     direction = _per_review_norm(torch.randn_like(embedded[0], dtype=torch.float) * real, xi)
     direction.requires_grad_()
     with _unsynced(model, True):
@@ -139,13 +139,6 @@ def virtual_adversarial_step(model: nn.Module, embedding: nn.Module, batch: Batc
     loss = divergence(_per_review_norm(grad.detach() * real, epsilon))
     loss.backward()
     return loss.item()
-
-
-def _real_tokens(lengths: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
-    """1 at each review's real tokens, 0 at padding, shaped [batch, time, 1] like `embedded`
-    [batch, time, dim]."""
-    time = torch.arange(embedded.shape[1], device=embedded.device)
-    return (time < lengths.to(embedded.device)[:, None]).to(torch.float)[..., None]
 
 
 def _per_review_norm(delta: torch.Tensor, norm: float) -> torch.Tensor:

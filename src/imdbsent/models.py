@@ -83,11 +83,17 @@ class Recurrent(nn.Module):
             if x.shape[2] > self.hidden_dim:
                 parts.append(x[:, 0, self.hidden_dim:])
             return torch.cat(parts, dim=1)
-        mask = (torch.arange(x.shape[1], device=x.device)[None, :]
-                < device_lengths[:, None]).unsqueeze(2)
+        mask = token_mask(device_lengths, x)
         if self.pooling == "max":
             return x.masked_fill(~mask, float("-inf")).amax(dim=1)
         return (x * mask).sum(dim=1) / device_lengths[:, None].clamp(min=1)
+
+
+def token_mask(lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """True at each sequence's first `lengths` steps of `x` [batch, time, ...], False at
+    padding; shaped [batch, time, 1]."""
+    steps = torch.arange(x.shape[1], device=x.device)
+    return (steps[None, :] < lengths.to(x.device)[:, None]).unsqueeze(2)
 
 
 def reversal_index(lengths: torch.Tensor, width: int) -> torch.Tensor:
