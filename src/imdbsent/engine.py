@@ -437,12 +437,14 @@ class Trainer:
                                      shard=shard, pin=pin)
         self.valid_batches = Batches(data.split("valid"), t.batch_size, max_length=self.max_length,
                                      shard=shard, pin=pin)
-        unlabeled = data.split("unsupervised", UNLABELED_NEEDED) if t.virtual_adversarial else None
-        if unlabeled is not None and not len(unlabeled):
-            raise UserError(f"{data.folder}: the 'unsupervised' split is empty ({UNLABELED_NEEDED})")
-        self.unlabeled_batches = (Batches(unlabeled, t.batch_size, shuffle=True, seed=t.seed,
-                                          max_length=self.max_length, shard=shard, pin=pin)
-                                  if unlabeled is not None else None)
+        self.unlabeled_batches = None
+        if t.virtual_adversarial:
+            unlabeled = data.split("unsupervised", UNLABELED_NEEDED)
+            if not len(unlabeled):
+                raise UserError(f"{data.folder}: the 'unsupervised' split is empty "
+                                f"({UNLABELED_NEEDED})")
+            self.unlabeled_batches = Batches(unlabeled, t.batch_size, shuffle=True, seed=t.seed,
+                                             max_length=self.max_length, shard=shard, pin=pin)
         self.optimizer = make_optimizer(t, self.model.parameters())
         self.schedule = Schedule(t.schedule, t.epochs * len(self.train_batches), t.warmup)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
