@@ -27,8 +27,7 @@ from gensim.models.doc2vec import Doc2Vec
 from sklearn.linear_model import LogisticRegression
 
 from imdbsent import data
-from imdbsent.predict import score_run
-from stacking import print_ranked, ranked_subsets  # benchmarks/, beside this script
+from stacking import print_ranked, ranked_subsets, scored_members  # benchmarks/, beside this
 
 
 def targets(split: data.Encoded, i: int, ngrams: int) -> list[str]:
@@ -72,26 +71,25 @@ def main() -> None:
     vectors = (inferred(train, np.arange(len(train))) if args.infer_train
                else model.dv.vectors[:len(train)])
     classifier = LogisticRegression(max_iter=2000).fit(vectors, train.labels)
-    members, labels = {}, {}
+    pv, labels = [], {}
     for name in ("valid", "test"):
         split = prepared.split(name)
         order = np.argsort(split.lengths, kind="stable")  # a scored run's order
-        members.setdefault("pv", []).append(
-            torch.tensor(classifier.decision_function(inferred(split, order))))
+        pv.append(torch.tensor(classifier.decision_function(inferred(split, order))))
         labels[name] = torch.tensor(split.labels[order]).float()
-        for run in args.members:
-            scored = score_run(run, split=name, data_dir=args.data)
-            if not torch.equal(scored.labels.float(), labels[name]):
-                raise SystemExit(f"{run}: not scored in the order of {args.data}'s {name}")
-            members.setdefault(run.name, []).append(scored.logits.float())
+    members = {"pv": tuple(pv)}
+    if args.members:
+        runs, yv, yt = scored_members({run.name: [run] for run in args.members}, args.data)
+        if not (torch.equal(yv, labels["valid"]) and torch.equal(yt, labels["test"])):
+            raise SystemExit(f"the runs were not scored on {args.data}'s reviews in its order")
+        members.update(runs)
     print(f"inferred {'train, ' if args.infer_train else ''}validation and test: "
           f"{time.time() - start:.0f} s\n", flush=True)
     for name, (valid, test) in members.items():
         acc = [100 * ((x > 0).float() == labels[s]).float().mean() for x, s in
                ((valid, "valid"), (test, "test"))]
         print(f"{name} alone: valid {acc[0]:.2f}%, test {acc[1]:.2f}%")
-    print_ranked(ranked_subsets({n: tuple(m) for n, m in members.items()}, labels["valid"],
-                                labels["test"]), 20)
+    print_ranked(ranked_subsets(members, labels["valid"], labels["test"]), 20)
 
 
 if __name__ == "__main__":

@@ -39,22 +39,32 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="prepared data (default: each run's own)")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
-    by_run = {(run, split): score_run(args.runs / run, split=split, data_dir=args.data)
-              for name in args.names for run in name.split("+") for split in ("valid", "test")}
-    splits = ("valid", "test")
-    members = {name: tuple(torch.stack([by_run[(run, split)].logits.float()
-                                        for run in name.split("+")]).mean(0)
-                           for split in splits)
-               for name in args.names}
-    yv, yt = (by_run[(args.names[0].split("+")[0], split)].labels.float() for split in splits)
-    for (run, split), scored in by_run.items():
-        if not torch.equal(scored.labels.float(), yv if split == "valid" else yt):
-            raise SystemExit(f"{run} was not scored on the same {split} reviews as "
-                             f"{args.names[0]}: give --data, or runs of the same prepared data")
+    members, yv, yt = scored_members(
+        {name: [args.runs / run for run in name.split("+")] for name in args.names}, args.data)
     print_ranked(ranked_subsets(members, yv, yt), args.top)
     wrong = torch.stack([(v > 0).float() != yv for v, _ in members.values()]).sum(0)
     print("\nvalidation reviews that k of the members get wrong: " + ", ".join(
         f"{k}: {100 * (wrong == k).float().mean():.2f}%" for k in range(len(members) + 1)))
+
+
+def scored_members(runs: dict[str, list[Path]], data: Path | None
+                   ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor,
+                              torch.Tensor]:
+    """Each member's valid and test logits (the mean of its runs'), and the valid and test
+    labels; exits if any run was scored on other reviews or in another order than the first."""
+    by_run = {(run, split): score_run(run, split=split, data_dir=data)
+              for group in runs.values() for run in group for split in ("valid", "test")}
+    first = next(iter(runs.values()))[0]
+    yv, yt = (by_run[(first, split)].labels.float() for split in ("valid", "test"))
+    for (run, split), scored in by_run.items():
+        if not torch.equal(scored.labels.float(), yv if split == "valid" else yt):
+            raise SystemExit(f"{run} was not scored on the same {split} reviews as {first}: "
+                             "give --data, or runs of the same prepared data")
+    members = {name: tuple(torch.stack([by_run[(run, split)].logits.float()
+                                        for run in group]).mean(0)
+                           for split in ("valid", "test"))
+               for name, group in runs.items()}
+    return members, yv, yt
 
 
 def ranked_subsets(members: dict[str, tuple[torch.Tensor, torch.Tensor]], yv: torch.Tensor,
