@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from imdbsent import data, engine, threads, training
+from imdbsent import console, data, engine, threads, training
 
 
 def pretrain(model: nn.Module, stream: np.ndarray, vocab: int, seconds: float, *,
@@ -53,12 +53,12 @@ def pretrain(model: nn.Module, stream: np.ndarray, vocab: int, seconds: float, *
     model.train()
     begin, seen, total = time.time(), 0, 0.0
     for step, i in enumerate(threads.balanced(range(0, len(starts), batch)), 1):
-        at = starts[i:i + batch, None] + offsets
-        x = model.dropout(model.embedding(ids[at]))
+        words = ids[starts[i:i + batch, None] + offsets]
+        x = model.dropout(model.embedding(words))
         ahead = model.dropout(forward(x)[0][:, :-1])  # read up to t: word t + 1
         behind = model.dropout(backward(x.flip(1))[0].flip(1)[:, 1:])  # read from t: word t - 1
         hidden = torch.cat([ahead, behind]).reshape(-1, model.hidden_dim)
-        y = torch.cat([ids[at][:, 1:], ids[at][:, :-1]]).reshape(-1)
+        y = torch.cat([words[:, 1:], words[:, :-1]]).reshape(-1)
         drawn = torch.multinomial(q, negatives, replacement=True)
         true = (hidden * out(y)).sum(-1) + bias[y] - log_q[y]
         false = hidden @ out(drawn).T + bias[drawn] - log_q[drawn]
@@ -69,30 +69,14 @@ def pretrain(model: nn.Module, stream: np.ndarray, vocab: int, seconds: float, *
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        seen, total = seen + at.numel(), total + loss.item()
-        last = time.time() - begin > seconds
+        seen, total = seen + words.numel(), total + loss.item()
+        last = time.time() - begin > seconds or i + batch >= len(starts)  # or out of windows
         if step % 200 == 0 or last:
             print(f"language model: {seen:,} tokens, {time.time() - begin:.0f} s, sampled "
                   f"loss of the last batches {total / (step % 200 or 200):.3f}", flush=True)
             total = 0.0
         if last:
             break
-
-
-class Printer:
-    """An `engine.Reporter` that prints each epoch's record and the test's."""
-
-    def start(self, run: Path, parameters: int, device: str, first_epoch: int) -> None:
-        self.begin = time.time()
-
-    def epoch_start(self, epoch: int, batches: int) -> None: ...
-    def batch(self, examples: int, loss: float, acc: float) -> None: ...
-
-    def epoch_end(self, record: dict[str, Any]) -> None:
-        print(f"epoch {record['epoch']}: {record}", flush=True)
-
-    def test(self, record: dict[str, Any]) -> None:
-        print(f"test: {record}\ntraining: {time.time() - self.begin:.0f} s", flush=True)
 
 
 def main() -> None:
@@ -108,16 +92,19 @@ def main() -> None:
     stream = np.concatenate([prepared.split("train").flat, prepared.split("unsupervised").flat])
     vocab = prepared.tokenizer.get_vocab_size()
     recipe_start = engine.Trainer._initialise
+    pretrained = []  # when the language model ended
 
     def initialise(trainer: engine.Trainer) -> None:
         recipe_start(trainer)
         pretrain(trainer.model, stream, vocab, args.seconds)
+        pretrained.append(time.time())
 
     engine.Trainer._initialise = initialise  # the recipe's fresh start, then the LM
     overrides: dict[str, Any] = {"data": str(args.data), "train.seed": args.seed}
     if args.lr:
         overrides["train.lr"] = args.lr
-    training.start(args.recipe, overrides, Printer(), run_dir=args.run_dir)
+    training.start(args.recipe, overrides, console.TrainView(), run_dir=args.run_dir)
+    print(f"training after the language model: {time.time() - pretrained[0]:.0f} s")
 
 
 if __name__ == "__main__":
