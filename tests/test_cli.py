@@ -287,3 +287,9 @@ def test_prepare_piped_says_each_stage_once_in_order(source_dir, tmp_path, capsy
                       "encoding test: 200/200", "encoding unsupervised: 100/100",
                       "word vectors: 5/5"]
     assert err.index("vocabulary: 280/280") < err.index("encoding train and valid (400 reviews)")
+
+
+def test_bare_imdbsent_shows_its_help_and_no_empty_error(capsys):
+    assert run_cli([]) == 2
+    out, err = capsys.readouterr()
+    assert "Usage: imdbsent [OPTIONS] COMMAND" in out and err == ""

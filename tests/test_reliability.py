@@ -261,7 +261,7 @@ def test_predict_streams_rows_before_the_input_ends(trained_run):
 
 def test_head_ends_an_endless_pipeline_promptly_and_quietly(trained_run, tmp_path):
     script = (f"yes 'great film' | {EXE} predict - --run {trained_run} 2>{tmp_path / 'err'}"
-              " | head -n 5")
+              f" | head -n 5; echo ${{PIPESTATUS[1]}} >{tmp_path / 'code'}")
     start = time.time()
     res = subprocess.run(["bash", "-c", script], capture_output=True, timeout=120)
     assert time.time() - start < 60
@@ -269,6 +269,37 @@ def test_head_ends_an_endless_pipeline_promptly_and_quietly(trained_run, tmp_pat
     assert len(lines) == 5
     assert all(line.startswith("pos\t") and line.endswith("\tgreat film") for line in lines)
     assert (tmp_path / "err").read_bytes() == b""  # no BrokenPipe traceback
+    assert (tmp_path / "code").read_text() == "141\n"  # as Unix tools end on SIGPIPE
+
+
+@pytest.mark.parametrize("redirect, message", [
+    ("'great film' >/dev/full", "cannot write the output: No space left on device"),
+    ("'great film' >&-", "cannot write the output: standard output is closed"),
+    ("- <&-", "- reads standard input, but it is closed"),
+])
+def test_output_or_input_that_cannot_be_used_is_one_line(trained_run, redirect, message):
+    script = f"{EXE} predict --run {trained_run} {redirect}"
+    res = subprocess.run(["bash", "-c", script], capture_output=True, timeout=120)
+    assert res.returncode == 1
+    assert res.stderr.decode() == f"imdbsent: error: {message}\n"
+
+
+def test_a_missing_file_is_refused_before_any_row_is_printed(trained_run, tmp_path):
+    res = run_exe(["predict", "--run", str(trained_run), "--batch-size", "1", "great film",
+                   "--file", str(tmp_path / "missing.txt")])
+    assert res.returncode == 1 and res.stdout == b""
+    assert res.stderr.decode() == f"imdbsent: error: {tmp_path / 'missing.txt'}: No such file " \
+                                  "or directory\n"
+
+
+def test_an_argument_that_is_not_utf8_is_read_as_a_file_line_is(trained_run, tmp_path):
+    (tmp_path / "in.txt").write_bytes(b"caf\xe9 great film\n")
+    by_file = run_exe(["predict", "--run", str(trained_run), "--file", str(tmp_path / "in.txt")])
+    by_argument = subprocess.run([str(EXE).encode(), b"predict", b"--run", bytes(trained_run),
+                                  b"caf\xe9 great film"], capture_output=True, timeout=120)
+    assert by_argument.returncode == 0, by_argument.stderr.decode()
+    assert by_argument.stdout == by_file.stdout
+    assert by_argument.stdout.decode().endswith("\tcaf\ufffd great film\n")
 
 
 def test_prepare_warns_about_duplicate_rows(tmp_path, capsys):

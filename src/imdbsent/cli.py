@@ -5,6 +5,7 @@ Every user error ends as one line on standard error and a non-zero exit, never a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -344,17 +345,26 @@ def explain_cmd(
 
 
 def _inputs(texts: list[str], file: Path | None) -> Iterator[str]:
-    """Texts from the arguments in order, `-` standing for standard input, then --file."""
-    for t in texts:
-        if t == "-":
-            yield from read_lines(sys.stdin.buffer)
-        else:
-            yield t
+    """Texts from the arguments in order, `-` standing for standard input, then --file. The
+    file is opened here, so that a missing one is refused before anything is printed."""
+    fh = None
     if file is not None:
         try:
             fh = open(file, "rb")
         except OSError as exc:
             raise UserError(f"{file}: {exc.strerror}") from None
+    if "-" in texts and sys.stdin is None:
+        raise UserError("- reads standard input, but it is closed")
+    return _texts(texts, fh)
+
+
+def _texts(texts: list[str], fh: BinaryIO | None) -> Iterator[str]:
+    for t in texts:
+        if t == "-":
+            yield from read_lines(sys.stdin.buffer)
+        else:  # bytes that were not UTF-8 reach Python as lone surrogates: replaced, as in files
+            yield t.encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
+    if fh is not None:
         with fh:
             yield from read_lines(fh)
 
@@ -417,7 +427,8 @@ def _leave_at_once(code: int | str | None) -> None:
 
 def _run(argv: list[str] | None) -> None:
     try:
-        code = app(args=argv, prog_name="imdbsent", standalone_mode=False)
+        with console.guarded_stdout():
+            code = app(args=argv, prog_name="imdbsent", standalone_mode=False)
     except Shared:
         sys.exit(1)  # another rank's error: rank 0 has said it
     except UserError as exc:
@@ -425,15 +436,18 @@ def _run(argv: list[str] | None) -> None:
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.exceptions.TyperException as exc:  # usage errors: bad flag, bad value
-        _fail(exc.format_message() + "  (see imdbsent --help)", getattr(exc, "exit_code", 2))
+        code = getattr(exc, "exit_code", 2)
+        if not exc.format_message().strip():  # bare `imdbsent`: its help is what it says
+            sys.exit(code)
+        _fail(exc.format_message() + "  (see imdbsent --help)", code)
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
     except Terminated:
         _fail("terminated", 143)
-    except BrokenPipeError:
-        # The reader went away (e.g. `| head`): stop quietly, as Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)
+    except console.OutputFailed as exc:
+        if exc.error.errno != errno.EPIPE:
+            _fail(f"cannot write the output: {exc.error.strerror}", 1)
+        sys.exit(141)  # the reader went away (e.g. `| head`): stop quietly, as Unix tools do
     sys.exit(code if isinstance(code, int) else 0)
 
 

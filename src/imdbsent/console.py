@@ -6,11 +6,14 @@ Results go to standard output; progress, logs and warnings to standard error.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +33,61 @@ if TYPE_CHECKING:  # not at run time: importing predict imports torch, and --hel
 out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 FORMATS = ("tsv", "jsonl", "csv", "table")
+
+
+class OutputFailed(Exception):
+    """Standard output could not be written: its reader went away (EPIPE) or its disk is full.
+    Not an OSError, which click would take for a broken pipe and end with status 1."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror)
+        self.error = error
+
+
+class _Guarded:
+    """Standard output whose failed writes raise OutputFailed; None (closed) fails at once."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _do(self, method: str, *args: Any) -> Any:
+        if self._stream is None:
+            raise OutputFailed(OSError(errno.EBADF, "standard output is closed"))
+        try:
+            return getattr(self._stream, method)(*args)
+        except OSError as exc:
+            raise OutputFailed(exc) from None
+
+    def write(self, text: str) -> int:
+        return self._do("write", text)
+
+    def flush(self) -> None:
+        self._do("flush")
+
+    def isatty(self) -> bool:
+        return self._stream is not None and self._stream.isatty()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def guarded_stdout() -> Iterator[None]:
+    """Within: writes to standard output that fail raise OutputFailed. One that escapes points
+    the descriptor at /dev/null first, so that what Python still holds for it, flushed at exit,
+    fails no more."""
+    real = sys.stdout
+    sys.stdout = _Guarded(real)
+    try:
+        yield
+    except OutputFailed:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), real.fileno())
+        except (AttributeError, OSError, ValueError):  # closed, or not a file (a test's capture)
+            pass
+        raise
+    finally:
+        sys.stdout = real
 
 
 def log(message: str) -> None:
