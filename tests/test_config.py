@@ -40,15 +40,31 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     ("[train\n", "not valid TOML"),
     ("[train]\nlr = -1.0", "train.lr must be a positive number"),
     ("[train]\nlr = inf", "train.lr must be a positive number"),
-    ("[train]\nadversarial = nan", "adversarial and virtual_adversarial must be numbers"),
-    ("[train]\nclip_grad = inf", "clip_grad, adversarial and virtual_adversarial must be"),
-    ("[train]\nvirtual_adversarial = -2.0", "virtual_adversarial must be numbers, 0 or more"),
+    ("[train]\nadversarial = nan", "train.adversarial must be a number, 0 or more"),
+    ("[train]\nclip_grad = inf", "train.clip_grad must be a number, 0 or more"),
+    ("[train]\nvirtual_adversarial = -2.0", "train.virtual_adversarial must be a number, 0 or"),
+    ("[train]\nmax_length = -5", "train.max_length must be 0 \\(all tokens\\) or more"),
+    ("[train]\nseed = -1", "train.seed must be in 0..4294967295"),
+    ("[train]\nseed = 4294967296", "train.seed must be in 0..4294967295"),
 ])
 def test_bad_configs_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as refused:
         config.load(path)
+    assert str(refused.value).startswith(f"{path}: ")
+
+
+def test_a_bad_value_from_the_command_line_is_blamed_on_it_not_on_the_recipe(tmp_path):
+    with pytest.raises(UserError, match="^command line: model.name must be one of"):
+        config.load("nblr", {"model.name": "foo"})
+    with pytest.raises(UserError, match="^command line: train.seed must be in"):
+        config.load("nblr", {"train.seed": -5})
+    path = tmp_path / "bad.toml"
+    path.write_text("[train]\nepochs = 0")
+    with pytest.raises(UserError, match=f"^{path}: train.epochs must be at least 1"):
+        config.load(path, {"train.lr": 0.5})  # the file's own problem
+    assert config.load(path, {"train.epochs": 2}).train.epochs == 2  # mended by the command line
 
 
 def test_unknown_recipe_lists_the_shipped_ones():

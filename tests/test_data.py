@@ -253,7 +253,7 @@ def test_prepare_rebuilds_a_folder_of_an_older_format(source_dir, tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("split_ratio", 1.0), ("max_vocab", 0), ("min_freq", 0),
-                                          ("vectors_tokens", 0)])
+                                          ("vectors_tokens", 0), ("seed", -1), ("seed", 2**32)])
 def test_prepare_rejects_bad_arguments(tmp_path, field, value):
     with pytest.raises(UserError, match=field.replace("_", "-")):
         data.prepare(data.PrepareArgs(source="x", **{field: value}), tmp_path)

@@ -24,6 +24,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 POOLINGS = ("last", "max", "mean")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+SEED_LIMIT = 2**32  # seeds are 0 to 2**32 - 1, as numpy takes them
 #: Seconds a process of a distributed training waits for the others (--dist-timeout).
 DIST_TIMEOUT = 300.0
 
@@ -168,15 +169,19 @@ def from_dict(raw: dict[str, Any], where: str, overrides: dict[str, Any] | None 
                 _set(cfg, f"{key}.{sub}", subvalue, where)
         else:
             _set(cfg, key, value, where)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            _set(cfg, key, value, "command line")
-    validate(cfg, where)
+    in_file = problem(cfg)
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    for key, value in given.items():
+        _set(cfg, key, value, "command line")
+    found = problem(cfg)
+    if found:  # blamed on the command line where the file alone was fine
+        raise UserError(f"{where if in_file or not given else 'command line'}: {found}")
     return cfg
 
 
-def validate(cfg: Config, where: str) -> None:
-    """Reject values no model or optimiser could use, naming the field."""
+def problem(cfg: Config) -> str | None:
+    """What no model or optimiser could use in `cfg` (the first problem, naming the field), or
+    None."""
     m, t = cfg.model, cfg.train
     checks = [
         (m.name in MODELS, f"model.name must be one of {', '.join(MODELS)}, not {m.name!r}"),
@@ -196,20 +201,20 @@ def validate(cfg: Config, where: str) -> None:
         (t.epochs > 0, "train.epochs must be at least 1"),
         (t.batch_size > 0, "train.batch_size must be at least 1"),
         (math.isfinite(t.lr) and t.lr > 0, "train.lr must be a positive number"),
-        (all(math.isfinite(v) and v >= 0 for v in (t.momentum, t.weight_decay, t.clip_grad,
-                                                   t.adversarial, t.virtual_adversarial)),
-         "train.momentum, weight_decay, clip_grad, adversarial and virtual_adversarial must be "
-         "numbers, 0 or more"),
+        *((math.isfinite(getattr(t, key)) and getattr(t, key) >= 0,
+           f"train.{key} must be a number, 0 or more")
+          for key in ("momentum", "weight_decay", "clip_grad", "adversarial",
+                      "virtual_adversarial")),
         (0.0 <= t.warmup < 1.0, "train.warmup is a fraction of training, in [0, 1)"),
-        (t.patience >= 0 and t.max_length >= 0, "train.patience and max_length must be 0 or more"),
+        (t.patience >= 0, "train.patience must be 0 or more"),
+        (t.max_length >= 0, "train.max_length must be 0 (all tokens) or more"),
+        (0 <= t.seed < SEED_LIMIT, f"train.seed must be in 0..{SEED_LIMIT - 1}"),
         (0.0 <= t.crop <= 1.0, "train.crop is a fraction of the training reviews, in [0, 1]"),
         (t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
         (t.world_size >= 1, "train.world_size must be at least 1"),
         (0.0 <= cfg.split_ratio < 1.0, "split_ratio is a share of the train split, in [0, 1)"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(f"{where}: {message}")
+    return next((message for ok, message in checks if not ok), None)
 
 
 def _is_path(ref: str | Path) -> bool:

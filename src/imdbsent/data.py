@@ -42,6 +42,7 @@ import torch
 from tokenizers import Tokenizer
 
 from imdbsent import __version__, distributed, sources, text, vectors, word2vec
+from imdbsent.config import SEED_LIMIT
 from imdbsent.errors import UserError
 from imdbsent.fsutil import FolderLock, atomic_write, atomic_write_text, is_locked
 from imdbsent.sources import Source, Split, load_source
@@ -79,6 +80,8 @@ class PrepareArgs:
     def check(self) -> None:
         if not 0.0 < self.split_ratio < 1.0:
             raise UserError(f"--split-ratio must be between 0 and 1, not {self.split_ratio}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise UserError(f"--seed must be in 0..{SEED_LIMIT - 1}, not {self.seed}")
         if self.max_vocab < 1:
             raise UserError(f"--max-vocab must be at least 1, not {self.max_vocab}")
         if self.min_freq < 1:
