@@ -5,6 +5,7 @@ first epoch, and the files a run is made of."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import stat
@@ -65,9 +66,14 @@ def two_epochs(prepared_dir, tmp_path_factory) -> Path:
     return run
 
 
-def _copy(run: Path, tmp_path: Path) -> Path:
+def _copy(run: Path, tmp_path: Path, *, untested: bool = False) -> Path:
+    """A copy of `run`; `untested`: as if it had been killed during its final test."""
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
+    if untested:
+        lines = (copy / "metrics.jsonl").read_text().splitlines(keepends=True)
+        assert json.loads(lines[-1])["split"] == "test"
+        (copy / "metrics.jsonl").write_text("".join(lines[:-1]))
     return copy
 
 
@@ -90,9 +96,22 @@ def test_resume_refuses_what_it_cannot_honour_and_writes_nothing(two_epochs, tmp
 
 
 def test_resume_accepts_the_values_it_already_has(two_epochs, tmp_path):
-    run = _copy(two_epochs, tmp_path)
+    run = _copy(two_epochs, tmp_path, untested=True)
     assert run_cli(["train", "--resume", str(run), "--lr", "0.01", "--model", "gru",
                     "--device", "cpu"]) == 0
+    assert runs.tested(run)
+
+
+def test_resuming_a_finished_run_is_refused_instead_of_testing_it_again(two_epochs, tmp_path,
+                                                                        capsys):
+    run = _copy(two_epochs, tmp_path)
+    before = (run / "metrics.jsonl").read_bytes()
+    for args in ([], ["--epochs", "2"]):
+        assert run_cli(["train", "--resume", str(run), *args]) == 1
+        err = capsys.readouterr().err
+        assert err == (f"imdbsent: error: {run} has finished: it trained 2 epochs and was "
+                       "tested; resume with --epochs 3 or more to train on\n")
+    assert (run / "metrics.jsonl").read_bytes() == before  # no second test line
 
 
 def test_resume_with_fewer_epochs_than_done_is_refused(two_epochs, tmp_path, capsys):
@@ -101,6 +120,46 @@ def test_resume_with_fewer_epochs_than_done_is_refused(two_epochs, tmp_path, cap
     assert run_cli(["train", "--resume", str(run), "--epochs", "1"]) == 1
     assert "has already trained 2 epochs" in capsys.readouterr().err
     assert (run / "config.toml").read_bytes() == config
+
+
+def _nan_from_validation(monkeypatch, call: int) -> None:
+    """engine.evaluate as it is, but the `call`-th validation loss is NaN (diverged weights)."""
+    evaluate, calls = engine.evaluate, []
+
+    def diverging(model, batches, *args, **kwargs):
+        loss, acc = evaluate(model, batches, *args, **kwargs)
+        calls.append(loss)
+        return (math.nan, acc) if len(calls) == call else (loss, acc)
+
+    monkeypatch.setattr(engine, "evaluate", diverging)
+
+
+def test_a_diverged_epoch_is_not_kept_and_the_best_before_it_is_tested(prepared_dir, tmp_path,
+                                                                       monkeypatch, capsys):
+    run = tmp_path / "run"
+    _nan_from_validation(monkeypatch, 2)
+    assert run_cli(["train", "--config", str(_config(tmp_path, prepared_dir, 3)), "--run-dir",
+                    str(run)]) == 0
+    records = runs.read_metrics(run)
+    assert [r.get("epoch") for r in records] == [1, None]
+    assert records[-1]["split"] == "test" and records[-1]["diverged_epoch"] == 2
+    assert records[-1]["best_epoch"] == 1
+    assert runs.load_checkpoint(run / runs.LAST).meta["epoch"] == 1
+    assert "warning: training diverged in epoch 2 (its validation loss is not a number; try a " \
+           "lower --lr): stopped there, and tested the best epoch before it (1)" in \
+           capsys.readouterr().err
+
+
+def test_a_run_that_diverges_in_its_first_epoch_fails_and_keeps_nothing(prepared_dir, tmp_path,
+                                                                        monkeypatch, capsys):
+    run = tmp_path / "run"
+    _nan_from_validation(monkeypatch, 1)
+    assert run_cli(["train", "--config", str(_config(tmp_path, prepared_dir, 3)), "--run-dir",
+                    str(run)]) == 1
+    assert capsys.readouterr().err.endswith(
+        "imdbsent: error: training diverged in epoch 1 (validation loss nan): try a lower "
+        "--lr\n")
+    assert not run.exists()
 
 
 def test_extending_a_finished_cosine_run_is_refused_as_useless(two_epochs, tmp_path, capsys):
@@ -241,11 +300,9 @@ def _umask() -> int:
 
 
 def test_training_sweeps_only_its_own_temporaries(two_epochs, tmp_path):
-    run = _copy(two_epochs, tmp_path)
+    run = _copy(two_epochs, tmp_path, untested=True)
     (run / ".best.safetensors.imdbsent-0123abcd.tmp").write_bytes(b"half")  # a killed writer's
     (run / ".notes.tmp").write_text("another program's")
-    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["split"] == "test"
     assert run_cli(["train", "--resume", str(run)]) == 0
     assert sorted(p.name for p in run.glob(".*.tmp")) == [".notes.tmp"]
 

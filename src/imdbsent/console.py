@@ -146,6 +146,10 @@ class TrainView:
         result(f"\t Val. Loss: {record['valid_loss']:.3f} |  Val. Acc: {record['valid_acc']*100:.2f}%")
 
     def test(self, record: dict[str, Any]) -> None:
+        if record.get("diverged_epoch"):
+            log(f"warning: training diverged in epoch {record['diverged_epoch']} (its validation "
+                f"loss is not a number; try a lower --lr): stopped there, and tested the best "
+                f"epoch before it ({record['best_epoch']})")
         result(f"Test Loss: {record['test_loss']:.3f} | Test Acc: {record['test_acc']*100:.2f}%")
 
     def close(self) -> None:

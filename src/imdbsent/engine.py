@@ -472,10 +472,17 @@ class Trainer:
             return None
         last = runs.load_checkpoint(path)
         runs.check_data(self.run, self.data, last.meta.get("data_fingerprint"))
-        done = last.meta["epoch"]
+        done, patience = last.meta["epoch"], self.cfg.train.patience
         if self.cfg.train.epochs < done:
             raise UserError(f"--epochs {self.cfg.train.epochs}: {self.run} has already trained "
                             f"{done} epochs; resume with --epochs {done} or more")
+        if runs.tested(self.run):  # finished: resuming it would only test it again
+            if patience and last.meta["stale_epochs"] >= patience:
+                raise UserError(f"{self.run} has finished: it stopped early after {done} epochs "
+                                f"({patience} without a better validation loss) and was tested")
+            if self.cfg.train.epochs == done:
+                raise UserError(f"{self.run} has finished: it trained {done} epochs and was "
+                                f"tested; resume with --epochs {done + 1} or more to train on")
         return last
 
     def _restore(self, last: runs.Checkpoint) -> None:
@@ -502,16 +509,26 @@ class Trainer:
 
     def fit(self, reporter: Reporter) -> FitResult:
         """Train the remaining epochs (stopping early after `patience` epochs without a better
-        validation loss), then test the best checkpoint."""
+        validation loss), then test the best checkpoint. An epoch whose validation loss is not
+        a number (the weights diverged) is not kept: training stops there, and the best epoch
+        before it is tested, or, with none, the run fails."""
         reporter.start(self.run, count_parameters(self.model), str(self.device), self.first_epoch)
-        epoch = self.first_epoch - 1
+        epoch, diverged = self.first_epoch - 1, None
         patience = self.cfg.train.patience
         while epoch < self.cfg.train.epochs and not (patience and self.stale >= patience):
             epoch += 1
             record = self.epoch(epoch, reporter)
+            if not math.isfinite(record["valid_loss"]):
+                reporter.epoch_end(record)
+                diverged = epoch
+                if not self.best_epoch:
+                    raise distributed.everywhere(
+                        f"training diverged in epoch {epoch} (validation loss "
+                        f"{record['valid_loss']}): try a lower --lr")
+                break
             self.checkpoint(record)
             reporter.epoch_end(record)
-        test = self.test()
+        test = self.test(diverged)
         reporter.test(test)
         return FitResult(self.run, epoch, test["best_epoch"], test)
 
@@ -589,9 +606,10 @@ class Trainer:
 
         return distributed.on_main(fit_and_store)
 
-    def test(self) -> dict[str, Any]:
+    def test(self, diverged: int | None = None) -> dict[str, Any]:
         """Calibrate, then score the best checkpoint on the test split (refused if the prepared
-        data changed since training started) and record it."""
+        data changed since training started) and record it, with the epoch that diverged if
+        one did."""
         self.data.check_unchanged()
         temperature, bias = self.calibrate()
         test_batches = Batches(self.data.split("test"), self.cfg.train.batch_size,
@@ -601,7 +619,7 @@ class Trainer:
                                        test_batches, self.criterion, sync=self.world.size > 1)
         record = {"split": "test", "best_epoch": self.best_epoch,
                   "temperature": temperature, "bias": bias, "test_loss": test_loss,
-                  "test_acc": test_acc}
+                  "test_acc": test_acc, **({"diverged_epoch": diverged} if diverged else {})}
         if self.world.main:
             runs.append_metrics(self.run, record)
         return record

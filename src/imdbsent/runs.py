@@ -210,8 +210,10 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 
 
 def tested(run: Path) -> bool:
-    """Whether a run has finished: its test line is in metrics.jsonl."""
-    return any(m.get("split") == "test" for m in read_metrics(run))
+    """Whether a run has finished: the last line of its metrics.jsonl is a test line (not one
+    that more epochs followed)."""
+    records = read_metrics(run)
+    return bool(records) and records[-1].get("split") == "test"
 
 
 def epoch_records(run: Path) -> list[dict[str, Any]]:
