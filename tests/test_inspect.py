@@ -114,6 +114,63 @@ def test_runs_of_a_missing_folder_is_one_line(tmp_path, capsys):
     assert err == f"imdbsent: error: {tmp_path / 'nowhere'}: no such folder of runs"
 
 
+@pytest.mark.parametrize("damage", ["none", "best removed", "best cut short",
+                                    "tokenizer removed"])
+def test_runs_of_one_run_and_a_finished_run_that_cannot_predict(trained_run, tmp_path, capsys,
+                                                                damage):
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    if damage == "best removed":
+        (run / runs.BEST).unlink()
+    elif damage == "best cut short":
+        os.truncate(run / runs.BEST, (run / runs.BEST).stat().st_size // 2)
+    elif damage == "tokenizer removed":
+        (run / "tokenizer.json").unlink()
+    assert run_cli(["runs", str(run), "--json"]) == 0  # a run itself: its own row
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["name"] == "run" and row["test_acc"] is not None
+    if damage == "none":
+        assert row["status"] == "finished"
+        return
+    assert row["status"].startswith(f"broken: {run}/")
+    assert run_cli(["predict", "--run", str(run), "great film"]) == 1
+
+
+def _relative_run(trained_run: Path, prepared_dir: Path, project: Path) -> Path:
+    """A copy of `trained_run` in `project`, its data recorded as a path relative to it."""
+    run = shutil.copytree(trained_run, project / "run")
+    shutil.copytree(prepared_dir, project / "data")
+    cfg = run / "config.toml"
+    cfg.write_text(re.sub(r"(?m)^data = .*$", 'data = "data"', cfg.read_text()))
+    return run
+
+
+def test_a_run_on_relative_data_from_another_folder_says_how_to_score_it(
+        trained_run, prepared_dir, tmp_path, monkeypatch, capsys):
+    _relative_run(trained_run, prepared_dir, tmp_path / "project")
+    monkeypatch.chdir(tmp_path / "project")
+    assert run_cli(["evaluate", "run", "--json"]) == 0
+    accuracy = json.loads(capsys.readouterr().out)["accuracy"]
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["evaluate", "project/run", "--json"]) == 1
+    assert capsys.readouterr().err == (
+        "imdbsent: error: project/run was trained on data, a path relative to the folder its "
+        "training started in, and it is not here: run this from that folder, or give --data "
+        "with the prepared dataset\n")
+    assert run_cli(["evaluate", "project/run", "--json", "--data", "project/data"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == accuracy
+
+
+@pytest.mark.parametrize("extra, flag", [(["--split", "valid"], "--split"),
+                                         (["--data", "anywhere"], "--data")])
+def test_evaluate_refuses_a_data_file_with_options_it_would_ignore(trained_run, tmp_path, capsys,
+                                                                  extra, flag):
+    (tmp_path / "f.csv").write_text("text,label\ngreat film,1\n")
+    assert run_cli(["evaluate", str(trained_run), "--data-file", str(tmp_path / "f.csv"),
+                    *extra]) == 1
+    assert capsys.readouterr().err == (f"imdbsent: error: --data-file scores a file of its own: "
+                                       f"give it without {flag}\n")
+
+
 # --- imdbsent report -------------------------------------------------------------------------
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -144,6 +201,17 @@ def test_report_writes_every_figure_and_a_page_that_needs_nothing_else(trained_r
     assert len(sources) == len(report.TITLES)
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert 'name = &quot;gru&quot;' in page and 'name = &quot;ensemble&quot;' in page  # configs
+
+
+def test_report_takes_the_prepared_data_from_data(trained_run, prepared_dir, tmp_path,
+                                                  monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    _relative_run(trained_run, prepared_dir, tmp_path / "project")
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["report", "project/run", "--out", "out"]) == 1
+    assert "give --data with the prepared dataset" in capsys.readouterr().err
+    assert run_cli(["report", "project/run", "--out", "out", "--data", "project/data"]) == 0
+    assert (tmp_path / "out" / "report.html").is_file()
 
 
 def test_report_on_one_run_writes_into_the_run(trained_run, tmp_path, capsys):

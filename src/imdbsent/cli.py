@@ -214,7 +214,7 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
 
 @app.command("runs")
 def runs_cmd(
-    folder: Annotated[Path, typer.Argument(help="Folder of run directories.")] = Path("runs"),
+    folder: Annotated[Path, typer.Argument(help="Folder of run directories (or one run).")] = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as one JSON array.")
                        ] = False,
 ) -> None:
@@ -235,6 +235,8 @@ def report_cmd(
     out: Annotated[Path | None, typer.Option(help="Folder for the figures and report.html "
                                                   "(default: RUN/report for one run, report/ "
                                                   "for several).")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder "
+                                                     "(default: each run's).")] = None,
     device: DeviceOption = Device.cpu,
     threads_: ThreadsOption = None,
 ) -> None:
@@ -244,7 +246,7 @@ def report_cmd(
     from imdbsent import report
 
     folder = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
-    for path in report.make(run_dirs, folder, device.value):
+    for path in report.make(run_dirs, folder, device.value, data_dir):
         console.result(str(path))
 
 
@@ -252,7 +254,8 @@ def report_cmd(
 def evaluate_cmd(
     run: Annotated[Path | None, typer.Argument(help="Run directory (default: the latest).")
                    ] = None,
-    split: Annotated[Split, typer.Option(help="Split of the prepared dataset.")] = Split.test,
+    split: Annotated[Split | None, typer.Option(help="Split of the prepared dataset "
+                                                "(default: test).")] = None,
     data_file: Annotated[Path | None, typer.Option(help="Score this labeled CSV/JSONL/"
                                                       "Parquet file instead.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder "
@@ -271,9 +274,12 @@ def evaluate_cmd(
     from imdbsent import runs
     from imdbsent.predict import evaluate_run
 
+    if data_file is not None and (split or data_dir):
+        raise UserError(f"--data-file scores a file of its own: give it without "
+                        f"{'--split' if split else '--data'}")
     run = runs.check_run(run) if run is not None else runs.latest_run(report=console.log)
-    metrics, title = evaluate_run(run, split=split.value, data_file=data_file, data_dir=data_dir,
-                                  threshold=threshold, device=device.value,
+    metrics, title = evaluate_run(run, split=(split or Split.test).value, data_file=data_file,
+                                  data_dir=data_dir, threshold=threshold, device=device.value,
                                   text_column=text_column, label_column=label_column)
     if as_json:
         console.result(json.dumps({"run": str(run), "on": title, **metrics}))

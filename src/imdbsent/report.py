@@ -41,12 +41,13 @@ class Scores:
     config: str
 
 
-def load(run: Path, name: str, device: str = "cpu") -> Scores:
-    """Score a run's best checkpoint on its test split, and read its epochs and config."""
+def load(run: Path, name: str, device: str = "cpu", data_dir: Path | None = None) -> Scores:
+    """Score a run's best checkpoint on its test split (of `data_dir`, default the run's own
+    prepared data), and read its epochs and config."""
     run = runs.check_run(run)
     if not (run / runs.BEST).is_file():
         raise UserError(f"{run}: no trained model yet (no {runs.BEST}); nothing to report")
-    scored = score_run(run, split="test", device=device)
+    scored = score_run(run, split="test", device=device, data_dir=data_dir)
     if not len(scored.labels):
         raise UserError(f"{scored.what}: the test split is empty; nothing to report")
     members = sorted(p for p in (run / runs.MEMBERS).glob("*") if (p / runs.CONFIG).is_file())
@@ -90,11 +91,13 @@ def _cumulative(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     return tp, (last + 1) - tp
 
 
-def make(run_dirs: list[Path], out: Path, device: str = "cpu") -> list[Path]:
-    """Write every figure and report.html for `run_dirs` into `out`; the paths written."""
+def make(run_dirs: list[Path], out: Path, device: str = "cpu", data_dir: Path | None = None
+         ) -> list[Path]:
+    """Write every figure and report.html for `run_dirs` into `out` (scored on `data_dir`'s
+    test split, default each run's own); the paths written."""
     plt = _pyplot()
     names = _names(run_dirs)
-    scores = [load(r, n, device) for r, n in zip(run_dirs, names)]
+    scores = [load(r, n, device, data_dir) for r, n in zip(run_dirs, names)]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

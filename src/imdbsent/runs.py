@@ -287,10 +287,13 @@ LISTED = ("name", "started", "recipe", "model", "parameters", "processes", "epoc
 
 
 def list_runs(folder: Path) -> list[dict[str, Any]]:
-    """One row (`describe`) for each folder in `folder`, the most recently started first."""
+    """One row (`describe`) for each folder in `folder`, the most recently started first; the
+    row of `folder` alone if it is a run itself."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder of runs")
+    if (folder / CONFIG).is_file():  # a run itself, not a folder of them
+        return [describe(folder)]
     found = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return [describe(p) for p in sorted(found, key=lambda p: (_started(p), p.name), reverse=True)]
 
@@ -318,22 +321,32 @@ def describe(run: Path) -> dict[str, Any]:
     except Exception as exc:  # any of them: this row says what is wrong, the listing goes on
         row["status"] = f"broken: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         return row
+    unusable = None  # why a finished run cannot predict
     try:
         row["parameters"] = _parameters(run) if (run / BEST).is_file() else None
-    except UserError:
-        pass  # an unreadable best checkpoint: the rest of the row still holds
+    except UserError as exc:
+        unusable = str(exc)  # the rest of the row still holds
     for key, value in row.items():
         if isinstance(value, float) and not math.isfinite(value):
             row[key] = None  # (JSON has no NaN)
     if is_locked(run):
         row["status"] = "training"
     elif row["test_acc"] is not None:
-        row["status"] = "finished"
+        unusable = unusable or _missing_file(run)
+        row["status"] = f"broken: {unusable}" if unusable else "finished"
     elif has_progress(run):
         row["status"] = "interrupted"
     else:
         row["status"] = "failed before epoch 1"
     return row
+
+
+def _missing_file(run: Path) -> str | None:
+    """Which file that predicting needs a finished run lacks (its tokenizer, its best
+    checkpoint, an ensemble member's), if any."""
+    needed = [run / TOKENIZER, run / BEST, *(m / BEST for m in sorted((run / MEMBERS).glob("*")))]
+    missing = next((path for path in needed if not path.is_file()), None)
+    return f"{missing}: missing" if missing else None
 
 
 def _started(run: Path) -> float:

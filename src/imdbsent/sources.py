@@ -200,7 +200,7 @@ def read_labeled_file(path: Path, text_column: str = "text", label_column: str =
     """One labeled CSV/JSONL/Parquet file as a Dataset of text and 0/1 label (for evaluate)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     fmt = LOCAL_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise UserError(f"{path}: unknown format (use .parquet, .csv or .jsonl)")
