@@ -1,6 +1,8 @@
 import json
+import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import hold_lock
@@ -191,6 +193,32 @@ def test_prepare_reuses_then_rebuilds_on_changed_arguments(source_dir, tmp_path)
     changed, built = data.prepare(data.PrepareArgs(source=str(source_dir), unsupervised=False,
                                                    max_vocab=5), out)
     assert built and changed["vocab_size"] == 7
+
+
+def test_prepare_rebuilds_when_the_source_files_change(source_dir, tmp_path):
+    source = shutil.copytree(source_dir, tmp_path / "source")
+    out, said = tmp_path / "p", []
+    args = data.PrepareArgs(source=str(source), unsupervised=False, vectors_dim=0)
+    first, _ = data.prepare(args, out)
+    assert not data.prepare(args, out, report=said.append)[1] and said == []
+    test = source / "test.parquet"
+    table = pq.read_table(test)
+    pq.write_table(table.slice(0, table.num_rows - 1), test)  # one test review fewer
+    again, built = data.prepare(args, out, report=said.append)
+    assert built and said[0] == f"{source} changed since {out} was prepared from it: preparing again"
+    assert again["splits"]["test"]["total"] == first["splits"]["test"]["total"] - 1
+
+
+def test_a_failed_prepare_leaves_no_folder_it_made(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "train.csv").write_text("text,label\n" + "".join(f"review {i},{i % 2}\n" for i in
+                                                                range(20)) + "fine,good\n")
+    (source / "test.csv").write_text("text,label\nok,1\n")
+    out = tmp_path / "new" / "p"
+    with pytest.raises(UserError, match="label 'good'"):
+        data.prepare(data.PrepareArgs(source=str(source), vectors_dim=0), out)
+    assert not out.exists()
 
 
 def test_prepare_locks_its_folder_and_sweeps_only_its_own_temporaries(source_dir, tmp_path):

@@ -216,22 +216,31 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
     """
     args.check()
     out = Path(out)
-    wanted = dataclasses.asdict(args)
+    wanted = {"args": dataclasses.asdict(args), "source_stamp": sources.local_stamp(args.source)}
     existing = _read_manifest(out)
     if not force and _reusable(out, existing, wanted) and not is_locked(out):
         return existing, False  # (no lock needed to read; a read-only copy stays usable)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {out}: {exc.strerror or exc}") from None
-    with FolderLock(out, "prepare", advice="wait for it to finish or use another --out"):
-        existing = _read_manifest(out)  # what the holder before us left
-        if not force and _reusable(out, existing, wanted):
-            return existing, False
-        return _build(args, out, report, progress), True
+    try:
+        with FolderLock(out, "prepare", advice="wait for it to finish or use another --out"):
+            existing = _read_manifest(out)  # what the holder before us left
+            if not force and _reusable(out, existing, wanted):
+                return existing, False
+            if existing and existing.get("args") == wanted["args"] and not force:
+                report(f"{args.source} changed since {out} was prepared from it: preparing again")
+            return _build(args, out, wanted["source_stamp"], report, progress), True
+    except BaseException:
+        if created:  # a folder this failed prepare made holds nothing of use
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
-def _build(args: PrepareArgs, out: Path, report: Report, progress: Progress) -> dict:
+def _build(args: PrepareArgs, out: Path, stamp: str | None, report: Report, progress: Progress
+           ) -> dict:
     """Stream the source into `out`, holding a chunk of reviews at a time and a few bytes a
     review: scan (labels and text digests), split, vocabulary (the training reviews' words
     counted chunk by chunk), encoding (each split written as Parquet row groups as it goes),
@@ -274,6 +283,7 @@ def _build(args: PrepareArgs, out: Path, report: Report, progress: Progress) -> 
         "build": secrets.token_hex(8),  # so that every rebuild has a fingerprint of its own
         "args": dataclasses.asdict(args),
         "source_fingerprint": source.fingerprint,
+        "source_stamp": stamp,
         "vocab_size": tok.get_vocab_size(),
         "splits": counts,
         "tokens": tokens,
@@ -720,9 +730,13 @@ def _parse_manifest(raw: bytes | None) -> dict | None:
 
 
 def _reusable(folder: Path, manifest: dict | None, wanted: dict) -> bool:
-    """Whether `folder` holds a complete dataset made by this format from `wanted` arguments."""
+    """Whether `folder` holds a complete dataset made by this format from the `wanted`
+    arguments and a local source whose files have not changed since (`sources.local_stamp`;
+    a manifest from before stamps were recorded is taken as it is)."""
     return (manifest is not None and manifest.get("format") == PREPARE_FORMAT
-            and manifest.get("args") == wanted and _complete(folder, manifest))
+            and manifest.get("args") == wanted["args"]
+            and manifest.get("source_stamp", wanted["source_stamp"]) == wanted["source_stamp"]
+            and _complete(folder, manifest))
 
 
 def _complete(folder: Path, manifest: dict) -> bool:

@@ -399,6 +399,21 @@ def _spool_acl(members: Iterator[tuple[str, bytes]], where: str, unsupervised: b
     return splits, "sha256:" + digest.hexdigest()
 
 
+def local_stamp(source: str) -> str | None:
+    """The names, sizes and modification times of a local source's files (a folder's: every
+    file under it), hashed: cheap to take, and another once a file is edited, added or
+    removed. None for a source that is not on this machine (the Hub)."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        digest.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return "stat:" + digest.hexdigest()
+
+
 def _hash_files(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for p in sorted(paths):
