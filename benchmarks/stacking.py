@@ -16,9 +16,10 @@ import argparse
 import itertools
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from imdbsent import engine, models
+from imdbsent import data, engine, models, runs
 from imdbsent.predict import score_run
 
 
@@ -38,10 +39,26 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("benchmarks/work/runs"))
     parser.add_argument("--data", type=Path, help="prepared data (default: each run's own)")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--length", action="store_true",
+                        help="also stack all the members with each logit times the review's "
+                        "standardized log length (and that length), beside the plain stack")
     args = parser.parse_args()
     members, yv, yt = scored_members(
         {name: [args.runs / run for run in name.split("+")] for name in args.names}, args.data)
     print_ranked(ranked_subsets(members, yv, yt), args.top)
+    if args.length:
+        prepared = data.load_prepared(args.data or Path(runs.load_config(
+            args.runs / args.names[0].split("+")[0]).data))
+        xv, xt = (torch.stack([m[i] for m in members.values()], dim=1).double() for i in (0, 1))
+        zv, zt = (torch.tensor(np.log(np.sort(prepared.split(s).lengths, kind="stable")))
+                  for s in ("valid", "test"))  # a scored run's order: by length
+        zv, zt = (zv - zv.mean()) / zv.std(), (zt - zv.mean()) / zv.std()
+        valid, test = stacked_accuracy(torch.cat([xv, xv * zv[:, None], zv[:, None]], 1),
+                                       yv.double(),
+                                       torch.cat([xt, xt * zt[:, None], zt[:, None]], 1),
+                                       yt.double())
+        print(f"\nall members with length features: cross-fitted valid {100 * valid:.2f}, "
+              f"test {100 * test:.2f}")
     wrong = torch.stack([(v > 0).float() != yv for v, _ in members.values()]).sum(0)
     print("\nvalidation reviews that k of the members get wrong: " + ", ".join(
         f"{k}: {100 * (wrong == k).float().mean():.2f}%" for k in range(len(members) + 1)))
