@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import select
 import signal
 import subprocess
 import time
@@ -257,6 +258,26 @@ def test_predict_streams_rows_before_the_input_ends(trained_run):
     proc.stdin.close()
     assert len(proc.stdout.read().splitlines()) == 3
     assert proc.wait(timeout=30) == 0
+
+
+def _line_within(stream, seconds: float) -> bytes:
+    ready, _, _ = select.select([stream], [], [], seconds)
+    assert ready, f"no output within {seconds} s"
+    return stream.readline()
+
+
+def test_predict_scores_a_paused_stream_at_once_not_when_a_batch_is_full(trained_run):
+    proc = subprocess.Popen([str(EXE), "predict", "-", "--run", str(trained_run)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # batches of 2,048
+    try:
+        for line, label in ((b"great film\n", b"pos\t"), (b"awful boring mess\n", b"neg\t")):
+            proc.stdin.write(line)
+            proc.stdin.flush()  # then nothing more for now, as from `tail -f`
+            assert _line_within(proc.stdout, 60).startswith(label)
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0 and proc.stdout.read() == b""
+    finally:
+        proc.kill()
 
 
 def test_head_ends_an_endless_pipeline_promptly_and_quietly(trained_run, tmp_path):

@@ -37,6 +37,12 @@ def test_iter_batches_closes_a_batch_once_it_holds_max_chars():
         ["a" * 5, "b"], ["c" * 9], ["d", "e", "f"]]
 
 
+def test_iter_batches_lets_a_pause_close_a_batch_early():
+    items = ["a", "b", None, None, "c", "d", "e", None]
+    assert list(text.iter_batches(iter(items), 2)) == [["a", "b"], ["c", "d"], ["e"]]
+    assert list(text.iter_batches(iter(["a", None, "b"]), 3)) == [["a"], ["b"]]
+
+
 def test_tokenizer_round_trips_through_its_json(tmp_path):
     tok = text.fit_tokenizer(["good bad ugly"], max_vocab=10)
     text.save(tok, tmp_path / "t.json")

@@ -8,8 +8,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import queue
 import signal
+import stat
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from enum import Enum
@@ -30,6 +33,8 @@ app = typer.Typer(
     help="Sentiment analysis of movie reviews: the IMDB RNN tutorial, reproduced and improved.")
 
 MAX_LINE_BYTES = 1 << 20  # predict cuts longer input lines to their first MiB (bounded memory)
+PAUSE_SECONDS = 0.2  # standard input silent this long: the lines read so far are scored
+QUEUED_LINES = 64  # lines read ahead of scoring from standard input (each at most 1 MiB)
 
 
 class Device(str, Enum):
@@ -338,7 +343,7 @@ def explain_cmd(
         raise UserError("nothing to explain: give texts, - for standard input, or --file PATH")
     run = runs.check_run(run) if run is not None else runs.latest_run(report=console.log)
     explainer = explain.Explainer(Predictor(run, device.value, threshold))
-    results = (explainer.explain(t) for t in _inputs(texts or [], file))
+    results = (explainer.explain(t) for t in _inputs(texts or [], file) if t is not None)
     chosen = fmt.value if fmt else ("terminal" if console.out.is_terminal else "jsonl")
     if chosen == "html":
         console.result(explain.to_html(list(results), f"imdbsent explain: {run}"))
@@ -350,7 +355,7 @@ def explain_cmd(
             console.explanation(e)
 
 
-def _inputs(texts: list[str], file: Path | None) -> Iterator[str]:
+def _inputs(texts: list[str], file: Path | None) -> Iterator[str | None]:
     """Texts from the arguments in order, `-` standing for standard input, then --file. The
     file is opened here, so that a missing one is refused before anything is printed."""
     fh = None
@@ -364,15 +369,52 @@ def _inputs(texts: list[str], file: Path | None) -> Iterator[str]:
     return _texts(texts, fh)
 
 
-def _texts(texts: list[str], fh: BinaryIO | None) -> Iterator[str]:
+def _texts(texts: list[str], fh: BinaryIO | None) -> Iterator[str | None]:
     for t in texts:
         if t == "-":
-            yield from read_lines(sys.stdin.buffer)
+            yield from live_lines(sys.stdin.buffer)
         else:  # bytes that were not UTF-8 reach Python as lone surrogates: replaced, as in files
             yield t.encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
     if fh is not None:
         with fh:
             yield from read_lines(fh)
+
+
+def live_lines(fh: BinaryIO, pause: float = PAUSE_SECONDS) -> Iterator[str | None]:
+    """`read_lines` of a stream that may pause (a pipe, a terminal: `tail -f log | imdbsent
+    predict -`), with a None whenever no line has come for `pause` seconds, so that the lines
+    already read are scored then instead of when a whole batch has come. A thread reads, at
+    most QUEUED_LINES ahead. A regular file never pauses and is read as it is."""
+    try:
+        regular = stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
+    except (OSError, ValueError):  # no descriptor (a test's stream): read as it is
+        regular = True
+    if regular:
+        yield from read_lines(fh)
+        return
+    lines: queue.Queue = queue.Queue(QUEUED_LINES)
+    done = object()
+
+    def read() -> None:
+        try:
+            for line in read_lines(fh):
+                lines.put(line)
+        except BaseException as exc:  # raised again where the lines are taken
+            lines.put(exc)
+        lines.put(done)
+
+    threading.Thread(target=read, daemon=True, name="imdbsent-stdin").start()
+    while True:
+        try:
+            item = lines.get(timeout=pause)
+        except queue.Empty:
+            yield None
+            item = lines.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def read_lines(fh: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:

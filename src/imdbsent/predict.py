@@ -83,10 +83,11 @@ class Predictor:
             out[i] = Prediction(texts[i], float(p), "pos" if p >= self.threshold else "neg")
         return out
 
-    def stream(self, texts: Iterable[str], batch_size: int = STREAM_BATCH
+    def stream(self, texts: Iterable[str | None], batch_size: int = STREAM_BATCH
                ) -> Iterator[list[Prediction]]:
         """Predictions batch by batch for a stream of texts, holding one batch (at most
-        `batch_size` texts and STREAM_CHARS characters) at a time."""
+        `batch_size` texts and STREAM_CHARS characters) at a time; a None in the stream (its
+        source paused) scores the texts held so far at once."""
         for batch in text.iter_batches(texts, batch_size, STREAM_CHARS):
             yield self.predict(batch)
 

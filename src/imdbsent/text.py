@@ -70,13 +70,19 @@ def tokens(tok: Tokenizer, text: str) -> list[str]:
     return tok.encode(text[:MAX_CHARS], add_special_tokens=False).tokens
 
 
-def iter_batches(items: Iterable[str], size: int, max_chars: int | None = None
+def iter_batches(items: Iterable[str | None], size: int, max_chars: int | None = None
                  ) -> Iterator[list[str]]:
     """Group a stream into lists of `size` items, or fewer once they hold `max_chars`
-    characters (the last may be shorter), never holding more."""
+    characters (the last may be shorter), never holding more. A None in the stream marks a
+    pause of its source: the items held so far go out at once, as a shorter list."""
     batch: list[str] = []
     chars = 0
     for item in items:
+        if item is None:
+            if batch:
+                yield batch
+                batch, chars = [], 0
+            continue
         batch.append(item)
         chars += len(item)
         if len(batch) == size or (max_chars is not None and chars >= max_chars):
