@@ -28,7 +28,8 @@ def small_runs(prepared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     folder = tmp_path_factory.mktemp("kinds")
     recipes = {
         "nblr": SMALL_GRU.replace('"gru"', '"nblr"\nngram_buckets = 5000\nngrams = 2'),
-        "nbow": SMALL_GRU.replace('"gru"', '"nbow"\nngram_buckets = 5000\nngrams = 3'),
+        "nbow": SMALL_GRU.replace('"gru"', '"nbow"\nngram_buckets = 5000\nngrams = 3\n'
+                                  'prior_tokens = 2.0'),
         "cnn": SMALL_GRU.replace('"gru"', '"cnn"\nfilter_sizes = [2, 3]\nnum_filters = 8')
         .replace("batch_size = 16", "batch_size = 16\nmax_length = 6"),
         "rnn": SMALL_GRU.replace('"gru"', '"rnn"').replace("bidirectional = true", ""),
@@ -291,7 +292,7 @@ def test_nbow_scores_are_its_mean_embeddings_terms(small_runs):
     hashed = explain.models.ngram_ids(ids, model.vocab_size, model.buckets, model.n)[0]
     assert len(hashed) == 3 + 2 + 1  # words, then 2-grams, then the 3-gram
     with torch.no_grad():
-        term = (model.embedding.weight[hashed] @ model.fc.weight[0]).double() / 6
+        term = (model.embedding.weight[hashed] @ model.fc.weight[0]).double() / (6 + 2)
     term = (term / calibrated.temperature).tolist()
     w0, w1, w2, b01, b12, t012 = term
     expected = [w0 + b01 / 2 + t012 / 3, w1 + b01 / 2 + b12 / 2 + t012 / 3,

@@ -181,6 +181,24 @@ def test_nbow_hashes_bigrams_beyond_the_vocabulary_and_ignores_padding():
                                model(torch.tensor([[5, 6, 7]]), None))
 
 
+def test_nbow_prior_tokens_pull_a_short_text_to_the_bias_and_barely_move_a_long_one():
+    torch.manual_seed(0)
+    plain = models.NBOW(VOCAB, ModelConfig(name="nbow", embedding_dim=4, ngram_buckets=10))
+    prior = models.NBOW(VOCAB, ModelConfig(name="nbow", embedding_dim=4, ngram_buckets=10,
+                                           prior_tokens=8.0))
+    prior.load_state_dict(plain.state_dict())
+    plain.eval(), prior.eval()
+    short, long = torch.tensor([[5]]), torch.randint(2, VOCAB, (1, 400))
+    bias = plain.fc.bias.item()
+    ids = models.ngram_ids(short, VOCAB, 10, 2)
+    mean = (plain.embedding.weight[ids[0]] @ plain.fc.weight[0]).mean().item()
+    with torch.no_grad():
+        assert plain(short, None).item() == pytest.approx(bias + mean, abs=1e-6)  # the mean
+        assert prior(short, None).item() == pytest.approx(bias + mean / 9, abs=1e-6)  # 1 of 9
+        long_plain, long_prior = plain(long, None).item(), prior(long, None).item()
+    assert long_prior - bias == pytest.approx((long_plain - bias) * 799 / 807, rel=1e-4)
+
+
 def test_trigrams_hash_three_words_and_skip_padding():
     ids = models.ngram_ids(torch.tensor([[5, 6, 7, 8, 0]]), VOCAB, 1000, 3)[0].tolist()
     words, bigrams, trigrams = ids[:5], ids[5:9], ids[9:]

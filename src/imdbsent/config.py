@@ -32,7 +32,10 @@ DIST_TIMEOUT = 300.0
 @dataclass
 class ModelConfig:
     """The network. Fields a model does not use are ignored by it (e.g. filter_sizes by gru).
-    An `ensemble` names its `members`: recipes (names or paths) trained one after another."""
+    `prior_tokens` (nbow) averages each text's embeddings as if it had that many more tokens,
+    all zero vectors, so that a text of a few words scores near the bias instead of as
+    confidently as a whole review. An `ensemble` names its `members`: recipes (names or paths)
+    trained one after another."""
 
     name: str = "gru"
     embedding_dim: int = 100
@@ -46,6 +49,7 @@ class ModelConfig:
     num_filters: int = 100
     ngram_buckets: int = 0
     ngrams: int = 2
+    prior_tokens: float = 0.0
     members: list[str] = field(default_factory=list)
 
 
@@ -196,6 +200,8 @@ def problem(cfg: Config) -> str | None:
          "model.filter_sizes and num_filters must be positive"),
         (m.ngram_buckets >= 0 and m.ngrams >= 1, "model.ngram_buckets must be 0 or more, "
          "model.ngrams 1 or more"),
+        (math.isfinite(m.prior_tokens) and m.prior_tokens >= 0,
+         "model.prior_tokens must be a number, 0 or more"),
         ((m.name == "ensemble") == bool(m.members) and len(m.members) != 1,
          "model.members: an ensemble names two or more recipes, other models none"),
         (t.epochs > 0, "train.epochs must be at least 1"),

@@ -128,7 +128,8 @@ def linear_scores(model: models.NBLR | models.NBOW, ids: torch.Tensor
         else:
             present = features != text.PAD_ID
             terms = (model.embedding.weight[features] @ model.fc.weight[0]).double() * present
-            terms = terms / present.sum().clamp(min=1)  # the mean over the features present
+            # the mean over the features present (and the model's prior_tokens)
+            terms = terms / (present.sum() + model.prior_tokens).clamp(min=1)
             reference = model.fc.bias.item()
     scores = torch.zeros(ids.shape[1], dtype=torch.float64)
     terms = terms.cpu()

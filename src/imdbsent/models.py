@@ -171,19 +171,24 @@ NGRAM_HASH = 2  # recorded in checkpoints: weights of hashed buckets fit only th
 
 class NBOW(nn.Module):
     """fastText-style: the mean of the embeddings of the words and of their hashed n-grams
-    (up to `ngrams` words), then a linear layer."""
+    (up to `ngrams` words), then a linear layer. With `prior_tokens` k the mean divides by the
+    count of ids plus k, as if k zero vectors were in every text: a whole review barely moves,
+    a text of a few words moves towards the bias."""
 
     def __init__(self, vocab_size: int, cfg: ModelConfig) -> None:
         super().__init__()
         self.vocab_size, self.buckets, self.n = vocab_size, cfg.ngram_buckets, cfg.ngrams
+        self.prior_tokens = cfg.prior_tokens
         self.embedding = nn.EmbeddingBag(vocab_size + self.buckets, cfg.embedding_dim,
-                                         mode="mean", padding_idx=PAD_ID)
+                                         mode="sum", padding_idx=PAD_ID)
         self.dropout = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(cfg.embedding_dim, 1)
 
     def forward(self, text: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         ids = ngram_ids(text, self.vocab_size, self.buckets, self.n)
-        return self.fc(self.dropout(self.embedding(ids))).squeeze(1)
+        count = (ids != PAD_ID).sum(dim=1, keepdim=True) + self.prior_tokens
+        pooled = self.embedding(ids) / count.clamp(min=1)
+        return self.fc(self.dropout(pooled)).squeeze(1)
 
 
 class NBLR(nn.Module):
