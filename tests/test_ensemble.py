@@ -75,7 +75,11 @@ def _copy(run, tmp_path):
 def test_resume_keeps_finished_members(ensemble_run, tmp_path):
     run = _copy(ensemble_run, tmp_path)
     before = {n: (run / "members" / n / "metrics.jsonl").read_bytes() for n in ("gru", "nblr")}
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    assert json.loads(lines[-1])["split"] == "test"
+    (run / "metrics.jsonl").write_text("".join(lines[:-1]))  # as if killed in its own test
     assert run_cli(["train", "--resume", str(run)]) == 0
+    assert runs.tested(run)
     for name, metrics in before.items():
         assert (run / "members" / name / "metrics.jsonl").read_bytes() == metrics
 
@@ -113,3 +117,12 @@ def test_resume_finishes_an_unfinished_member_and_only_it(ensemble_run, tmp_path
     assert gru.read_bytes() == gru_before
     again = nblr.read_text().splitlines()
     assert len(again) == len(lines) and json.loads(again[-1])["split"] == "test"
+
+
+def test_resuming_a_finished_ensemble_is_refused(ensemble_run, tmp_path, capsys):
+    run = _copy(ensemble_run, tmp_path)
+    before = (run / "metrics.jsonl").read_bytes()
+    assert run_cli(["train", "--resume", str(run)]) == 1
+    assert capsys.readouterr().err == (f"imdbsent: error: {run} has finished: its members were "
+                                       "trained and it was tested\n")
+    assert (run / "metrics.jsonl").read_bytes() == before

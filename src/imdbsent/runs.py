@@ -197,7 +197,7 @@ def reconcile_metrics(run: Path, last_record: dict[str, Any]) -> None:
 
 def reconcile_all(run: Path) -> None:
     """`reconcile_metrics` for a run and each of an ensemble's members that has a `last`."""
-    for folder in (run, *sorted((run / MEMBERS).glob("*"))):
+    for folder in (run, *members(run)):
         if (folder / LAST).is_file():
             reconcile_metrics(folder, checkpoint_meta(folder / LAST)["metrics"])
 
@@ -216,10 +216,14 @@ def tested(run: Path) -> bool:
     return bool(records) and records[-1].get("split") == "test"
 
 
+def members(run: Path) -> list[Path]:
+    """An ensemble run's member runs (none for other runs)."""
+    return sorted((run / MEMBERS).glob("*"))
+
+
 def epoch_records(run: Path) -> list[dict[str, Any]]:
     """The finished epochs of a run, an ensemble's being those of its members."""
-    return [m for r in (run, *sorted((run / MEMBERS).glob("*"))) for m in read_metrics(r)
-            if "epoch" in m]
+    return [m for r in (run, *members(run)) for m in read_metrics(r) if "epoch" in m]
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
@@ -344,7 +348,7 @@ def describe(run: Path) -> dict[str, Any]:
 def _missing_file(run: Path) -> str | None:
     """Which file that predicting needs a finished run lacks (its tokenizer, its best
     checkpoint, an ensemble member's), if any."""
-    needed = [run / TOKENIZER, run / BEST, *(m / BEST for m in sorted((run / MEMBERS).glob("*")))]
+    needed = [run / TOKENIZER, run / BEST, *(m / BEST for m in members(run))]
     missing = next((path for path in needed if not path.is_file()), None)
     return f"{missing}: missing" if missing else None
 
@@ -362,13 +366,13 @@ def _started(run: Path) -> float:
 def _parameters(run: Path) -> int:
     """The trained parameters of a run's model: recorded in its best checkpoint (older runs:
     every tensor in it, buffers too); an ensemble's are its members' and its stacker's."""
-    members = sum(_parameters(m) for m in sorted((run / MEMBERS).glob("*")) if (m / BEST).is_file())
+    inner = sum(_parameters(m) for m in members(run) if (m / BEST).is_file())
     meta = checkpoint_meta(run / BEST)
     if "parameters" in meta:
-        return members + meta["parameters"]
+        return inner + meta["parameters"]
     try:
         with safe_open(str(run / BEST), framework="pt") as fh:
-            return members + sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
+            return inner + sum(math.prod(fh.get_slice(k).get_shape()) for k in fh.keys())
     except (SafetensorError, OSError) as exc:
         raise _unreadable(run / BEST, exc) from None
 

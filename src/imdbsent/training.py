@@ -105,7 +105,7 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
     run = runs.check_run(run)
     old = runs.load_config(run)
     cfg = config.load(run / runs.CONFIG, overrides)
-    if cfg.model.name == "ensemble" and runs.tested(run):
+    if cfg.model.name == "ensemble" and all(map(runs.tested, [run, *runs.members(run)])):
         raise UserError(f"{run} has finished: its members were trained and it was tested")
     own = ENSEMBLE_OWN if cfg.model.name == "ensemble" else RESUMABLE
     _refuse(cfg, {k: v for k, v in overrides.items() if _get(old, k) != _get(cfg, k)}, own,
