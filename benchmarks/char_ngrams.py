@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 
 from imdbsent import data
 from imdbsent.sources import load_source
-from stacking import print_ranked, ranked_subsets, scored_members  # benchmarks/, beside this
+from stacking import rank_with_runs  # benchmarks/, beside this
 
 
 def nb_ratio(x, labels: np.ndarray, alpha: float = 1.0) -> np.ndarray:
@@ -79,18 +79,8 @@ def main() -> None:
         labels[name] = torch.tensor(np.asarray(texts[name]["label"])[order]).float()
         if not torch.equal(labels[name], torch.tensor(prepared.split(name).labels[order]).float()):
             raise SystemExit(f"{args.data}'s {name} reviews are not {args.source}'s in order")
-    members = {"char": tuple(char)}
-    if args.members:
-        runs, yv, yt = scored_members({run.name: [run] for run in args.members}, args.data)
-        if not (torch.equal(yv, labels["valid"]) and torch.equal(yt, labels["test"])):
-            raise SystemExit(f"the runs were not scored on {args.data}'s reviews in its order")
-        members.update(runs)
     print(f"scored validation and test: {time.time() - start:.0f} s since the start\n")
-    for name, (valid, test) in members.items():
-        acc = [100 * ((x > 0).float() == labels[s]).float().mean() for x, s in
-               ((valid, "valid"), (test, "test"))]
-        print(f"{name} alone: valid {acc[0]:.2f}%, test {acc[1]:.2f}%")
-    print_ranked(ranked_subsets(members, labels["valid"], labels["test"]), 20)
+    rank_with_runs({"char": tuple(char)}, labels, args.members, args.data)
 
 
 if __name__ == "__main__":

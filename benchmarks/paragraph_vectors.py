@@ -27,7 +27,7 @@ from gensim.models.doc2vec import Doc2Vec
 from sklearn.linear_model import LogisticRegression
 
 from imdbsent import data
-from stacking import print_ranked, ranked_subsets, scored_members  # benchmarks/, beside this
+from stacking import rank_with_runs  # benchmarks/, beside this
 
 
 def targets(split: data.Encoded, i: int, ngrams: int) -> list[str]:
@@ -77,19 +77,9 @@ def main() -> None:
         order = np.argsort(split.lengths, kind="stable")  # a scored run's order
         pv.append(torch.tensor(classifier.decision_function(inferred(split, order))))
         labels[name] = torch.tensor(split.labels[order]).float()
-    members = {"pv": tuple(pv)}
-    if args.members:
-        runs, yv, yt = scored_members({run.name: [run] for run in args.members}, args.data)
-        if not (torch.equal(yv, labels["valid"]) and torch.equal(yt, labels["test"])):
-            raise SystemExit(f"the runs were not scored on {args.data}'s reviews in its order")
-        members.update(runs)
     print(f"inferred {'train, ' if args.infer_train else ''}validation and test: "
           f"{time.time() - start:.0f} s\n", flush=True)
-    for name, (valid, test) in members.items():
-        acc = [100 * ((x > 0).float() == labels[s]).float().mean() for x, s in
-               ((valid, "valid"), (test, "test"))]
-        print(f"{name} alone: valid {acc[0]:.2f}%, test {acc[1]:.2f}%")
-    print_ranked(ranked_subsets(members, labels["valid"], labels["test"]), 20)
+    rank_with_runs({"pv": tuple(pv)}, labels, args.members, args.data)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,23 @@ def scored_members(runs: dict[str, list[Path]], data: Path | None
     return members, yv, yt
 
 
+def rank_with_runs(members: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                   labels: dict[str, torch.Tensor], runs: list[Path], data: Path) -> None:
+    """For a script that made members of its own (name: valid and test logits, in a scored
+    run's order, with their `labels` by split): add finished `runs` on the same `data`, print
+    each member's accuracy alone, then every subset stacked (`print_ranked`)."""
+    if runs:
+        scored, yv, yt = scored_members({run.name: [run] for run in runs}, data)
+        if not (torch.equal(yv, labels["valid"]) and torch.equal(yt, labels["test"])):
+            raise SystemExit(f"the runs were not scored on {data}'s reviews in its order")
+        members = {**members, **scored}
+    for name, (valid, test) in members.items():
+        acc = [100 * ((x > 0).float() == labels[s]).float().mean() for x, s in
+               ((valid, "valid"), (test, "test"))]
+        print(f"{name} alone: valid {acc[0]:.2f}%, test {acc[1]:.2f}%")
+    print_ranked(ranked_subsets(members, labels["valid"], labels["test"]), 20)
+
+
 def ranked_subsets(members: dict[str, tuple[torch.Tensor, torch.Tensor]], yv: torch.Tensor,
                    yt: torch.Tensor) -> list[tuple[float, float, tuple[str, ...]]]:
     """Every subset of two or more members (name: its valid and test logits, in the labels'

@@ -122,24 +122,27 @@ def test_resume_with_fewer_epochs_than_done_is_refused(two_epochs, tmp_path, cap
     assert (run / "config.toml").read_bytes() == config
 
 
-def _nan_from_validation(monkeypatch, call: int) -> None:
-    """engine.evaluate as it is, but the `call`-th validation loss is NaN (diverged weights)."""
+def _train_diverging_in(epoch: int, prepared_dir: Path, tmp_path: Path, monkeypatch
+                        ) -> tuple[int, Path]:
+    """Train 3 epochs with engine.evaluate as it is, but epoch `epoch`'s validation loss NaN
+    (diverged weights): the exit code and the run."""
     evaluate, calls = engine.evaluate, []
 
     def diverging(model, batches, *args, **kwargs):
         loss, acc = evaluate(model, batches, *args, **kwargs)
         calls.append(loss)
-        return (math.nan, acc) if len(calls) == call else (loss, acc)
+        return (math.nan, acc) if len(calls) == epoch else (loss, acc)
 
     monkeypatch.setattr(engine, "evaluate", diverging)
+    run = tmp_path / "run"
+    return run_cli(["train", "--config", str(_config(tmp_path, prepared_dir, 3)), "--run-dir",
+                    str(run)]), run
 
 
 def test_a_diverged_epoch_is_not_kept_and_the_best_before_it_is_tested(prepared_dir, tmp_path,
                                                                        monkeypatch, capsys):
-    run = tmp_path / "run"
-    _nan_from_validation(monkeypatch, 2)
-    assert run_cli(["train", "--config", str(_config(tmp_path, prepared_dir, 3)), "--run-dir",
-                    str(run)]) == 0
+    code, run = _train_diverging_in(2, prepared_dir, tmp_path, monkeypatch)
+    assert code == 0
     records = runs.read_metrics(run)
     assert [r.get("epoch") for r in records] == [1, None]
     assert records[-1]["split"] == "test" and records[-1]["diverged_epoch"] == 2
@@ -152,10 +155,8 @@ def test_a_diverged_epoch_is_not_kept_and_the_best_before_it_is_tested(prepared_
 
 def test_a_run_that_diverges_in_its_first_epoch_fails_and_keeps_nothing(prepared_dir, tmp_path,
                                                                         monkeypatch, capsys):
-    run = tmp_path / "run"
-    _nan_from_validation(monkeypatch, 1)
-    assert run_cli(["train", "--config", str(_config(tmp_path, prepared_dir, 3)), "--run-dir",
-                    str(run)]) == 1
+    code, run = _train_diverging_in(1, prepared_dir, tmp_path, monkeypatch)
+    assert code == 1
     assert capsys.readouterr().err.endswith(
         "imdbsent: error: training diverged in epoch 1 (validation loss nan): try a lower "
         "--lr\n")
