@@ -50,7 +50,7 @@ def load(run: Path, name: str, device: str = "cpu", data_dir: Path | None = None
     scored = score_run(run, split="test", device=device, data_dir=data_dir)
     if not len(scored.labels):
         raise UserError(f"{scored.what}: the test split is empty; nothing to report")
-    members = sorted(p for p in (run / runs.MEMBERS).glob("*") if (p / runs.CONFIG).is_file())
+    members = [p for p in runs.members(run) if (p / runs.CONFIG).is_file()]
     curves = {f"{name}/{m.name}": runs.epoch_records(m) for m in members} or {
         name: runs.epoch_records(run)}
     logits, labels = scored.logits.double(), scored.labels.double()
