@@ -44,7 +44,18 @@ def test_prepare_train_evaluate_predict_through_typers_runner(source_dir, tmp_pa
     assert metrics["accuracy"] == pytest.approx(records[-1]["test_acc"], abs=1e-6)
     assert set(metrics["confusion"]) == {"tn", "fp", "fn", "tp"}
     res = runner.invoke(app, ["evaluate", str(run), "--split", "valid"])
-    assert res.exit_code == 0 and "examples\t120" in res.stdout
+    assert res.exit_code == 0, res.output
+    lines = [line.split("\t") for line in res.stdout.splitlines()]
+    piped = {fields[0]: fields[1] for fields in lines if len(fields) == 2}
+    as_json = json.loads(runner.invoke(app, ["evaluate", str(run), "--split", "valid",
+                                             "--json"]).stdout)
+    assert piped["examples"] == "120"  # raw numbers, no units, for awk and friends
+    for name in ("loss", "accuracy", "f1", "ece", "brier"):
+        assert float(piped[name]) == pytest.approx(as_json[name], rel=1e-5)
+    assert sum(int(piped[k]) for k in ("tn", "fp", "fn", "tp")) == 120
+    bins = [fields for fields in lines if fields[0].startswith("reliability ")]
+    assert bins and sum(int(fields[1]) for fields in bins) == 120
+    assert all(0 <= float(value) <= 1 for fields in bins for value in fields[2:])
     res = runner.invoke(app, ["predict", "--run", str(run), "great superb wonderful",
                               "awful boring terrible"])
     assert res.exit_code == 0, res.output

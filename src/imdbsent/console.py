@@ -230,35 +230,40 @@ def prepare_summary(manifest: dict, out_dir: Path, built: bool) -> None:
 
 
 def metrics_table(metrics: dict[str, Any], title: str) -> None:
-    """Evaluation metrics as rich tables (terminal) or `name<TAB>value` lines (piped): the
-    scores, then the reliability table (bins of P(pos): examples, mean P(pos), share positive)."""
+    """Evaluation metrics as rich tables (terminal), or when piped `name<TAB>value` lines with
+    raw numbers (fractions, not percentages; the names of `--json`), then one line a bin of
+    P(pos): `reliability LOW-HIGH<TAB>examples<TAB>mean prob_pos<TAB>share positive`."""
     c = metrics["confusion"]
+    bins = [(f"{b['bin'][0]:.1f}-{b['bin'][1]:.1f}", b["examples"], b["mean_prob_pos"],
+             b["positive"]) for b in metrics["reliability"]]
+    scores = ["accuracy", "precision", "recall", "f1"]
+    if not out.is_terminal:
+        names = ["examples", "loss", *scores, "ece", "brier", "unk_rate"]
+        for name, value in [*((k, metrics[k]) for k in names if k in metrics), *c.items()]:
+            result(f"{name}\t{_number(value)}")
+        for span, *values in bins:
+            result("\t".join([f"reliability {span}", *map(_number, values)]))
+        return
     rows = [("examples", f"{metrics['examples']:,}"), ("loss", f"{metrics['loss']:.4f}")]
-    rows += [(k, f"{metrics[k] * 100:.2f}%") for k in ("accuracy", "precision", "recall", "f1")]
+    rows += [(k, f"{metrics[k] * 100:.2f}%") for k in scores]
     rows += [("confusion (rows true neg/pos, cols predicted neg/pos)",
               f"{c['tn']} {c['fp']} / {c['fn']} {c['tp']}"),
              ("ece (10 bins)", f"{metrics['ece']:.4f}"), ("brier", f"{metrics['brier']:.4f}")]
     if "unk_rate" in metrics:
         rows.append(("unknown tokens", f"{metrics['unk_rate'] * 100:.2f}%"))
-    bins = [(f"{b['bin'][0]:.1f}-{b['bin'][1]:.1f}", f"{b['examples']:,}",
-             f"{b['mean_prob_pos']:.4f}", f"{b['positive'] * 100:.2f}%")
-            for b in metrics["reliability"]]
-    if out.is_terminal:
-        table = Table("metric", "value", title=Text(title))
-        for row in rows:
-            table.add_row(*row)
-        out.print(table)
-        reliability = Table("prob_pos", "examples", "mean prob_pos", "positive",
-                            title="reliability")
-        for row in bins:
-            reliability.add_row(*row)
-        out.print(reliability)
-    else:
-        for name, value in rows:
-            result(f"{name}\t{value}")
-        for span, count, mean_p, positive in bins:
-            result(f"reliability {span}\t{count} examples, mean prob_pos {mean_p}, "
-                   f"positive {positive}")
+    table = Table("metric", "value", title=Text(title))
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    reliability = Table("prob_pos", "examples", "mean prob_pos", "positive", title="reliability")
+    for span, count, mean_p, positive in bins:
+        reliability.add_row(span, f"{count:,}", f"{mean_p:.4f}", f"{positive * 100:.2f}%")
+    out.print(reliability)
+
+
+def _number(value: float) -> str:
+    """A metric for a pipe: an integer as it is, a float to 6 significant digits."""
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
 def runs_table(rows: list[dict[str, Any]], columns: Iterable[str]) -> None:
