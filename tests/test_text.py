@@ -15,6 +15,14 @@ def test_vocabulary_is_capped_to_the_most_frequent_words_plus_pad_and_unk():
     assert text.encode(tok, ["a c zzz"]) == [[vocab["a"], text.UNK_ID, text.UNK_ID]]
 
 
+def test_encode_gives_the_ids_of_the_full_tokenizer_pipeline():
+    texts = ["Ｆｕｌｌ-width ＣＡＰＳ<br/>and ﬁ ligatures", "Ça c'est génial!!! 10/10 ★★★",
+             "", "   ", "naïve café — «déjà vu» ... ok?", "日本語 テキスト 123abc_def"]
+    tok = text.fit_tokenizer(texts, max_vocab=100)
+    assert text.encode(tok, texts) == [tok.encode(t, add_special_tokens=False).ids for t in texts]
+    assert text.UNK_ID not in text.encode(tok, texts)[0]  # NFKC applied alike when fitting
+
+
 def test_min_freq_drops_rare_words():
     tok = text.fit_tokenizer(["a a b"], max_vocab=100, min_freq=2)
     assert "a" in tok.get_vocab() and "b" not in tok.get_vocab()

@@ -55,9 +55,10 @@ def fit_tokenizer(
 
 
 def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text (in parallel, in Rust); over-long texts are cut to MAX_CHARS first."""
+    """Token ids of each text (in parallel, in Rust; without the character offsets, which cost a
+    fifth of the time); over-long texts are cut to MAX_CHARS first."""
     clipped = [t[:MAX_CHARS] for t in texts]
-    return [e.ids for e in tok.encode_batch(clipped, add_special_tokens=False)]
+    return [e.ids for e in tok.encode_batch_fast(clipped, add_special_tokens=False)]
 
 
 def sentence_end_ids(tok: Tokenizer) -> list[int]:
