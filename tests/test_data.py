@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -205,8 +206,55 @@ def test_prepare_rebuilds_when_the_source_files_change(source_dir, tmp_path):
     table = pq.read_table(test)
     pq.write_table(table.slice(0, table.num_rows - 1), test)  # one test review fewer
     again, built = data.prepare(args, out, report=said.append)
-    assert built and said[0] == f"{source} changed since {out} was prepared from it: preparing again"
+    assert built and said[0] == f"{out}: {source} changed since it was prepared from it: preparing again"
     assert again["splits"]["test"]["total"] == first["splits"]["test"]["total"] - 1
+
+
+def test_a_failed_rebuild_leaves_the_prepared_folder_whole(source_dir, tmp_path):
+    out = tmp_path / "p"
+    args = data.PrepareArgs(source=str(source_dir), unsupervised=False, vectors_dim=0)
+    data.prepare(args, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for bad in (dataclasses.replace(args, text_column="review"),  # fails reading the source
+                dataclasses.replace(args, source=str(tmp_path / "nowhere"))):
+        with pytest.raises(UserError):
+            data.prepare(bad, out)
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+        assert not list(out.glob(".build-*"))
+    assert not data.prepare(args, out)[1]  # still reused: runs trained on it stay valid
+
+
+def test_a_rebuild_replaces_the_files_and_drops_those_it_no_longer_makes(source_dir, tmp_path):
+    out, said = tmp_path / "p", []
+    data.prepare(data.PrepareArgs(source=str(source_dir), vectors_dim=8), out)
+    assert (out / "vectors.txt").exists() and (out / "unsupervised.parquet").exists()
+    manifest, built = data.prepare(data.PrepareArgs(source=str(source_dir), unsupervised=False,
+                                                    vectors_dim=0), out, report=said.append)
+    assert built and said[0] == (f"{out}: prepared with --unsupervised True, now False; "
+                                 "--vectors-dim 8, now 0: preparing again")
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "manifest.json", "test.parquet", "tokenizer.json", "train.parquet", "valid.parquet"]
+    assert data.load_prepared(out).split("test").labels.size == manifest["splits"]["test"]["total"]
+
+
+def test_prepare_takes_the_source_however_its_path_is_spelled(source_dir, tmp_path, monkeypatch):
+    out = tmp_path / "p"
+    data.prepare(data.PrepareArgs(source=str(source_dir), vectors_dim=0), out)
+    monkeypatch.chdir(source_dir.parent)
+    for spelled in (source_dir.name, f"./{source_dir.name}/", f"{source_dir}/"):
+        assert not data.prepare(data.PrepareArgs(source=spelled, vectors_dim=0), out)[1]
+
+
+def test_prepare_refuses_an_out_that_would_write_over_its_source(source_dir, tmp_path):
+    source = shutil.copytree(source_dir, tmp_path / "source")
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    for out in (source, source / "prepared"):
+        with pytest.raises(UserError, match="inside the source"):
+            data.prepare(data.PrepareArgs(source=str(source), vectors_dim=0), out)
+    single = source / "train.parquet"
+    with pytest.raises(UserError, match="which prepare would overwrite"):
+        data.prepare(data.PrepareArgs(source=str(single), vectors_dim=0), source)
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
 
 
 def test_a_failed_prepare_leaves_no_folder_it_made(tmp_path):

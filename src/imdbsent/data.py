@@ -216,7 +216,9 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
     """
     args.check()
     out = Path(out)
-    wanted = {"args": dataclasses.asdict(args), "source_stamp": sources.local_stamp(args.source)}
+    _check_apart(args.source, out)
+    wanted = {"args": dataclasses.asdict(args), "source_path": sources.local_path(args.source),
+              "source_stamp": sources.local_stamp(args.source)}
     existing = _read_manifest(out)
     if not force and _reusable(out, existing, wanted) and not is_locked(out):
         return existing, False  # (no lock needed to read; a read-only copy stays usable)
@@ -230,24 +232,43 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
             existing = _read_manifest(out)  # what the holder before us left
             if not force and _reusable(out, existing, wanted):
                 return existing, False
-            if existing and existing.get("args") == wanted["args"] and not force:
-                report(f"{args.source} changed since {out} was prepared from it: preparing again")
-            return _build(args, out, wanted["source_stamp"], report, progress), True
+            if existing and not force:
+                report(f"{out}: {_why_rebuild(out, existing, wanted)}: preparing again")
+            return _build(args, out, wanted, report, progress), True
     except BaseException:
         if created:  # a folder this failed prepare made holds nothing of use
             shutil.rmtree(out, ignore_errors=True)
         raise
 
 
-def _build(args: PrepareArgs, out: Path, stamp: str | None, report: Report, progress: Progress
+def _build(args: PrepareArgs, out: Path, wanted: dict, report: Report, progress: Progress
            ) -> dict:
+    """Build in a folder of its own inside `out`, then move the result in: until the build is
+    complete (a bad source, a full disk, Ctrl-C), the dataset already in `out` stays whole."""
+    for scratch in out.glob(".build-*"):  # a killed build's
+        shutil.rmtree(scratch, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
+    try:
+        manifest = _build_into(args, stage, wanted, report, progress)
+        old = _read_manifest(out)
+        (out / MANIFEST).unlink(missing_ok=True)  # from here on, a crash leaves "not prepared"
+        for name in set(_files(old) if old else []) - set(_files(manifest)):
+            (out / name).unlink(missing_ok=True)
+        for name in _files(manifest):
+            os.replace(stage / name, out / name)
+        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        return manifest
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _build_into(args: PrepareArgs, out: Path, wanted: dict, report: Report, progress: Progress
+                ) -> dict:
     """Stream the source into `out`, holding a chunk of reviews at a time and a few bytes a
     review: scan (labels and text digests), split, vocabulary (the training reviews' words
     counted chunk by chunk), encoding (each split written as Parquet row groups as it goes),
-    and the word vectors (within a token budget)."""
-    (out / MANIFEST).unlink(missing_ok=True)  # from here on, a crash leaves "not prepared"
-    for scratch in [*out.glob(".source-*"), *out.glob(".encoded-*")]:  # a killed build's
-        shutil.rmtree(scratch, ignore_errors=True)
+    and the word vectors (within a token budget). Returns the manifest, which it leaves to
+    the caller to write."""
     with load_source(args.source, text_column=args.text_column, label_column=args.label_column,
                      unsupervised=args.unsupervised, scratch=out) as source:
         scans = {name: scan(split, partial(progress, f"reading {name}"))
@@ -272,10 +293,9 @@ def _build(args: PrepareArgs, out: Path, stamp: str | None, report: Report, prog
         atomic_write(out / TOKENIZER, lambda tmp: text.save(tok, tmp))
         counts, tokens = _encode(source, scans, {"train": train_rows, "valid": valid_rows}, tok,
                                  out, report, progress)
-    (out / VECTORS).unlink(missing_ok=True)
     if args.vectors_dim:
         _learn_vectors(args, tok, out, tokens, report, progress)
-    manifest = {
+    return {
         "tool": "imdbsent",
         "version": __version__,
         "format": PREPARE_FORMAT,
@@ -283,7 +303,8 @@ def _build(args: PrepareArgs, out: Path, stamp: str | None, report: Report, prog
         "build": secrets.token_hex(8),  # so that every rebuild has a fingerprint of its own
         "args": dataclasses.asdict(args),
         "source_fingerprint": source.fingerprint,
-        "source_stamp": stamp,
+        "source_path": wanted["source_path"],
+        "source_stamp": wanted["source_stamp"],
         "vocab_size": tok.get_vocab_size(),
         "splits": counts,
         "tokens": tokens,
@@ -292,8 +313,6 @@ def _build(args: PrepareArgs, out: Path, stamp: str | None, report: Report, prog
         "vectors": VECTORS if args.vectors_dim else None,
         "warnings": warnings,
     }
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    return manifest
 
 
 def _split(args: PrepareArgs, scans: dict[str, Scan], report: Report
@@ -734,17 +753,59 @@ def _reusable(folder: Path, manifest: dict | None, wanted: dict) -> bool:
     arguments and a local source whose files have not changed since (`sources.local_stamp`;
     a manifest from before stamps were recorded is taken as it is)."""
     return (manifest is not None and manifest.get("format") == PREPARE_FORMAT
-            and manifest.get("args") == wanted["args"]
+            and _same_args(manifest, wanted)
             and manifest.get("source_stamp", wanted["source_stamp"]) == wanted["source_stamp"]
             and _complete(folder, manifest))
 
 
-def _complete(folder: Path, manifest: dict) -> bool:
+def _same_args(manifest: dict, wanted: dict) -> bool:
+    """The same arguments, the source however it was spelled (`src`, `./src/`, its absolute
+    path) once the manifest records where it lay (older manifests: as it was given)."""
+    old, new = dict(manifest.get("args") or {}), dict(wanted["args"])
+    if manifest.get("source_path") and manifest["source_path"] == wanted["source_path"]:
+        old.pop("source", None), new.pop("source")
+    return old == new
+
+
+def _why_rebuild(folder: Path, manifest: dict, wanted: dict) -> str:
+    """Why a prepared folder is not reused, for a line of report."""
+    if manifest.get("format") != PREPARE_FORMAT:
+        return "prepared by an older imdbsent"
+    if not _same_args(manifest, wanted):
+        old = manifest.get("args") or {}
+        return "prepared with " + "; ".join(
+            f"--{k.replace('_', '-')} {old.get(k)!r}, now {v!r}"
+            for k, v in wanted["args"].items() if old.get(k) != v)
+    if not _complete(folder, manifest):
+        return "files missing"
+    return f"{wanted['args']['source']} changed since it was prepared from it"
+
+
+def _files(manifest: dict) -> list[str]:
+    """The files a prepared folder's manifest names."""
     splits = manifest.get("splits") or {}
-    files = [TOKENIZER, *(f"{name}.parquet" for name in splits)]
-    if manifest.get("vectors"):
-        files.append(manifest["vectors"])
-    return bool(splits) and all((folder / f).exists() for f in files)
+    return [TOKENIZER, *(f"{name}.parquet" for name in splits),
+            *([manifest["vectors"]] if manifest.get("vectors") else [])]
+
+
+def _complete(folder: Path, manifest: dict) -> bool:
+    return bool(manifest.get("splits")) and all((folder / f).exists() for f in _files(manifest))
+
+
+def _check_apart(source: str, out: Path) -> None:
+    """Refuse an --out that would overwrite a local source or mix with it: the source folder
+    itself or a folder inside it, or the folder of a source file named as a prepared file."""
+    path = sources.local_path(source)
+    if path is None:
+        return
+    src, dst = Path(path), out.expanduser().resolve()
+    if src.is_dir() and (dst == src or src in dst.parents):
+        raise UserError(f"--out {out} is inside the source {source}: prepare would write over "
+                        "its files; give another --out")
+    prepared = {MANIFEST, VECTORS, TOKENIZER, *(f"{n}.parquet" for n in (*sources.SPLITS, "valid"))}
+    if src.is_file() and dst == src.parent and src.name in prepared:
+        raise UserError(f"--out {out} holds the source {source}, which prepare would overwrite; "
+                        "give another --out")
 
 
 def _label_counts(labels: np.ndarray) -> dict[str, int]:

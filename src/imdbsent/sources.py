@@ -399,6 +399,12 @@ def _spool_acl(members: Iterator[tuple[str, bytes]], where: str, unsupervised: b
     return splits, "sha256:" + digest.hexdigest()
 
 
+def local_path(source: str) -> str | None:
+    """A local source's absolute path, however it was spelled; None for the Hub."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else None
+
+
 def local_stamp(source: str) -> str | None:
     """The names, sizes and modification times of a local source's files (a folder's: every
     file under it), hashed: cheap to take, and another once a file is edited, added or
