@@ -152,8 +152,13 @@ def test_unreachable_hub_names_the_local_source_option(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    with pytest.raises(UserError, match="cannot reach the Hugging Face Hub.*--source PATH"):
+    with pytest.raises(UserError, match="cannot reach the Hugging Face Hub.*--source PATH"
+                       ) as refused:
         sources.load_source("stanfordnlp/imdb")
+    assert "local folder" not in str(refused.value)
+    with pytest.raises(UserError, match="Hub for 'shared/imdb'; no local folder shared/imdb "
+                       "here either; use --source PATH"):
+        sources.load_source("shared/imdb")  # a relative folder mistyped
 
 
 def test_duplicate_rows_are_reported_by_row():

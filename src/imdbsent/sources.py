@@ -203,7 +203,7 @@ def read_labeled_file(path: Path, text_column: str = "text", label_column: str =
         raise UserError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
     fmt = LOCAL_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise UserError(f"{path}: unknown format (use .parquet, .csv or .jsonl)")
+        raise UserError(f"{path}: unknown format (use .parquet, .csv, .jsonl or .json)")
     return _file_split(fmt, [path], str(path), text_column, label_column).dataset()
 
 
@@ -213,6 +213,8 @@ def _looks_like_path(source: str) -> bool:
 
 def _from_hub(name: str, unsupervised: bool) -> tuple[dict[str, Split], str]:
     hint = "use --source PATH for a local copy (Parquet/CSV/JSONL folder, aclImdb/ or its tarball)"
+    if name != HUB_DEFAULT:  # `owner/name` on the Hub, or a mistyped relative folder
+        hint = f"no local folder {name} here either; {hint}"
     if not os.environ.get("HF_HUB_OFFLINE") and not os.environ.get("HF_DATASETS_OFFLINE"):
         try:
             socket.create_connection(("huggingface.co", 443), timeout=5).close()
