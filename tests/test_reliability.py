@@ -280,6 +280,26 @@ def test_predict_scores_a_paused_stream_at_once_not_when_a_batch_is_full(trained
         proc.kill()
 
 
+@pytest.mark.parametrize("command, signum, code, said", [
+    ("predict", signal.SIGINT, 130, b""),  # Ctrl-C: quiet, as Unix tools end
+    ("explain", signal.SIGTERM, 143, b"imdbsent: error: terminated\n"),
+])
+def test_a_signal_ends_a_live_stream_with_its_status_not_a_crash(trained_run, command, signum,
+                                                                 code, said):
+    proc = subprocess.Popen([str(EXE), command, "-", "--run", str(trained_run)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(b"great film\n")
+        proc.stdin.flush()
+        _line_within(proc.stdout, 60)  # scored; its reader thread now waits on standard input
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == code  # not 134: the waiting reader no longer aborts
+        assert proc.stderr.read() == said  # ... Python ("Fatal Python error: ...") at exit
+    finally:
+        proc.kill()
+        proc.stdin.close()
+
+
 def test_head_ends_an_endless_pipeline_promptly_and_quietly(trained_run, tmp_path):
     script = (f"yes 'great film' | {EXE} predict - --run {trained_run} 2>{tmp_path / 'err'}"
               f" | head -n 5; echo ${{PIPESTATUS[1]}} >{tmp_path / 'code'}")

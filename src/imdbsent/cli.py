@@ -35,6 +35,7 @@ app = typer.Typer(
 MAX_LINE_BYTES = 1 << 20  # predict cuts longer input lines to their first MiB (bounded memory)
 PAUSE_SECONDS = 0.2  # standard input silent this long: the lines read so far are scored
 QUEUED_LINES = 64  # lines read ahead of scoring from standard input (each at most 1 MiB)
+STDIN_READER = "imdbsent-stdin"  # the thread of live_lines, by name
 
 
 class Device(str, Enum):
@@ -403,7 +404,7 @@ def live_lines(fh: BinaryIO, pause: float = PAUSE_SECONDS) -> Iterator[str | Non
             lines.put(exc)
         lines.put(done)
 
-    threading.Thread(target=read, daemon=True, name="imdbsent-stdin").start()
+    threading.Thread(target=read, daemon=True, name=STDIN_READER).start()
     while True:
         try:
             item = lines.get(timeout=pause)
@@ -455,16 +456,23 @@ def main(argv: list[str] | None = None) -> None:
         raise
     finally:  # exiting: a SIGTERM now (torchrun stopping its ranks) just ends the process,
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a traceback from an atexit hook
-        if worker:
+        if worker or _reading_stdin():
             _leave_at_once(code)
 
 
+def _reading_stdin() -> bool:
+    """Whether `live_lines`' reader thread still waits on standard input (the command ended
+    early: an interrupt, an error): Python's finalization would abort on the lock it holds
+    ("Fatal Python error: _enter_buffered_busy"), so the process must leave at once."""
+    return any(t.name == STDIN_READER and t.is_alive() for t in threading.enumerate())
+
+
 def _leave_at_once(code: int | str | None) -> None:
-    """End a process of a distributed training without the interpreter's finalization: there,
-    gloo's worker threads could still release tensors once Python is gone, and the process
-    died by SIGABRT ("terminate called without an active exception") after its work was
-    done. Everything it writes is already whole on disk (atomic writes); the standard streams
-    are flushed here."""
+    """End the process without the interpreter's finalization, where threads that are still
+    running could abort it: gloo's in a distributed training (SIGABRT, "terminate called
+    without an active exception", after its work was done), or the reader of standard input.
+    Everything it writes is already whole on disk (atomic writes); the standard streams are
+    flushed here."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
