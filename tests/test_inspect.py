@@ -57,6 +57,26 @@ def _copy(run: Path, folder: Path, name: str, started: float) -> Path:
     return copy
 
 
+@pytest.mark.parametrize("damage", [b'{"epoch": 9, "train_lo', b"1", b"\xff\xfe"])
+def test_a_damaged_metrics_file_is_named_in_one_line_by_every_command(trained_run, tmp_path,
+                                                                      capsys, damage):
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_bytes().splitlines()
+    metrics.write_bytes(b"\n".join([*lines[:1], damage, *lines[1:]]) + b"\n")
+    before = metrics.read_bytes()
+    said = f"{metrics}, line 2: not a metrics record (a JSON object); the file is damaged"
+    for argv in (["train", "--resume", str(run), "--epochs", "9"], ["report", str(run),
+                 "--out", str(tmp_path / "figures")], ["runs", str(run)]):
+        code = run_cli(argv)
+        out, err = capsys.readouterr()
+        if argv[0] == "runs":  # the listing goes on, the run's row says it
+            assert code == 0 and f"broken: {said}" in out
+        else:
+            assert code == 1 and err == f"imdbsent: error: {said}\n"
+    assert metrics.read_bytes() == before  # refused, never rewritten
+
+
 def test_runs_lists_every_state_newest_first_and_survives_a_broken_one(trained_run, tmp_path,
                                                                        capsys):
     folder = tmp_path / "runs"
@@ -90,7 +110,8 @@ def test_runs_lists_every_state_newest_first_and_survives_a_broken_one(trained_r
     status = {r["name"]: r["status"] for r in rows}
     assert status["finished"] == "finished" and status["interrupted"] == "interrupted"
     assert status["training"] == "training" and status["unstarted"] == "failed before epoch 1"
-    assert status["broken"].startswith("broken: ")
+    assert status["broken"] == (f"broken: {folder / 'broken' / 'metrics.jsonl'}, line 1: not a "
+                                "metrics record (a JSON object); the file is damaged")
     finished = rows[-1]
     records = runs.read_metrics(trained_run)
     model = Predictor(trained_run).model

@@ -203,10 +203,28 @@ def reconcile_all(run: Path) -> None:
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
+    """A run's metrics.jsonl, a record a line. imdbsent never leaves half a line (it rewrites
+    the file atomically), so any damage is a UserError that names the file and line."""
     path = run / METRICS
-    if not path.exists():
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # JSON and UTF-8 errors alike
+            record = None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}, line {number}: not a metrics record (a JSON object); "
+                            "the file is damaged")
+        records.append(record)
+    return records
 
 
 def tested(run: Path) -> bool:
