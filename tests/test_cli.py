@@ -73,8 +73,21 @@ def test_resolved_config_and_tokenizer_are_in_the_run(trained_run, prepared_dir)
         (prepared_dir / "tokenizer.json").read_bytes()
 
 
+@pytest.mark.parametrize("how", ["stdin", "file"])
+def test_predict_reads_a_windows_file_as_its_text(trained_run, tmp_path, how):
+    raw = "\ufeffgreat film\r\nawful mess\r\n".encode()  # a byte-order mark, CRLF lines
+    path = tmp_path / "reviews.txt"
+    path.write_bytes(raw)
+    args = ["-"] if how == "stdin" else ["--file", str(path)]
+    got = run_exe(["predict", *args, "--run", str(trained_run), "--format", "jsonl"],
+                  input=raw if how == "stdin" else None)
+    plain = run_exe(["predict", "--run", str(trained_run), "--format", "jsonl", "great film",
+                     "awful mess"])
+    assert got.returncode == 0 and got.stdout == plain.stdout  # the mark is not a word
+
+
 def test_predict_from_stdin_in_every_format(trained_run):
-    lines = ["great wonderful film", "", "awful, boring\tmess", "   ", "superb"]
+    lines = ["great wonderful film", "", "awful, boring\tmess", "   ", "superb", "<br /><br/>"]
     stdin = "\n".join(lines).encode() + b"\n"
     res = run_exe(["predict", "-", "--run", str(trained_run)], input=stdin)
     assert res.returncode == 0, res.stderr
@@ -82,7 +95,7 @@ def test_predict_from_stdin_in_every_format(trained_run):
     assert len(rows) == len(lines)
     assert rows[1] == "skip\t\t" and rows[3] == "skip\t\t   "
     assert rows[2].endswith("\tawful, boring mess")  # the tab cannot break the TSV
-    assert [r.split("\t")[0] for r in rows] == ["pos", "skip", "neg", "skip", "pos"]
+    assert [r.split("\t")[0] for r in rows] == ["pos", "skip", "neg", "skip", "pos", "skip"]
     res = run_exe(["predict", "-", "--run", str(trained_run), "--format", "jsonl"], input=stdin)
     objs = [json.loads(x) for x in res.stdout.decode().splitlines()]
     assert [o["text"] for o in objs] == lines

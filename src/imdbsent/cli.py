@@ -5,6 +5,7 @@ Every user error ends as one line on standard error and a non-zero exit, never a
 
 from __future__ import annotations
 
+import codecs
 import errno
 import json
 import os
@@ -419,8 +420,10 @@ def live_lines(fh: BinaryIO, pause: float = PAUSE_SECONDS) -> Iterator[str | Non
 
 
 def read_lines(fh: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:
-    """Lines of a byte stream as text: invalid UTF-8 replaced, each line cut to `max_bytes`
-    (the rest of an over-long line is read and dropped, never held)."""
+    """Lines of a byte stream as text: a UTF-8 byte-order mark at its start dropped (as Windows
+    editors write one), invalid UTF-8 replaced, each line cut to `max_bytes` (the rest of an
+    over-long line is read and dropped, never held)."""
+    strip = codecs.BOM_UTF8
     while True:
         line = fh.readline(max_bytes)
         if not line:
@@ -428,7 +431,8 @@ def read_lines(fh: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:
         if not line.endswith(b"\n"):
             while (rest := fh.readline(max_bytes)) and not rest.endswith(b"\n"):
                 pass
-        yield line.decode("utf-8", errors="replace").rstrip("\r\n")
+        yield line.removeprefix(strip).decode("utf-8", errors="replace").rstrip("\r\n")
+        strip = b""
 
 
 @app.callback(invoke_without_command=True)

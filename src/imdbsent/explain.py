@@ -45,7 +45,7 @@ class Token:
 @dataclass
 class Explanation:
     """A text's probability and its tokens' contributions; `prob_pos` is None for a text with
-    no words (skipped, as `predict` skips it)."""
+    no token (skipped, as `predict` skips it)."""
 
     text: str
     prob_pos: float | None
@@ -74,10 +74,10 @@ class Explainer:
         integrated gradients leave a gap over the tolerance, the path is taken again with 4x
         the steps; `complete` says whether that sufficed."""
         p = self.predictor
-        if not raw.strip():
-            return Explanation(raw, None, None)
         encoding = p.tokenizer.encode(raw[:text.MAX_CHARS], add_special_tokens=False)
-        ids = torch.tensor([encoding.ids[:p.max_length] or [text.PAD_ID]], device=p.device)
+        if not encoding.ids:  # blank, or only `<br />` tags: skipped, as predict skips it
+            return Explanation(raw, None, None)
+        ids = torch.tensor([encoding.ids[:p.max_length]], device=p.device)
         with torch.no_grad():
             logit = p.model(ids, torch.tensor([ids.shape[1]])).double().item()
         prob = float(torch.sigmoid(torch.tensor(logit, dtype=torch.float64)))

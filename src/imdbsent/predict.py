@@ -34,7 +34,7 @@ STREAM_CHARS = 16_000_000
 
 @dataclass
 class Prediction:
-    """One input's result; `prob_pos` is None when the text was skipped (no words in it)."""
+    """One input's result; `prob_pos` is None when the text was skipped (no token in it)."""
 
     text: str
     prob_pos: float | None
@@ -60,12 +60,12 @@ class Predictor:
         self.max_length = self.config.train.max_length or DEFAULT_MAX_TOKENS
         self.threshold = threshold
 
-    def probabilities(self, texts: list[str]) -> np.ndarray:
-        """P(positive) of each text, in input order (scored shortest first to pad little)."""
-        ids = text.encode(self.tokenizer, texts)
+    def probabilities(self, ids: list[list[int]]) -> np.ndarray:
+        """P(positive) of each encoded text, in input order (scored shortest first to pad
+        little)."""
         enc = Encoded.from_lists(ids, np.zeros(len(ids), dtype=np.int64))
         order = np.argsort(enc.lengths, kind="stable")
-        probs = np.empty(len(texts), dtype=np.float64)
+        probs = np.empty(len(ids), dtype=np.float64)
         with torch.inference_mode():
             for start in threads.balanced(range(0, len(order), MODEL_BATCH)):
                 idx = order[start:start + MODEL_BATCH]
@@ -75,9 +75,11 @@ class Predictor:
         return probs
 
     def predict(self, texts: list[str]) -> list[Prediction]:
-        """Predictions for a list of texts; blank ones are skipped, not guessed."""
-        keep = [i for i, t in enumerate(texts) if t.strip()]
-        probs = self.probabilities([texts[i] for i in keep]) if keep else np.empty(0)
+        """Predictions for a list of texts; those with no token (blank, or only `<br />`
+        tags) are skipped, not guessed."""
+        ids = text.encode(self.tokenizer, texts)
+        keep = [i for i, one in enumerate(ids) if one]
+        probs = self.probabilities([ids[i] for i in keep]) if keep else np.empty(0)
         out = [Prediction(t, None, None) for t in texts]
         for i, p in zip(keep, probs):
             out[i] = Prediction(texts[i], float(p), "pos" if p >= self.threshold else "neg")
