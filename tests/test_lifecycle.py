@@ -106,16 +106,32 @@ def test_resuming_a_finished_run_is_refused_instead_of_testing_it_again(two_epoc
                                                                         capsys):
     run = _copy(two_epochs, tmp_path)
     before = (run / "metrics.jsonl").read_bytes()
-    for args in ([], ["--epochs", "2"]):
+    for args in ([], ["--epochs", "1"], ["--epochs", "2"], ["--epochs", "3"]):
         assert run_cli(["train", "--resume", str(run), *args]) == 1
-        err = capsys.readouterr().err
+        err = capsys.readouterr().err  # one answer, whatever --epochs: its cosine has ended
         assert err == (f"imdbsent: error: {run} has finished: it trained 2 epochs and was "
-                       "tested; resume with --epochs 3 or more to train on\n")
+                       "tested, and its learning rate decayed to zero, so more epochs would "
+                       "train nothing: start a new run with more --epochs\n")
     assert (run / "metrics.jsonl").read_bytes() == before  # no second test line
 
 
+def test_a_finished_run_at_a_constant_rate_can_train_on(prepared_dir, tmp_path, capsys):
+    config = _config(tmp_path, prepared_dir, 1)
+    config.write_text(config.read_text().replace('"cosine"', '"constant"'))
+    run = tmp_path / "run"
+    assert run_cli(["train", "--config", str(config), "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    for args in ([], ["--epochs", "1"]):
+        assert run_cli(["train", "--resume", str(run), *args]) == 1
+        assert capsys.readouterr().err == (f"imdbsent: error: {run} has finished: it trained 1 "
+                                           "epoch and was tested; resume with --epochs 2 or "
+                                           "more to train on\n")
+    assert run_cli(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert [r.get("epoch") for r in runs.read_metrics(run)] == [1, None, 2, None]
+
+
 def test_resume_with_fewer_epochs_than_done_is_refused(two_epochs, tmp_path, capsys):
-    run = _copy(two_epochs, tmp_path)
+    run = _copy(two_epochs, tmp_path, untested=True)
     config = (run / "config.toml").read_bytes()
     assert run_cli(["train", "--resume", str(run), "--epochs", "1"]) == 1
     assert "has already trained 2 epochs" in capsys.readouterr().err
@@ -167,7 +183,7 @@ def test_extending_a_finished_cosine_run_is_refused_as_useless(two_epochs, tmp_p
     run = _copy(two_epochs, tmp_path)
     config = (run / "config.toml").read_bytes()
     assert run_cli(["train", "--resume", str(run), "--epochs", "4"]) == 1
-    assert "already decayed to zero" in capsys.readouterr().err
+    assert "decayed to zero, so more epochs would train nothing" in capsys.readouterr().err
     assert (run / "config.toml").read_bytes() == config  # written only after a good load
 
 

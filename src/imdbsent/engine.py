@@ -473,16 +473,20 @@ class Trainer:
         last = runs.load_checkpoint(path)
         runs.check_data(self.run, self.data, last.meta.get("data_fingerprint"))
         done, patience = last.meta["epoch"], self.cfg.train.patience
-        if self.cfg.train.epochs < done:
-            raise UserError(f"--epochs {self.cfg.train.epochs}: {self.run} has already trained "
-                            f"{done} epochs; resume with --epochs {done} or more")
         if runs.tested(self.run):  # finished: resuming it would only test it again
+            finished = (f"{self.run} has finished: it trained {done} epoch{'s' * (done != 1)} "
+                        "and was tested")
             if patience and last.meta["stale_epochs"] >= patience:
                 raise UserError(f"{self.run} has finished: it stopped early after {done} epochs "
                                 f"({patience} without a better validation loss) and was tested")
-            if self.cfg.train.epochs == done:
-                raise UserError(f"{self.run} has finished: it trained {done} epochs and was "
-                                f"tested; resume with --epochs {done + 1} or more to train on")
+            if last.meta["metrics"].get("lr") == 0.0:  # the schedule ended: nothing to extend
+                raise UserError(f"{finished}, and its learning rate decayed to zero, so more "
+                                "epochs would train nothing: start a new run with more --epochs")
+            if self.cfg.train.epochs <= done:
+                raise UserError(f"{finished}; resume with --epochs {done + 1} or more to train on")
+        if self.cfg.train.epochs < done:
+            raise UserError(f"--epochs {self.cfg.train.epochs}: {self.run} has already trained "
+                            f"{done} epochs; resume with --epochs {done} or more")
         return last
 
     def _restore(self, last: runs.Checkpoint) -> None:
