@@ -182,6 +182,23 @@ def test_a_run_on_relative_data_from_another_folder_says_how_to_score_it(
     assert json.loads(capsys.readouterr().out)["accuracy"] == accuracy
 
 
+def test_resuming_a_run_on_relative_data_from_another_folder(trained_run, prepared_dir, tmp_path,
+                                                             monkeypatch, capsys):
+    from imdbsent import config
+    run = _relative_run(trained_run, prepared_dir, tmp_path / "project")
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join(lines[:-1]))  # killed in its final test
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["train", "--resume", "project/run"]) == 1
+    assert capsys.readouterr().err.startswith(  # not "run imdbsent prepare", which would
+        "imdbsent: error: project/run was trained on data, a path relative to the folder its "
+        "training started in, and it is not here")  # make other data, refused afterwards
+    assert run_cli(["train", "--resume", "project/run", "--data", "project/data"]) == 0
+    assert config.load(run / "config.toml").data == str(tmp_path / "project" / "data")
+    monkeypatch.chdir(tmp_path / "project")  # recorded whole, so it holds from anywhere
+    assert run_cli(["evaluate", "run", "--json"]) == 0
+
+
 @pytest.mark.parametrize("extra, flag", [(["--split", "valid"], "--split"),
                                          (["--data", "anywhere"], "--data")])
 def test_evaluate_refuses_a_data_file_with_options_it_would_ignore(trained_run, tmp_path, capsys,

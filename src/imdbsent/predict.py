@@ -116,12 +116,7 @@ def score_run(run: Path, *, split: str = "test", data_file: Path | None = None,
         enc = Encoded.from_lists(text.encode(predictor.tokenizer, ds["text"]), ds["label"])
         what = str(data_file)
     else:
-        recorded = Path(predictor.config.data)
-        if data_dir is None and not recorded.is_absolute() and not recorded.exists():
-            raise UserError(f"{run} was trained on {recorded}, a path relative to the folder "
-                            "its training started in, and it is not here: run this from that "
-                            "folder, or give --data with the prepared dataset")
-        prepared = load_prepared(data_dir or recorded)
+        prepared = load_prepared(data_dir or runs.data_folder(run, predictor.config.data))
         runs.check_data(run, prepared, runs.recorded_fingerprint(run),
                         other_ok=data_dir is not None)
         enc = prepared.split(split)

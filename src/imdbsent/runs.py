@@ -202,6 +202,17 @@ def reconcile_all(run: Path) -> None:
             reconcile_metrics(folder, checkpoint_meta(folder / LAST)["metrics"])
 
 
+def data_folder(run: Path, recorded: str) -> Path:
+    """The prepared data a run records, as a folder; a relative path is relative to the folder
+    its training started in, and one that is not here says so rather than "run prepare"."""
+    path = Path(recorded)
+    if not path.is_absolute() and not path.exists():
+        raise UserError(f"{run} was trained on {recorded}, a path relative to the folder its "
+                        "training started in, and it is not here: run this from that folder, "
+                        "or give --data with the prepared dataset")
+    return path
+
+
 def read_metrics(run: Path) -> list[dict[str, Any]]:
     """A run's metrics.jsonl, a record a line. imdbsent never leaves half a line (it rewrites
     the file atomically), so any damage is a UserError that names the file and line."""

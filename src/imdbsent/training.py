@@ -104,6 +104,10 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
     must be shared with them); rank 0 alone reads the checkpoints and writes."""
     run = runs.check_run(run)
     old = runs.load_config(run)
+    if overrides.get("data"):  # recorded whole: a path relative to here means nothing elsewhere
+        overrides = {**overrides, "data": str(Path(overrides["data"]).resolve())}
+    else:
+        runs.data_folder(run, old.data)
     cfg = config.load(run / runs.CONFIG, overrides)
     if cfg.model.name == "ensemble" and all(map(runs.tested, [run, *runs.members(run)])):
         raise UserError(f"{run} has finished: its members were trained and it was tested")
