@@ -107,6 +107,16 @@ def test_a_seed_given_to_an_ensemble_trains_every_member_with_it(ensemble_run, t
     assert seeded != (ensemble_run / "members" / "gru" / "metrics.jsonl").read_text()
 
 
+def test_predict_on_an_ensemble_stopped_among_its_members_says_to_resume(ensemble_run, tmp_path,
+                                                                         capsys):
+    run = _copy(ensemble_run, tmp_path)
+    (run / "best.safetensors").unlink()  # as when stopped before its stacker was fitted
+    assert run_cli(["predict", "--run", str(run), "great film"]) == 1
+    assert capsys.readouterr().err == (f"imdbsent: error: {run} has not finished training: it "
+                                       "has no best model yet; resume it with imdbsent train "
+                                       f"--resume {run}\n")
+
+
 def test_resume_finishes_an_unfinished_member_and_only_it(ensemble_run, tmp_path):
     run = _copy(ensemble_run, tmp_path)
     gru, nblr = (run / "members" / n / "metrics.jsonl" for n in ("gru", "nblr"))

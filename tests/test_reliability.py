@@ -172,6 +172,26 @@ def test_truncated_checkpoint_through_the_cli(trained_run, tmp_path, capsys):
     assert err.count("\n") == 1 and "truncated or corrupted" in err
 
 
+def test_a_damaged_last_checkpoint_leaves_a_finished_run_scorable(trained_run, tmp_path,
+                                                                    capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "last.safetensors").write_bytes(b"\0" * 100)  # only resuming needs it
+    assert run_cli(["evaluate", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] > 0
+
+
+def test_a_checkpoint_it_may_not_read_is_not_called_missing(trained_run, monkeypatch, capsys):
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(runs, "open", refuse, raising=False)  # as chmod 000 would, for non-root
+    assert run_cli(["predict", "--run", str(trained_run), "hello"]) == 1
+    assert capsys.readouterr().err == (f"imdbsent: error: {trained_run / 'best.safetensors'}: "
+                                       "cannot read it (Permission denied)\n")
+
+
 def test_config_from_a_newer_version_through_the_cli(trained_run, tmp_path, capsys):
     import shutil
     run = tmp_path / "newer"

@@ -702,6 +702,9 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
 def load_best(run: Path, cfg: Config, vocab_size: int) -> nn.Module:
     """A run's best model, ready to score: an ensemble with its members from run/members."""
     path = run / runs.BEST
+    if not path.exists() and runs.has_progress(run):  # an ensemble stopped among its members
+        raise UserError(f"{run} has not finished training: it has no best model yet; "
+                        f"resume it with imdbsent train --resume {run}")
     ckpt = runs.load_checkpoint(path)
     if cfg.model.name != "ensemble":
         model = load_model(cfg, ckpt, path, vocab_size)

@@ -171,8 +171,9 @@ def check_data(run: Path, data: Prepared, recorded: str | None, *, other_ok: boo
 
 
 def recorded_fingerprint(run: Path) -> str | None:
-    """The fingerprint of the prepared data a run trained on, from its checkpoint's header."""
-    for name in (LAST, BEST):
+    """The fingerprint of the prepared data a run trained on, from its checkpoint's header:
+    `best`'s, the one that is scored (`last` serves only to resume), else `last`'s."""
+    for name in (BEST, LAST):
         if (run / name).is_file():
             return checkpoint_meta(run / name).get("data_fingerprint")
     return None
@@ -294,6 +295,10 @@ def checkpoint_meta(path: Path) -> dict[str, Any]:
     """A checkpoint's JSON metadata, read from its header alone (no tensors)."""
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
+    try:
+        open(path, "rb").close()  # safetensors reports a file it may not read as missing
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:
         with safe_open(str(path), framework="pt") as fh:
             header = fh.metadata() or {}
