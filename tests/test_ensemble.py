@@ -94,11 +94,17 @@ def test_training_overrides_and_a_second_run_into_it_are_refused(ensemble_run, c
     assert "already holds a run" in capsys.readouterr().err
 
 
-def test_a_seed_given_to_an_ensemble_trains_every_member_with_it(ensemble_run, tmp_path):
+def test_a_seed_given_to_an_ensemble_trains_every_member_with_it(ensemble_run, tmp_path,
+                                                                  capsys):
     from imdbsent import runs
     run = tmp_path / "seeded"
     assert run_cli(["train", "--config", str(ensemble_run.parent / "ens.toml"), "--seed", "7",
                     "--run-dir", str(run)]) == 0
+    labels = [line for line in capsys.readouterr().out.splitlines()
+              if line.startswith(("Member: ", "Ensemble: ", "Test Loss: "))]
+    assert [line.split(":")[0] for line in labels] == [  # whose each test line is, piped too
+        "Member", "Test Loss", "Member", "Test Loss", "Ensemble", "Test Loss"]
+    assert labels[0] == "Member: gru" and labels[2] == "Member: nblr"
     assert runs.load_config(run).train.seed == 7
     for name in ("gru", "nblr"):
         assert runs.load_config(run / "members" / name).train.seed == 7

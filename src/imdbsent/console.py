@@ -111,10 +111,15 @@ class TrainView:
         self._start = 0.0
         self._seen = 0
         self._loss = self._acc = 0.0
+        self._member: str | None = None  # the ensemble member being trained
+        self._members_trained = False
 
     def start(self, run: Path, parameters: int, device: str, first_epoch: int) -> None:
         log(f"run directory: {run} (device {device}"
             + (f", resuming at epoch {first_epoch})" if first_epoch > 1 else ")"))
+        self._member = run.name if run.parent.name == "members" else None  # runs.MEMBERS
+        if self._member:  # so that piped output tells the members' lines apart
+            result(f"Member: {self._member}")
         result(f"The model has {parameters:,} trainable parameters")
 
     def epoch_start(self, epoch: int, batches: int) -> None:
@@ -150,6 +155,10 @@ class TrainView:
             log(f"warning: training diverged in epoch {record['diverged_epoch']} (its validation "
                 f"loss is not a number; try a lower --lr): stopped there, and tested the best "
                 f"epoch before it ({record['best_epoch']})")
+        if self._member is None and self._members_trained:  # the ensemble's own, after theirs
+            result("Ensemble: the members stacked")
+        self._members_trained |= self._member is not None
+        self._member = None
         result(f"Test Loss: {record['test_loss']:.3f} | Test Acc: {record['test_acc']*100:.2f}%")
 
     def close(self) -> None:
