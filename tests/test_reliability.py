@@ -334,6 +334,21 @@ def test_head_ends_an_endless_pipeline_promptly_and_quietly(trained_run, tmp_pat
     assert (tmp_path / "code").read_text() == "141\n"  # as Unix tools end on SIGPIPE
 
 
+def test_training_piped_to_head_keeps_its_epochs_and_says_how_to_resume(prepared_dir, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(SMALL_GRU.format(data=prepared_dir))
+    run = tmp_path / "run"
+    script = (f"{EXE} train --config {config} --run-dir {run} 2>{tmp_path / 'err'} | head -n 1;"
+              f" echo ${{PIPESTATUS[0]}} >{tmp_path / 'code'}")
+    res = subprocess.run(["bash", "-c", script], capture_output=True, timeout=300)
+    assert res.stdout.decode().startswith("The model has ")
+    assert (tmp_path / "code").read_text() == "141\n"
+    said = (tmp_path / "err").read_text().splitlines()[-1]
+    assert said.startswith("interrupted after 1 finished epoch(s); resume with: imdbsent train "
+                           f"--resume {run}")  # not a silent stop
+    assert run_cli(["train", "--resume", str(run)]) == 0 and runs.tested(run)
+
+
 @pytest.mark.parametrize("redirect, message", [
     ("'great film' >/dev/full", "cannot write the output: No space left on device"),
     ("'great film' >&-", "cannot write the output: standard output is closed"),

@@ -24,7 +24,7 @@ import typer
 
 from imdbsent import __version__, config, console, threads
 from imdbsent.config import HUB_DEFAULT
-from imdbsent.errors import Shared, Terminated, UserError
+from imdbsent.errors import OutputFailed, Shared, Terminated, UserError
 
 # torch, datasets and the modules over them are imported by the commands that need them, so
 # `imdbsent --help` and `--version` start at once.
@@ -504,7 +504,7 @@ def _run(argv: list[str] | None) -> None:
         _fail("interrupted", 130)
     except Terminated:
         _fail("terminated", 143)
-    except console.OutputFailed as exc:
+    except OutputFailed as exc:
         if exc.error.errno != errno.EPIPE:
             _fail(f"cannot write the output: {exc.error.strerror}", 1)
         sys.exit(141)  # the reader went away (e.g. `| head`): stop quietly, as Unix tools do

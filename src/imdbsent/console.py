@@ -23,6 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from imdbsent.errors import OutputFailed
+
 if TYPE_CHECKING:  # not at run time: importing predict imports torch, and --help must start fast
     from imdbsent.explain import Explanation, Token
     from imdbsent.predict import Prediction
@@ -33,15 +35,6 @@ if TYPE_CHECKING:  # not at run time: importing predict imports torch, and --hel
 out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 FORMATS = ("tsv", "jsonl", "csv", "table")
-
-
-class OutputFailed(Exception):
-    """Standard output could not be written: its reader went away (EPIPE) or its disk is full.
-    Not an OSError, which click would take for a broken pipe and end with status 1."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(error.strerror)
-        self.error = error
 
 
 class _Guarded:

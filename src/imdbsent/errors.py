@@ -13,3 +13,12 @@ class Terminated(Exception):
 class Shared(UserError):
     """Rank 0's user error, received by another rank of a distributed training: every rank
     stops, and rank 0 alone says why."""
+
+
+class OutputFailed(Exception):
+    """Standard output could not be written: its reader went away (EPIPE) or its disk is full.
+    Not an OSError, which click would take for a broken pipe and end with status 1."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror)
+        self.error = error

@@ -11,6 +11,7 @@ A resumed run needs as many processes as it started with: its batch order depend
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from imdbsent import config, data, distributed, engine, runs
-from imdbsent.errors import Terminated, UserError
+from imdbsent.errors import OutputFailed, Terminated, UserError
 
 RESUMABLE = ("train.epochs", "train.device", "data")  # what --resume may change
 ENSEMBLE_OWN = ("train.device", "data", "train.seed")  # what an ensemble takes (and gives its
@@ -28,23 +29,27 @@ T = TypeVar("T")
 
 @dataclass
 class Interrupted(Exception):
-    """Training stopped by Ctrl-C (`code` 130) or SIGTERM (143); `run` is None when nothing was
-    kept (no epoch had finished)."""
+    """Training stopped by Ctrl-C (`code` 130), SIGTERM (143), or its standard output gone
+    (141 for a reader that went away, 1 for a full disk, said in `cause`); `run` is None when
+    nothing was kept (no epoch had finished)."""
 
     run: Path | None
     epochs_done: int
     code: int
     quiet: bool = False  # a rank other than 0: rank 0 says what happened
     processes: int = 1
+    cause: str = ""
 
     def __str__(self) -> str:
         if self.quiet:
             return ""
         if self.run is None:
-            return "interrupted before the first epoch finished; nothing was kept"
-        nproc = f"--nproc {self.processes} " if self.processes > 1 else ""
-        return (f"interrupted after {self.epochs_done} finished epoch(s); resume with: "
-                f"imdbsent train {nproc}--resume {self.run}")
+            said = "interrupted before the first epoch finished; nothing was kept"
+        else:
+            nproc = f"--nproc {self.processes} " if self.processes > 1 else ""
+            said = (f"interrupted after {self.epochs_done} finished epoch(s); resume with: "
+                    f"imdbsent train {nproc}--resume {self.run}")
+        return f"{self.cause}: {said}" if self.cause else said
 
 
 class Silent:
@@ -181,20 +186,22 @@ def _world_size_advice(run: Path, trained: int, now: int) -> str:
 
 
 def _interruptible(run: Path, work: Callable[[], T]) -> T:
-    """Run `work()`, turning Ctrl-C and SIGTERM into `Interrupted` with the run's state, and a
-    lost distributed peer into one line."""
+    """Run `work()`, turning Ctrl-C, SIGTERM and a standard output that went away (`| head`)
+    into `Interrupted` with the run's state, and a lost distributed peer into one line."""
     main = distributed.world().main
     try:
         return work()
-    except (KeyboardInterrupt, Terminated) as exc:
-        code = 143 if isinstance(exc, Terminated) else 130
+    except (KeyboardInterrupt, Terminated, OutputFailed) as exc:
+        code, cause = {Terminated: 143, KeyboardInterrupt: 130}.get(type(exc), 141), ""
+        if isinstance(exc, OutputFailed) and exc.error.errno != errno.EPIPE:
+            code, cause = 1, f"cannot write the output: {exc.error.strerror}"
         if not main:
             raise Interrupted(None, 0, code, quiet=True) from None
         if not runs.has_progress(run):
-            raise Interrupted(None, 0, code) from None
+            raise Interrupted(None, 0, code, cause=cause) from None
         runs.reconcile_all(run)  # stopped between a checkpoint and its line: the line too
         raise Interrupted(run, len(runs.epoch_records(run)), code,
-                          processes=distributed.world().size) from None
+                          processes=distributed.world().size, cause=cause) from None
     except Exception as exc:
         lost = distributed.lost_contact(exc)
         if lost is None:
