@@ -86,6 +86,14 @@ def test_predict_reads_a_windows_file_as_its_text(trained_run, tmp_path, how):
     assert got.returncode == 0 and got.stdout == plain.stdout  # the mark is not a word
 
 
+def test_predict_file_dash_is_standard_input_after_the_texts(trained_run):
+    res = run_exe(["predict", "--run", str(trained_run), "--file", "-", "superb"],
+                  input=b"awful boring mess\n")
+    assert res.returncode == 0, res.stderr
+    assert [r.split("\t")[2] for r in res.stdout.decode().splitlines()] == [
+        "superb", "awful boring mess"]
+
+
 def test_predict_from_stdin_in_every_format(trained_run):
     lines = ["great wonderful film", "", "awful, boring\tmess", "   ", "superb", "<br /><br/>"]
     stdin = "\n".join(lines).encode() + b"\n"
@@ -197,7 +205,8 @@ def test_python_dash_m_runs_the_cli():
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--data", "nowhere"], "no prepared dataset in nowhere: run imdbsent prepare"),
-    (["train", "--bogus"], "No such option: --bogus"),
+    (["train", "--bogus"], "No such option: --bogus  (see imdbsent train --help)"),
+    (["bogus"], "No such command 'bogus'.  (see imdbsent --help)"),
     (["train", "--epochs", "many"], "Invalid value for '--epochs'"),
     (["train", "--config", "nope"], "no recipe named 'nope'"),
     (["train", "--threads", "0"], "--threads must be a whole number of at least 1, not 0"),

@@ -125,3 +125,19 @@ def test_prepare_progress_when_piped_says_each_state_once(capsys, monkeypatch, e
     view("c", 5, 5)
     view.close()
     assert capsys.readouterr().err.splitlines() == said
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_runs_on_a_narrow_terminal_shows_fewer_columns_whole(monkeypatch, width):
+    buffer = io.StringIO()
+    monkeypatch.setattr(console, "out", Console(file=buffer, force_terminal=True, width=width))
+    row = {"name": "default-1234", "started": "2026-12-01T13:32:31+00:00", "recipe": "default",
+           "model": "lstm", "parameters": 3464705, "processes": 1, "epochs": 5,
+           "best_epoch": 4, "best_valid_loss": 0.2332, "best_valid_acc": 0.9097,
+           "test_acc": 0.906, "train_seconds": 640.0, "status": "finished"}
+    console.runs_table([row], row)
+    shown = plain(buffer)
+    assert all(len(line) <= width for line in shown.splitlines())
+    for whole in ("finished", "90.97%", "90.60%", "2026-12-01 13:32", "5 (4)"):
+        assert whole in shown  # never cut to "fin…"
+    assert ("3,464,705" in shown) == (width >= console.NARROW)

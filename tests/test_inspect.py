@@ -134,6 +134,10 @@ def test_runs_of_a_missing_folder_is_one_line(tmp_path, capsys):
     assert run_cli(["runs", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"imdbsent: error: {tmp_path / 'nowhere'}: no such folder of runs"
+    (tmp_path / "eval.csv").write_text("text,label\n")
+    assert run_cli(["runs", str(tmp_path / "eval.csv")]) == 1
+    assert capsys.readouterr().err.strip() == (f"imdbsent: error: {tmp_path / 'eval.csv'}: not a "
+                                               "folder of runs")
 
 
 @pytest.mark.parametrize("damage", ["none", "best removed", "best cut short",

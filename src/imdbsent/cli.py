@@ -70,7 +70,8 @@ class Format(str, Enum):
 
 TextsArgument = Annotated[list[str] | None, typer.Argument(
     help="Texts; - reads standard input, one text per line.")]
-FileOption = Annotated[Path | None, typer.Option(help="Read texts from this file, one a line.")]
+FileOption = Annotated[Path | None, typer.Option(help="Read texts from this file, one a line "
+                                                 "(- for standard input).")]
 RunOption = Annotated[Path | None, typer.Option(help="Run directory (default: the latest).")]
 ThresholdOption = Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")]
 DeviceOption = Annotated[Device, typer.Option(help="auto: CUDA if available.")]
@@ -361,6 +362,8 @@ def _inputs(texts: list[str], file: Path | None) -> Iterator[str | None]:
     """Texts from the arguments in order, `-` standing for standard input, then --file. The
     file is opened here, so that a missing one is refused before anything is printed."""
     fh = None
+    if file is not None and str(file) == "-":  # --file - : standard input, after the texts
+        texts, file = [*texts, "-"], None
     if file is not None:
         try:
             fh = open(file, "rb")
@@ -499,7 +502,9 @@ def _run(argv: list[str] | None) -> None:
         code = getattr(exc, "exit_code", 2)
         if not exc.format_message().strip():  # bare `imdbsent`: its help is what it says
             sys.exit(code)
-        _fail(exc.format_message() + "  (see imdbsent --help)", code)
+        ctx = getattr(exc, "ctx", None)  # the subcommand's, when the error is in its flags
+        _fail(f"{exc.format_message()}  (see {ctx.command_path if ctx else 'imdbsent'} --help)",
+              code)
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
     except Terminated:

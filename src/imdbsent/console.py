@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # not at run time: importing predict imports torch, and --hel
 out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 FORMATS = ("tsv", "jsonl", "csv", "table")
+NARROW = 130  # terminal columns below which `imdbsent runs` shows fewer columns
 
 
 class _Guarded:
@@ -277,19 +278,30 @@ def runs_table(rows: list[dict[str, Any]], columns: Iterable[str]) -> None:
         for row in rows:
             result("\t".join(_one_field("" if row[c] is None else str(row[c])) for c in columns))
         return
-    table = Table("run", "started", "recipe", "model", "parameters", "epochs (best)",
-                  "best valid loss", "valid acc", "test acc", "training", "status",
-                  box=box.SIMPLE_HEAD)
+    cells = []
     for r in rows:
         epochs = "" if r["epochs"] is None else (
             f"{r['epochs']} ({r['best_epoch']})" if r["best_epoch"] else str(r["epochs"]))
         if r["processes"] and r["processes"] > 1:
             epochs += f" x{r['processes']} procs"
-        table.add_row(_cell(r["name"]), r["started"] or "", _cell(r["recipe"]),
-                      r["model"] or "", _maybe(r["parameters"], "{:,}"), epochs,
-                      _maybe(r["best_valid_loss"], "{:.4f}"),
-                      _maybe(r["best_valid_acc"], "{:.2%}"), _maybe(r["test_acc"], "{:.2%}"),
-                      _maybe(r["train_seconds"], "{:.0f} s"), _cell(r["status"]))
+        cells.append({"run": _cell(r["name"]), "started": (r["started"] or "")[:16].replace("T", " "),
+                      "recipe": _cell(r["recipe"]), "model": r["model"] or "",
+                      "parameters": _maybe(r["parameters"], "{:,}"), "epochs (best)": epochs,
+                      "best valid loss": _maybe(r["best_valid_loss"], "{:.4f}"),
+                      "valid acc": _maybe(r["best_valid_acc"], "{:.2%}"),
+                      "test acc": _maybe(r["test_acc"], "{:.2%}"),
+                      "training": _maybe(r["train_seconds"], "{:.0f} s"),
+                      "status": _cell(r["status"])})
+    shown = list(cells[0]) if cells else []
+    if out.width < NARROW:  # the columns that say most, each readable, over all of them cut short
+        shown = [c for c in shown if c not in ("recipe", "model", "parameters",
+                                               "best valid loss", "training")]
+    table = Table(*shown, box=box.SIMPLE_HEAD)
+    for column in table.columns:  # what is still too wide wraps rather than ending in "fin…"
+        column.overflow = "fold"
+        column.no_wrap = column.header in ("started", "status")
+    for row in cells:
+        table.add_row(*(row[c] for c in shown))
     out.print(table)
 
 

@@ -329,7 +329,8 @@ def list_runs(folder: Path) -> list[dict[str, Any]]:
     row of `folder` alone if it is a run itself."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder of runs")
+        raise UserError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'} "
+                        "of runs")
     if (folder / CONFIG).is_file():  # a run itself, not a folder of them
         return [describe(folder)]
     found = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
