@@ -75,7 +75,7 @@ class Explainer:
         the steps; `complete` says whether that sufficed."""
         p = self.predictor
         encoding = p.tokenizer.encode(raw[:text.MAX_CHARS], add_special_tokens=False)
-        if not encoding.ids:  # blank, or only `<br />` tags: skipped, as predict skips it
+        if not encoding.ids or not raw.strip():  # no words: skipped, as predict skips it
             return Explanation(raw, None, None)
         ids = torch.tensor([encoding.ids[:p.max_length]], device=p.device)
         with torch.no_grad():

@@ -75,10 +75,10 @@ class Predictor:
         return probs
 
     def predict(self, texts: list[str]) -> list[Prediction]:
-        """Predictions for a list of texts; those with no token (blank, or only `<br />`
-        tags) are skipped, not guessed."""
+        """Predictions for a list of texts; those with no words (blank, control characters,
+        or no token: only `<br />` tags) are skipped, not guessed."""
         ids = text.encode(self.tokenizer, texts)
-        keep = [i for i, one in enumerate(ids) if one]
+        keep = [i for i, one in enumerate(ids) if one and texts[i].strip()]
         probs = self.probabilities([ids[i] for i in keep]) if keep else np.empty(0)
         out = [Prediction(t, None, None) for t in texts]
         for i, p in zip(keep, probs):
