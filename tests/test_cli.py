@@ -307,6 +307,18 @@ def test_version_and_help_import_neither_torch_nor_datasets(args):
     assert res.stdout.startswith(b"imdbsent 0.") if args == ["--version"] else b"Usage" in res.stdout
 
 
+def test_predict_and_evaluate_of_a_prepared_split_never_import_datasets(trained_run):
+    import subprocess
+    import sys
+    code = ("import sys\nfrom imdbsent.cli import main\nfor argv in (['predict', '--run', "
+            "sys.argv[1], 'great film'], ['evaluate', sys.argv[1], '--json']):\n    try:\n"
+            "        main(argv)\n    except SystemExit as exc:\n        assert not exc.code\n"
+            "assert 'datasets' not in sys.modules  # a second of start-up for nothing\n")
+    res = subprocess.run([sys.executable, "-c", code, str(trained_run)], capture_output=True)
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout.startswith(b"pos\t")
+
+
 def test_prepare_piped_says_each_stage_once_in_order(source_dir, tmp_path, capsys):
     from conftest import run_cli
     assert run_cli(["prepare", "--source", str(source_dir), "--out", str(tmp_path / "p"),

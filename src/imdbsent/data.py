@@ -32,9 +32,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,6 +46,9 @@ from imdbsent.errors import UserError
 from imdbsent.fsutil import FolderLock, atomic_write, atomic_write_text, is_locked
 from imdbsent.sources import Source, Split, load_source
 from imdbsent.text import TOKENIZER
+
+if TYPE_CHECKING:  # not at run time: see sources.hf_datasets
+    import datasets
 
 T = TypeVar("T")
 
@@ -504,6 +506,7 @@ def split_rows(labels: np.ndarray, digests: np.ndarray, ratio: float, seed: int
     leaves a side empty, a label with one review) is a UserError.
     """
     _check_splittable(labels, ratio)
+    datasets = sources.hf_datasets()
     rows = datasets.Dataset.from_dict({"label": labels, "row": np.arange(len(labels))})
     rows = rows.cast_column("label", datasets.ClassLabel(names=["neg", "pos"]))
     try:

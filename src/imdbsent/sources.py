@@ -23,8 +23,9 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -32,6 +33,9 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from imdbsent.config import HUB_DEFAULT
+
+if TYPE_CHECKING:  # not at run time: see hf_datasets
+    import datasets
 from imdbsent.errors import UserError
 
 SPLITS = ("train", "test", "unsupervised")
@@ -42,8 +46,17 @@ _CSV_BLOCK = 8 << 20  # bytes of CSV parsed at once
 _ACL_MEMBER = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg|unsup)/[^/]+\.txt$")
 _SCHEMA = pa.schema([("text", pa.string()), ("label", pa.int64())])
 
-datasets.logging.set_verbosity_error()
-datasets.disable_progress_bars()
+
+
+def hf_datasets() -> ModuleType:
+    """The `datasets` library, imported when first needed: it takes over a second to import,
+    and predict, or evaluate on a prepared split, never needs it."""
+    import datasets
+
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    return datasets
+
 
 # A reader yields (where, column names, table) pieces: `where` names the file for messages.
 Reader = Callable[[int], Iterator[tuple[str, list[str], pa.Table | pa.RecordBatch]]]
@@ -105,6 +118,7 @@ class Split:
         for chunk in self.chunks():
             texts += chunk.texts
             labels.append(chunk.labels)
+        datasets = hf_datasets()
         return datasets.Dataset.from_dict(
             {"text": texts, "label": np.concatenate(labels)},
             features=datasets.Features({"text": datasets.Value("string"),
@@ -221,7 +235,7 @@ def _from_hub(name: str, unsupervised: bool) -> tuple[dict[str, Split], str]:
         except OSError:
             raise UserError(f"cannot reach the Hugging Face Hub for {name!r}; {hint}") from None
     try:
-        loaded = datasets.load_dataset(name)
+        loaded = hf_datasets().load_dataset(name)
     except Exception as exc:  # the Hub raises many types: network, auth, missing repo
         raise UserError(f"cannot load {name!r} from the Hugging Face Hub ({exc}); {hint}") from None
 
