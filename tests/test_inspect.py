@@ -392,7 +392,9 @@ def test_explain_cli_formats_and_escaping(trained_run, tmp_path, capsys):
     assert rows[1]["prob_pos"] is None and rows[1]["tokens"] == []  # blank: skipped
     assert all(hostile[t["start"]:t["end"]].lower() == t["token"] or t["unknown"]
                for t in rows[0]["tokens"])
-    assert rows[0]["complete"] and rows[1]["gap"] is None
+    assert rows[0]["complete"] and rows[1]["complete"] is None
+    assert rows[1]["skipped"] == "no words" and "skipped" not in rows[0]  # as predict marks it
+    assert rows[0]["prob_pos"] == round(rows[0]["prob_pos"], 6)
 
     assert run_cli(["explain", "--run", str(trained_run), hostile, "--format", "html"]) == 0
     page = capsys.readouterr().out

@@ -180,8 +180,12 @@ def integrated_gradients(model: nn.Module, ids: torch.Tensor, steps: int = STEPS
 
 
 def as_dict(e: Explanation) -> dict:
-    """An explanation as plain values, for `--format jsonl`: offsets index the original text."""
-    return {"text": e.text, "label": e.label, "prob_pos": e.prob_pos, "logit": e.logit,
+    """An explanation as plain values, for `--format jsonl`: offsets index the original text;
+    P(pos) to 6 decimals, as predict writes it; a skipped text marked as predict marks it."""
+    if e.prob_pos is None:
+        return {"text": e.text, "label": None, "prob_pos": None, "skipped": "no words",
+                "complete": None, "tokens": []}
+    return {"text": e.text, "label": e.label, "prob_pos": round(e.prob_pos, 6), "logit": e.logit,
             "reference": e.reference, "method": e.method, "gap": e.gap, "complete": e.complete,
             "tokens": [{"token": t.token, "start": t.start, "end": t.end, "score": t.score,
                         "unknown": t.unknown} for t in e.tokens]}
