@@ -53,9 +53,10 @@ def test_prepare_train_evaluate_predict_through_typers_runner(source_dir, tmp_pa
     for name in ("loss", "accuracy", "f1", "ece", "brier"):
         assert float(piped[name]) == pytest.approx(as_json[name], rel=1e-5)
     assert sum(int(piped[k]) for k in ("tn", "fp", "fn", "tp")) == 120
-    bins = [fields for fields in lines if fields[0].startswith("reliability ")]
-    assert bins and sum(int(fields[1]) for fields in bins) == 120
-    assert all(0 <= float(value) <= 1 for fields in bins for value in fields[2:])
+    bins = [fields for fields in lines if fields[0] == "reliability"]
+    assert bins and sum(int(fields[2]) for fields in bins) == 120
+    assert all(0 <= float(value) <= 1 for fields in bins for value in fields[3:])
+    assert all(len(fields) == 2 for fields in lines if fields[0] != "reliability")
     res = runner.invoke(app, ["predict", "--run", str(run), "great superb wonderful",
                               "awful boring terrible"])
     assert res.exit_code == 0, res.output

@@ -56,10 +56,14 @@ def test_bad_configs_name_the_problem(tmp_path, text, message):
 
 
 def test_a_bad_value_from_the_command_line_is_blamed_on_it_not_on_the_recipe(tmp_path):
-    with pytest.raises(UserError, match="^command line: model.name must be one of"):
+    with pytest.raises(UserError, match="^--model must be one of"):  # named as typed
         config.load("nblr", {"model.name": "foo"})
-    with pytest.raises(UserError, match="^command line: train.seed must be in"):
+    with pytest.raises(UserError, match="^--seed must be in"):
         config.load("nblr", {"train.seed": -5})
+    with pytest.raises(UserError, match="^--epochs must be at least 1$"):
+        config.load("nblr", {"train.epochs": 0})
+    with pytest.raises(UserError, match="^command line: model.members: an ensemble"):
+        config.load("nblr", {"model.name": "ensemble"})  # no flag of its own to name
     path = tmp_path / "bad.toml"
     path.write_text("[train]\nepochs = 0")
     with pytest.raises(UserError, match=f"^{path}: train.epochs must be at least 1"):

@@ -241,6 +241,11 @@ def test_hostile_lines_each_get_exactly_one_row(trained_run):
             assert objs[11]["label"] == "neg"
 
 
+def test_predict_refuses_a_bare_string_instead_of_scoring_its_letters(trained_run):
+    with pytest.raises(TypeError, match=r"give \[text\] for one"):
+        _predictor(trained_run).predict("great film")
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.text(), max_size=8))
 def test_any_unicode_gives_one_prediction_per_text(trained_run, texts):

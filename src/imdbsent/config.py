@@ -178,9 +178,17 @@ def from_dict(raw: dict[str, Any], where: str, overrides: dict[str, Any] | None 
     for key, value in given.items():
         _set(cfg, key, value, "command line")
     found = problem(cfg)
-    if found:  # blamed on the command line where the file alone was fine
-        raise UserError(f"{where if in_file or not given else 'command line'}: {found}")
+    if found and (in_file or not given):
+        raise UserError(f"{where}: {found}")
+    if found:  # blamed on the command line where the file alone was fine, by the flag's name
+        named = next((k for k in given if found.startswith(f"{k} ")), None)
+        raise UserError(flag(named) + found[len(named):] if named else f"command line: {found}")
     return cfg
+
+
+def flag(key: str) -> str:
+    """The command-line flag of a dotted config key."""
+    return "--model" if key == "model.name" else "--" + key.split(".")[-1].replace("_", "-")
 
 
 def problem(cfg: Config) -> str | None:

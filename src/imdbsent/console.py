@@ -235,7 +235,7 @@ def prepare_summary(manifest: dict, out_dir: Path, built: bool) -> None:
 def metrics_table(metrics: dict[str, Any], title: str) -> None:
     """Evaluation metrics as rich tables (terminal), or when piped `name<TAB>value` lines with
     raw numbers (fractions, not percentages; the names of `--json`), then one line a bin of
-    P(pos): `reliability LOW-HIGH<TAB>examples<TAB>mean prob_pos<TAB>share positive`."""
+    P(pos): `reliability<TAB>LOW-HIGH<TAB>examples<TAB>mean prob_pos<TAB>share positive`."""
     c = metrics["confusion"]
     bins = [(f"{b['bin'][0]:.1f}-{b['bin'][1]:.1f}", b["examples"], b["mean_prob_pos"],
              b["positive"]) for b in metrics["reliability"]]
@@ -245,7 +245,7 @@ def metrics_table(metrics: dict[str, Any], title: str) -> None:
         for name, value in [*((k, metrics[k]) for k in names if k in metrics), *c.items()]:
             result(f"{name}\t{_number(value)}")
         for span, *values in bins:
-            result("\t".join([f"reliability {span}", *map(_number, values)]))
+            result("\t".join(["reliability", span, *map(_number, values)]))
         return
     rows = [("examples", f"{metrics['examples']:,}"), ("loss", f"{metrics['loss']:.4f}")]
     rows += [(k, f"{metrics[k] * 100:.2f}%") for k in scores]

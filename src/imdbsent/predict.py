@@ -77,6 +77,8 @@ class Predictor:
     def predict(self, texts: list[str]) -> list[Prediction]:
         """Predictions for a list of texts; those with no words (blank, control characters,
         or no token: only `<br />` tags) are skipped, not guessed."""
+        if isinstance(texts, str):  # else each of its characters would be scored as a text
+            raise TypeError("Predictor.predict takes a list of texts; give [text] for one")
         ids = text.encode(self.tokenizer, texts)
         keep = [i for i, one in enumerate(ids) if one and texts[i].strip()]
         probs = self.probabilities([ids[i] for i in keep]) if keep else np.empty(0)

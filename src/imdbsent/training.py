@@ -118,7 +118,7 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
         raise UserError(f"{run} has finished: its members were trained and it was tested")
     own = ENSEMBLE_OWN if cfg.model.name == "ensemble" else RESUMABLE
     _refuse(cfg, {k: v for k, v in overrides.items() if _get(old, k) != _get(cfg, k)}, own,
-            "a resumed run keeps its recipe (only " + ", ".join(_flag(k) for k in own)
+            "a resumed run keeps its recipe (only " + ", ".join(config.flag(k) for k in own)
             + " can change); start a new run to change the rest")
     prepared = prepared_for(cfg)
     with _session(cfg, timeout) as world, ExitStack() as lock:
@@ -217,12 +217,7 @@ def _refuse(cfg: config.Config, overrides: dict[str, Any], allowed: tuple[str, .
     """A UserError naming the flags among `overrides` (set, not in `allowed`) and `why`."""
     fixed = [k for k, v in overrides.items() if v is not None and k not in allowed]
     if fixed:
-        raise UserError(", ".join(_flag(k) for k in fixed) + ": " + why)
-
-
-def _flag(key: str) -> str:
-    """The command-line flag of a dotted config key."""
-    return "--model" if key == "model.name" else "--" + key.split(".")[-1].replace("_", "-")
+        raise UserError(", ".join(config.flag(k) for k in fixed) + ": " + why)
 
 
 def _get(cfg: config.Config, dotted: str) -> Any:
