@@ -1,5 +1,8 @@
 """`python -m imdbsent`: the same as the `imdbsent` command."""
 
-from imdbsent.cli import main
+try:
+    from imdbsent.cli import main
+except KeyboardInterrupt:  # Ctrl-C while importing (torchrun forwards it to every rank as it
+    raise SystemExit(130) from None  # starts them): quietly, as once main() has begun
 
 main()
