@@ -127,6 +127,20 @@ def test_the_launcher_names_the_rank_that_was_killed():
     assert same_second.code == 137 and "rank 1 (pid 43)" in same_second.message
 
 
+def test_a_stopped_launcher_stops_every_child_left_running():
+    quits = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal("
+                                 "signal.SIGINT, signal.SIG_IGN); print(flush=True); "
+                                 "time.sleep(60)"], stdout=subprocess.PIPE)
+    stubborn.stdout.readline()  # its SIGINT is ignored by now
+    start = time.monotonic()
+    launch.stop_children(signal.SIGINT, grace=2.0)
+    assert 2.0 <= time.monotonic() - start < 10  # the stubborn one was given its grace,
+    assert stubborn.wait(timeout=5) == -signal.SIGKILL  # then killed
+    quits.wait(timeout=5)  # ended by the SIGINT (and reaped there)
+    stubborn.stdout.close()
+
+
 def test_bf16_autocast_trains_on_the_cpu_and_scores_in_fp32(prepared_dir, tmp_path, capsys):
     recipe = _recipe(tmp_path, prepared_dir)
     trained = {}

@@ -8,12 +8,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from imdbsent import threads
 
 INTERRUPTED = (130, 143)  # Ctrl-C, SIGTERM: rank 0 has said how to resume
+# How long stopped ranks may take to end before they are killed (torchrun's own default is 30
+# s): a rank blocked in a collective with one that has already ended never sees the signal, and
+# one that has it ends within a second; a kill loses nothing that is written (atomic writes).
+SHUTDOWN_SECONDS = 10
 
 
 @dataclass
@@ -43,15 +48,60 @@ def run(nproc: int, train_args: list[str]) -> Outcome:
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_SECONDS))
     args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc), "--max-restarts",
                                 "0", "-m", "imdbsent", "train", *train_args])
     try:
         torchrun.run(args)
-    except SignalException as exc:  # the launcher was stopped; it stopped every rank
+    except SignalException as exc:  # the launcher was stopped; it stopped every rank, but for
+        stop_children(exc.sigval)  # a signal while it was starting them: then it had none
         return Outcome(130 if exc.sigval == signal.SIGINT else 143)
     except ChildFailedError as exc:
         return outcome(exc.failures)
     return Outcome(0)
+
+
+def stop_children(sig: int, grace: float = SHUTDOWN_SECONDS) -> None:
+    """Send `sig` to this process's children still running, and kill those left after `grace`
+    seconds. torchrun's agent tells its ranks to stop only once it holds them: a Ctrl-C while
+    it was still starting them left them training to the end (3 of 16 tries, in the first
+    seconds). Every child of the launcher is a rank. Linux (/proc); elsewhere nothing."""
+    children = _children()
+    for pid in children:
+        _signal(pid, sig)
+    deadline = time.monotonic() + grace
+    while (children := [pid for pid in children if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in children:
+        _signal(pid, signal.SIGKILL)
+
+
+def _children() -> list[int]:
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            with open(f"/proc/{entry}/stat") as fh:  # pid (comm) state ppid ...
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me:
+            found.append(int(entry))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether a child still runs; one that has ended is reaped here."""
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def outcome(failures: dict[int, Any]) -> Outcome:
