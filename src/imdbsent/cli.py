@@ -6,7 +6,6 @@ Every user error ends as one line on standard error and a non-zero exit, never a
 from __future__ import annotations
 
 import codecs
-import errno
 import json
 import os
 import queue
@@ -510,9 +509,9 @@ def _run(argv: list[str] | None) -> None:
     except Terminated:
         _fail("terminated", 143)
     except OutputFailed as exc:
-        if exc.error.errno != errno.EPIPE:
-            _fail(f"cannot write the output: {exc.error.strerror}", 1)
-        sys.exit(141)  # the reader went away (e.g. `| head`): stop quietly, as Unix tools do
+        if exc.message:
+            _fail(exc.message, exc.code)
+        sys.exit(exc.code)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -1,5 +1,7 @@
 """The one exception type for a user's mistake: the CLI prints its message as one line."""
 
+import errno
+
 
 class UserError(Exception):
     """Something the user can fix: a missing file, a bad value, bad input. Never a bug."""
@@ -22,3 +24,13 @@ class OutputFailed(Exception):
     def __init__(self, error: OSError) -> None:
         super().__init__(error.strerror)
         self.error = error
+
+    @property
+    def code(self) -> int:
+        """141 for a reader that went away (`| head`), as for any program SIGPIPE ends; 1 else."""
+        return 141 if self.error.errno == errno.EPIPE else 1
+
+    @property
+    def message(self) -> str:
+        """The line to say: none for a reader that went away (Unix tools stop quietly)."""
+        return "" if self.code == 141 else f"cannot write the output: {self.error.strerror}"

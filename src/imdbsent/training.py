@@ -11,7 +11,6 @@ A resumed run needs as many processes as it started with: its batch order depend
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
@@ -192,9 +191,8 @@ def _interruptible(run: Path, work: Callable[[], T]) -> T:
     try:
         return work()
     except (KeyboardInterrupt, Terminated, OutputFailed) as exc:
-        code, cause = {Terminated: 143, KeyboardInterrupt: 130}.get(type(exc), 141), ""
-        if isinstance(exc, OutputFailed) and exc.error.errno != errno.EPIPE:
-            code, cause = 1, f"cannot write the output: {exc.error.strerror}"
+        code, cause = (exc.code, exc.message) if isinstance(exc, OutputFailed) else (
+            143 if isinstance(exc, Terminated) else 130, "")
         if not main:
             raise Interrupted(None, 0, code, quiet=True) from None
         if not runs.has_progress(run):
