@@ -41,7 +41,7 @@ import torch
 from tokenizers import Tokenizer
 
 from imdbsent import __version__, distributed, sources, text, vectors, word2vec
-from imdbsent.config import SEED_LIMIT
+from imdbsent.config import SEED_LIMIT, flag
 from imdbsent.errors import UserError
 from imdbsent.fsutil import FolderLock, atomic_write, atomic_write_text, is_locked
 from imdbsent.sources import Source, Split, load_source
@@ -236,23 +236,23 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
                 return existing, False
             if existing and not force:
                 report(f"{out}: {_why_rebuild(out, existing, wanted)}: preparing again")
-            return _build(args, out, wanted, report, progress), True
+            return _build(args, out, wanted, existing, report, progress), True
     except BaseException:
         if created:  # a folder this failed prepare made holds nothing of use
             shutil.rmtree(out, ignore_errors=True)
         raise
 
 
-def _build(args: PrepareArgs, out: Path, wanted: dict, report: Report, progress: Progress
-           ) -> dict:
+def _build(args: PrepareArgs, out: Path, wanted: dict, old: dict | None, report: Report,
+           progress: Progress) -> dict:
     """Build in a folder of its own inside `out`, then move the result in: until the build is
-    complete (a bad source, a full disk, Ctrl-C), the dataset already in `out` stays whole."""
+    complete (a bad source, a full disk, Ctrl-C), the dataset already in `out` (`old`, its
+    manifest) stays whole."""
     for scratch in out.glob(".build-*"):  # a killed build's
         shutil.rmtree(scratch, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
     try:
         manifest = _build_into(args, stage, wanted, report, progress)
-        old = _read_manifest(out)
         (out / MANIFEST).unlink(missing_ok=True)  # from here on, a crash leaves "not prepared"
         for name in set(_files(old) if old else []) - set(_files(manifest)):
             (out / name).unlink(missing_ok=True)
@@ -756,29 +756,31 @@ def _reusable(folder: Path, manifest: dict | None, wanted: dict) -> bool:
     arguments and a local source whose files have not changed since (`sources.local_stamp`;
     a manifest from before stamps were recorded is taken as it is)."""
     return (manifest is not None and manifest.get("format") == PREPARE_FORMAT
-            and _same_args(manifest, wanted)
+            and not _changed_args(manifest, wanted)
             and manifest.get("source_stamp", wanted["source_stamp"]) == wanted["source_stamp"]
             and _complete(folder, manifest))
 
 
-def _same_args(manifest: dict, wanted: dict) -> bool:
-    """The same arguments, the source however it was spelled (`src`, `./src/`, its absolute
-    path) once the manifest records where it lay (older manifests: as it was given)."""
-    old, new = dict(manifest.get("args") or {}), dict(wanted["args"])
-    if manifest.get("source_path") and manifest["source_path"] == wanted["source_path"]:
-        old.pop("source", None), new.pop("source")
-    return old == new
+def _changed_args(manifest: dict, wanted: dict) -> list[str]:
+    """The arguments that differ from those `manifest` was built with; the source counts as
+    the same however it was spelled (`src`, `./src/`, its absolute path) once the manifest
+    records where it lay (older manifests: as it was given)."""
+    old, new = manifest.get("args") or {}, wanted["args"]
+    same_place = bool(manifest.get("source_path")) and manifest["source_path"] == wanted[
+        "source_path"]
+    return [k for k in {*old, *new} if old.get(k) != new.get(k)
+            and not (k == "source" and same_place)]
 
 
 def _why_rebuild(folder: Path, manifest: dict, wanted: dict) -> str:
     """Why a prepared folder is not reused, for a line of report."""
     if manifest.get("format") != PREPARE_FORMAT:
         return "prepared by an older imdbsent"
-    if not _same_args(manifest, wanted):
+    if changed := _changed_args(manifest, wanted):
         old = manifest.get("args") or {}
         return "prepared with " + "; ".join(
-            f"--{k.replace('_', '-')} {old.get(k)!r}, now {v!r}"
-            for k, v in wanted["args"].items() if old.get(k) != v)
+            f"{flag(k)} {old.get(k)!r}, now {v!r}" for k, v in wanted["args"].items()
+            if k in changed)
     if not _complete(folder, manifest):
         return "files missing"
     return f"{wanted['args']['source']} changed since it was prepared from it"

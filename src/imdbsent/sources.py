@@ -33,10 +33,10 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from imdbsent.config import HUB_DEFAULT
+from imdbsent.errors import UserError
 
 if TYPE_CHECKING:  # not at run time: see hf_datasets
     import datasets
-from imdbsent.errors import UserError
 
 SPLITS = ("train", "test", "unsupervised")
 LOCAL_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
@@ -45,7 +45,6 @@ CHUNK_ROWS = 4096  # reviews a chunk: what prepare holds (and tokenizes) at once
 _CSV_BLOCK = 8 << 20  # bytes of CSV parsed at once
 _ACL_MEMBER = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg|unsup)/[^/]+\.txt$")
 _SCHEMA = pa.schema([("text", pa.string()), ("label", pa.int64())])
-
 
 
 def hf_datasets() -> ModuleType:
