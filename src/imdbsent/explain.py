@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from imdbsent import models, text
-from imdbsent.predict import Predictor
+from imdbsent.predict import Predictor, has_words
 
 STEPS = 64  # points on the integrated-gradients path (midpoint rule)
 COMPLETENESS_TOLERANCE = 0.05  # |gap| allowed, in logit units, relative to max(1, |logit - ref|)
@@ -75,7 +75,7 @@ class Explainer:
         the steps; `complete` says whether that sufficed."""
         p = self.predictor
         encoding = p.tokenizer.encode(raw[:text.MAX_CHARS], add_special_tokens=False)
-        if not encoding.ids or not raw.strip():  # no words: skipped, as predict skips it
+        if not has_words(raw, encoding.ids):  # skipped, as predict skips it
             return Explanation(raw, None, None)
         ids = torch.tensor([encoding.ids[:p.max_length]], device=p.device)
         with torch.no_grad():

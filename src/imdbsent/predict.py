@@ -32,6 +32,12 @@ STREAM_BATCH = 2048
 STREAM_CHARS = 16_000_000
 
 
+def has_words(raw: str, ids: list[int]) -> bool:
+    """Whether a text is scored: it has a token and more than whitespace (a blank line, one
+    of control characters, or only `<br />` tags is skipped, not guessed)."""
+    return bool(ids) and bool(raw.strip())
+
+
 @dataclass
 class Prediction:
     """One input's result; `prob_pos` is None when the text was skipped (no token in it)."""
@@ -75,12 +81,11 @@ class Predictor:
         return probs
 
     def predict(self, texts: list[str]) -> list[Prediction]:
-        """Predictions for a list of texts; those with no words (blank, control characters,
-        or no token: only `<br />` tags) are skipped, not guessed."""
+        """Predictions for a list of texts; those without words (`has_words`) are skipped."""
         if isinstance(texts, str):  # else each of its characters would be scored as a text
             raise TypeError("Predictor.predict takes a list of texts; give [text] for one")
         ids = text.encode(self.tokenizer, texts)
-        keep = [i for i, one in enumerate(ids) if one and texts[i].strip()]
+        keep = [i for i, one in enumerate(ids) if has_words(texts[i], one)]
         probs = self.probabilities([ids[i] for i in keep]) if keep else np.empty(0)
         out = [Prediction(t, None, None) for t in texts]
         for i, p in zip(keep, probs):
