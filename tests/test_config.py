@@ -62,10 +62,12 @@ def test_a_bad_value_from_the_command_line_is_blamed_on_it_not_on_the_recipe(tmp
         config.load("nblr", {"train.seed": -5})
     with pytest.raises(UserError, match="^--epochs must be at least 1$"):
         config.load("nblr", {"train.epochs": 0})
-    with pytest.raises(UserError, match="^command line: model.members: an ensemble"):
-        config.load("nblr", {"model.name": "ensemble"})  # no flag of its own to name
+    with pytest.raises(UserError, match="^--model ensemble needs model.members: two or more"):
+        config.load("nblr", {"model.name": "ensemble"})
+    with pytest.raises(UserError, match="^--model lstm takes no model.members"):
+        config.load("ensemble", {"model.name": "lstm"})
     path = tmp_path / "bad.toml"
-    path.write_text("[train]\nepochs = 0")
+    path.write_text("[model]\nname = \"nblr\"\n[train]\nepochs = 0")
     with pytest.raises(UserError, match=f"^{path}: train.epochs must be at least 1"):
         config.load(path, {"train.lr": 0.5})  # the file's own problem
     assert config.load(path, {"train.epochs": 2}).train.epochs == 2  # mended by the command line
@@ -101,14 +103,14 @@ def test_member_paths_are_relative_to_the_ensembles_file_and_names_unique(tmp_pa
 
 def test_a_split_ratio_outside_0_1_is_refused(tmp_path):
     path = tmp_path / "r.toml"
-    path.write_text("split_ratio = 1.0\n")
+    path.write_text('split_ratio = 1.0\n[model]\nname = "nblr"\n')
     with pytest.raises(UserError, match=r"split_ratio is a share of the train split, in \[0, 1\)"):
         config.load(path)
 
 
 @pytest.mark.parametrize("model, message", [
-    ('name = "ensemble"\nmembers = ["default"]', "an ensemble names two or more recipes"),
-    ('name = "gru"\nmembers = ["default", "nblr"]', "an ensemble names two or more recipes"),
+    ('name = "ensemble"\nmembers = ["default"]', "ensemble needs model.members: two or more"),
+    ('name = "gru"\nmembers = ["default", "nblr"]', "gru takes no model.members"),
     ('name = "ensemble"\nmembers = [1, 2]', "model.members must be a list of str"),
 ])
 def test_bad_ensembles_are_refused(tmp_path, model, message):
@@ -123,3 +125,36 @@ def test_an_ensemble_cannot_hold_an_ensemble(tmp_path):
     path.write_text('[model]\nname = "ensemble"\nmembers = ["ensemble", "nblr"]\n')
     with pytest.raises(UserError, match="ensemble.* is itself an ensemble"):
         config.load_member(config.load(path), "ensemble")
+    with pytest.raises(UserError, match="^model.members: no recipe named 'nosuch'"):
+        config.load_member(config.load(path), "nosuch")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "a recipe names its model: a \\[model\\] table with name"),
+    ('[train]\nepochs = 2\n', "a recipe names its model"),
+    ('version = "1"\n[model]\nname = "nblr"\n', "version must be a whole number, 1 to 1, not '1'"),
+    ('version = 0\n[model]\nname = "nblr"\n', "version must be a whole number, 1 to 1, not 0"),
+    ('version = 2\n[model]\nname = "nblr"\n', "config version 2 is newer than this imdbsent"),
+    ('[model]\nname = "ensemble"\nmembers = ["nbow", "nblr"]\nhidden_dim = 5\n',
+     "model.hidden_dim: an ensemble trains each member by its own recipe"),
+    ('[model]\nname = "ensemble"\nmembers = ["nbow", "nblr"]\n[train]\nepochs = 1\n',
+     "train.epochs: an ensemble trains each member by its own recipe"),
+    ('[model]\nname = "cnn"\nfilter_sizes = [3, 60]\n[train]\nmax_length = 50\n',
+     "model.filter_sizes: a filter wider than train.max_length"),
+])
+def test_a_recipe_that_would_train_something_else_than_it_says_is_refused(tmp_path, text,
+                                                                          message):
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"^{path}: {message}"):
+        config.load(path)
+
+
+def test_an_ensemble_recipe_may_set_its_own_fields_and_write_its_defaults(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text('data = "d"\n[model]\nname = "ensemble"\nmembers = ["nbow", "nblr"]\n'
+                    '[train]\nseed = 7\ndevice = "cpu"\n')
+    cfg = config.load(path)
+    assert (cfg.data, cfg.train.seed, cfg.train.device) == ("d", 7, "cpu")
+    path.write_text(cfg.to_toml())  # a run's config.toml: every field, most at its default
+    assert config.load(path).model.members == ["nbow", "nblr"]

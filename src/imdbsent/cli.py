@@ -84,7 +84,8 @@ def prepare(
     source: Annotated[str, typer.Option(help="Hub dataset name, or a local copy: a folder of "
                                         "Parquet/CSV/JSONL files named by split, an aclImdb/ "
                                         "folder or aclImdb_v1.tar.gz.")] = HUB_DEFAULT,
-    out: Annotated[Path, typer.Option(help="Folder for the prepared dataset.")] = Path("data/imdb"),
+    out: Annotated[Path, typer.Option(help="Folder for the prepared dataset.")
+                   ] = Path(config.DATA_DEFAULT),
     split_ratio: Annotated[float, typer.Option(help="Fraction of train kept for training; "
                                                "the rest is validation.")] = 0.7,
     seed: Annotated[int, typer.Option(help="Seed of the train/valid split.")] = 1234,

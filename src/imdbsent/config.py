@@ -18,6 +18,7 @@ from imdbsent.errors import UserError
 
 CONFIG_VERSION = 1
 HUB_DEFAULT = "stanfordnlp/imdb"  # where `prepare` gets IMDB by default (the CLI shows it)
+DATA_DEFAULT = "data/imdb"  # where `prepare` puts it, and where recipes read it, by default
 MODELS = ("rnn", "lstm", "gru", "cnn", "nbow", "nblr", "ensemble")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -25,6 +26,8 @@ POOLINGS = ("last", "max", "mean")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 SEED_LIMIT = 2**32  # seeds are 0 to 2**32 - 1, as numpy takes them
+#: What an ensemble's recipe or flags set (and give its members); the rest is each member's.
+ENSEMBLE_OWN = ("data", "train.seed", "train.device")
 #: Seconds a process of a distributed training waits for the others (--dist-timeout).
 DIST_TIMEOUT = 300.0
 
@@ -97,7 +100,8 @@ class Config:
 
     version: int = CONFIG_VERSION
     recipe: str = ""  # set when a run starts: the recipe's name, or its file's stem
-    data: str = "data/imdb"
+    started: str = ""  # set when a run starts: its local time, ISO 8601 (a copy keeps it)
+    data: str = DATA_DEFAULT
     split_ratio: float = 0.0
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -127,8 +131,11 @@ def member_names(cfg: Config) -> list[str]:
 def load_member(cfg: Config, ref: str) -> Config:
     """An ensemble's member recipe, reading the ensemble's data on its device, with the
     ensemble's seed (so `train --seed` trains every member anew)."""
-    member = load(ref, {"data": cfg.data, "train.device": cfg.train.device,
-                        "train.seed": cfg.train.seed})
+    try:
+        member = load(ref, {"data": cfg.data, "train.device": cfg.train.device,
+                            "train.seed": cfg.train.seed})
+    except UserError as exc:
+        raise UserError(f"model.members: {exc}") from None
     if member.model.name == "ensemble":
         raise UserError(f"model.members: {ref} is itself an ensemble")
     member.recipe = member.recipe or Path(ref).stem
@@ -151,6 +158,11 @@ def load(name_or_path: str | Path | None = None, overrides: dict[str, Any] | Non
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{where}: not valid TOML ({exc})") from None
     cfg = from_dict(raw, where, overrides)
+    if "name" not in raw.get("model", {}) and not (overrides or {}).get("model.name"):
+        raise UserError(f"{where}: a recipe names its model: a [model] table with name = one of "
+                        f"{', '.join(MODELS)}")
+    if cfg.model.name == "ensemble":
+        _members_own(raw, where)
     if _is_path(ref):  # members named by path: relative to this file
         base = Path(where).parent
         cfg.model.members = [str((base / m).resolve()) if _is_path(m) else m
@@ -158,10 +170,27 @@ def load(name_or_path: str | Path | None = None, overrides: dict[str, Any] | Non
     return cfg
 
 
+def _members_own(raw: dict[str, Any], where: str) -> None:
+    """Refuse an ensemble recipe's [model] or [train] setting that its members would ignore
+    (each trains by its own recipe); a default value, as a run's config.toml writes, is fine."""
+    defaults = Config()
+    for table in ("model", "train"):
+        for key, value in raw.get(table, {}).items():
+            dotted = f"{table}.{key}"
+            if dotted in (*ENSEMBLE_OWN, "model.name", "model.members", "train.world_size"):
+                continue
+            if value != getattr(getattr(defaults, table), key, value):
+                raise UserError(f"{where}: {dotted}: an ensemble trains each member by its own "
+                                "recipe; set it in the member recipes instead")
+
+
 def from_dict(raw: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> Config:
     """Build and validate a Config from nested plain values (a parsed TOML or a run's config)."""
     version = raw.get("version", CONFIG_VERSION)
-    if not isinstance(version, int) or version > CONFIG_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UserError(f"{where}: version must be a whole number, 1 to {CONFIG_VERSION}, "
+                        f"not {version!r}")
+    if version > CONFIG_VERSION:
         raise UserError(f"{where}: config version {version} is newer than this imdbsent "
                         f"understands ({CONFIG_VERSION}); upgrade imdbsent")
     cfg = Config()
@@ -206,12 +235,16 @@ def problem(cfg: Config) -> str | None:
         (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (len(m.filter_sizes) > 0 and min(m.filter_sizes) > 0 and m.num_filters > 0,
          "model.filter_sizes and num_filters must be positive"),
+        (m.name != "cnn" or not t.max_length or max(m.filter_sizes, default=0) <= t.max_length,
+         "model.filter_sizes: a filter wider than train.max_length never reads a whole window"),
         (m.ngram_buckets >= 0 and m.ngrams >= 1, "model.ngram_buckets must be 0 or more, "
          "model.ngrams 1 or more"),
         (math.isfinite(m.prior_tokens) and m.prior_tokens >= 0,
          "model.prior_tokens must be a number, 0 or more"),
-        ((m.name == "ensemble") == bool(m.members) and len(m.members) != 1,
-         "model.members: an ensemble names two or more recipes, other models none"),
+        (m.name != "ensemble" or len(m.members) >= 2,
+         "model.name ensemble needs model.members: two or more recipes"),
+        (m.name == "ensemble" or not m.members,
+         f"model.name {m.name} takes no model.members (an ensemble's recipes)"),
         (t.epochs > 0, "train.epochs must be at least 1"),
         (t.batch_size > 0, "train.batch_size must be at least 1"),
         (math.isfinite(t.lr) and t.lr > 0, "train.lr must be a positive number"),

@@ -41,7 +41,7 @@ import torch
 from tokenizers import Tokenizer
 
 from imdbsent import __version__, distributed, sources, text, vectors, word2vec
-from imdbsent.config import SEED_LIMIT, flag
+from imdbsent.config import DATA_DEFAULT, SEED_LIMIT, flag
 from imdbsent.errors import UserError
 from imdbsent.fsutil import FolderLock, atomic_write, atomic_write_text, is_locked
 from imdbsent.sources import Source, Split, load_source
@@ -479,9 +479,9 @@ def load_prepared(folder: Path, flags: str = "") -> Prepared:
     raw = _read_manifest_bytes(folder)
     manifest = _parse_manifest(raw)
     if manifest is None:
+        out = "" if folder == Path(DATA_DEFAULT) else f"--out {folder}"
         raise UserError(f"no prepared dataset in {folder}: run imdbsent prepare "
-                        f"{flags + ' ' if flags else ''}"
-                        f"(with --out {folder} if that is not the default)")
+                        + " ".join(part for part in (flags, out) if part))
     tok = text.load(folder / TOKENIZER, fix="run imdbsent prepare --force")
     return Prepared(folder, manifest, tok, manifest_bytes=raw)
 

@@ -21,8 +21,6 @@ from imdbsent import config, data, distributed, engine, runs
 from imdbsent.errors import OutputFailed, Terminated, UserError
 
 RESUMABLE = ("train.epochs", "train.device", "data")  # what --resume may change
-ENSEMBLE_OWN = ("train.device", "data", "train.seed")  # what an ensemble takes (and gives its
-# members); otherwise members follow their recipes
 T = TypeVar("T")
 
 
@@ -70,8 +68,8 @@ def start(recipe: str | None, overrides: dict[str, Any], reporter: engine.Report
     cfg = config.load(recipe, overrides)
     cfg.recipe = cfg.recipe or Path(recipe or "default").stem
     if cfg.model.name == "ensemble":
-        _refuse(cfg, overrides, ENSEMBLE_OWN, "an ensemble trains each member by its own recipe; "
-                "change the member recipes instead")
+        _refuse(cfg, overrides, config.ENSEMBLE_OWN, "an ensemble trains each member by its "
+                "own recipe; change the member recipes instead")
     prepared = prepared_for(cfg)
     with _session(cfg, timeout) as world, ExitStack() as lock:
         cfg.train.world_size = world.size
@@ -83,8 +81,10 @@ def start(recipe: str | None, overrides: dict[str, Any], reporter: engine.Report
                 run, created = runs.new_run_dir(root, cfg.model.name), True
             else:
                 run, created = run_dir, runs.make_dir(run_dir)
+            had_lock = (run / runs.LOCK_NAME).exists()
             lock.enter_context(runs.RunLock(run))
             before = {name for name in runs.RUN_FILES if (run / name).exists()}
+            before |= {runs.LOCK_NAME} if had_lock else set()
             if before & {runs.CONFIG, runs.LAST, runs.MEMBERS}:
                 raise UserError(f"{run} already holds a run: continue it with --resume {run}, "
                                 "or choose another --run-dir")
@@ -115,7 +115,7 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
     cfg = config.load(run / runs.CONFIG, overrides)
     if cfg.model.name == "ensemble" and all(map(runs.tested, [run, *runs.members(run)])):
         raise UserError(f"{run} has finished: its members were trained and it was tested")
-    own = ENSEMBLE_OWN if cfg.model.name == "ensemble" else RESUMABLE
+    own = config.ENSEMBLE_OWN if cfg.model.name == "ensemble" else RESUMABLE
     _refuse(cfg, {k: v for k, v in overrides.items() if _get(old, k) != _get(cfg, k)}, own,
             "a resumed run keeps its recipe (only " + ", ".join(config.flag(k) for k in own)
             + " can change); start a new run to change the rest")
@@ -144,12 +144,12 @@ def prepared_for(cfg: config.Config) -> data.Prepared:
     """The recipe's prepared data, refused if it was split otherwise than the recipe's
     `split_ratio` asks (a recipe chosen for more training reviews would quietly get fewer);
     either error says how to prepare it."""
-    flags = f"--split-ratio {cfg.split_ratio:g}" if cfg.split_ratio else ""
+    flags = f"--split-ratio {cfg.split_ratio}" if cfg.split_ratio else ""
     prepared = data.load_prepared(Path(cfg.data), flags)
     made = prepared.manifest.get("args", {}).get("split_ratio")
     if cfg.split_ratio and made != cfg.split_ratio:
         raise UserError(f"{prepared.folder} was prepared with --split-ratio {made}, but the "
-                        f"recipe is meant for {cfg.split_ratio:g}: run imdbsent prepare "
+                        f"recipe is meant for {cfg.split_ratio}: run imdbsent prepare "
                         f"{flags} --out DIR, and train with --data DIR")
     return prepared
 

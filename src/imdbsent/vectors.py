@@ -45,7 +45,7 @@ def load_into(model: nn.Module, tokenizer: Tokenizer, path: Path) -> int:
     """Copy the file's vectors into `model.embedding`; returns how many words were found."""
     embedding = getattr(model, "embedding", None)
     if embedding is None or embedding.weight.shape[1] < 2:
-        raise UserError(f"{type(model).__name__} has no word embedding for --vectors")
+        raise UserError(f"{type(model).__name__} has no word embedding to take train.vectors")
     found = read_vectors(path, tokenizer.get_vocab(), embedding.weight.shape[1])
     if not found:
         raise UserError(f"{path}: no word of the vocabulary has a vector in this file")
