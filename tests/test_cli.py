@@ -3,13 +3,12 @@
 import csv
 import io
 import json
-import os
 import shutil
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SMALL_GRU, make_reviews, run_cli, run_exe
+from conftest import SMALL_GRU, make_reviews, run_cli, run_exe, set_started
 from imdbsent import config, runs, text, training
 from imdbsent.cli import app
 
@@ -132,7 +131,7 @@ def test_predict_uses_the_latest_run_by_default(trained_run, tmp_path, monkeypat
         shutil.copytree(trained_run, tmp_path / "runs" / name)
     (tmp_path / "runs" / "broken" / "tokenizer.json").write_text("not a tokenizer")
     older = "broken" if newest == "good" else "good"
-    os.utime(tmp_path / "runs" / older / "config.toml", (1, 1))
+    set_started(tmp_path / "runs" / older, 1)
     monkeypatch.chdir(tmp_path)
     code = run_cli(["predict", "--format", "tsv", "great superb"])
     out, err = capsys.readouterr()
@@ -165,11 +164,18 @@ def test_evaluate_a_labeled_file(trained_run, tmp_path, capsys):
     with open(other, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["review", "sentiment"])
-        w.writerows([("great zzyzx", "pos"), ("awful qqq www", "neg")])
+        w.writerows([("great zzyzx", "pos"), ("awful qqq www", "neg"), ("<br />", "pos"),
+                     ("", "neg")])  # the last two: no words, skipped as predict skips them
     assert run_cli(["evaluate", str(trained_run), "--data-file", str(other), "--json",
                     "--text-column", "review", "--label-column", "sentiment"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["examples"] == 2 and metrics["unk_rate"] == pytest.approx(3 / 5)
+    assert metrics["on"] == f"{other} (2 rows without words skipped)"
+    blank = tmp_path / "blank.csv"
+    blank.write_text('text,label\n"",pos\n')
+    assert run_cli(["evaluate", str(trained_run), "--data-file", str(blank)]) == 1
+    assert capsys.readouterr().err == (f"imdbsent: error: {blank}: no row has a text with words "
+                                       "to score\n")
 
 
 def test_seeded_training_is_repeatable(prepared_dir, tmp_path):
@@ -238,8 +244,8 @@ def test_a_recipe_meant_for_another_split_refuses_data_split_otherwise(prepared_
     flag that makes it, and data prepared 70/30 is refused before any run is made."""
     monkeypatch.chdir(tmp_path)
     assert run_cli(["train", "--config", "stack"]) == 1
-    assert ("no prepared dataset in data/imdb90: run imdbsent prepare --split-ratio 0.9 "
-            in capsys.readouterr().err)
+    assert capsys.readouterr().err.endswith("no prepared dataset in data/imdb90: run imdbsent "
+                                            "prepare --split-ratio 0.9 --out data/imdb90\n")
     assert run_cli(["train", "--config", "stack", "--data", str(prepared_dir),
                     "--run-dir", "run"]) == 1
     err = capsys.readouterr().err

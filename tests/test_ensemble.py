@@ -116,7 +116,8 @@ def test_a_seed_given_to_an_ensemble_trains_every_member_with_it(ensemble_run, t
 def test_predict_on_an_ensemble_stopped_among_its_members_says_to_resume(ensemble_run, tmp_path,
                                                                          capsys):
     run = _copy(ensemble_run, tmp_path)
-    (run / "best.safetensors").unlink()  # as when stopped before its stacker was fitted
+    (run / "best.safetensors").unlink()  # as when stopped before its stacker was fitted,
+    (run / "metrics.jsonl").unlink()  # which writes the ensemble's own lines
     assert run_cli(["predict", "--run", str(run), "great film"]) == 1
     assert capsys.readouterr().err == (f"imdbsent: error: {run} has not finished training: it "
                                        "has no best model yet; resume it with imdbsent train "

@@ -40,6 +40,8 @@ def test_atomic_files_get_the_permissions_of_a_plain_open(tmp_path, umask, mask)
                         lambda tmp: save_file(tensors, str(tmp)))
     assert _mode(tmp_path / "best.safetensors") == expected
     torch.testing.assert_close(load_file(tmp_path / "best.safetensors")["w"], tensors["w"])
+    with fsutil.FolderLock(tmp_path, "train"):  # a group-shared folder's lock: group-writable
+        assert _mode(tmp_path / fsutil.LOCK_NAME) == expected
 
 
 def test_atomic_write_names_its_temporary_distinctively_and_leaves_none(tmp_path):

@@ -10,12 +10,13 @@ import shutil
 import struct
 import sys
 import unicodedata
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import SMALL_GRU, hold_lock, run_cli
+from conftest import SMALL_GRU, hold_lock, run_cli, set_started
 from imdbsent import explain, runs
 from imdbsent.predict import Predictor
 
@@ -52,8 +53,8 @@ def small_runs(prepared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def _copy(run: Path, folder: Path, name: str, started: float) -> Path:
     copy = folder / name
-    shutil.copytree(run, copy)
-    os.utime(copy / "tokenizer.json", (started, started))
+    shutil.copytree(run, copy)  # every file's time now: the recorded start decides
+    set_started(copy, started)
     return copy
 
 
@@ -71,7 +72,7 @@ def test_a_damaged_metrics_file_is_named_in_one_line_by_every_command(trained_ru
         code = run_cli(argv)
         out, err = capsys.readouterr()
         if argv[0] == "runs":  # the listing goes on, the run's row says it
-            assert code == 0 and f"broken: {said}" in out
+            assert code == 0 and "broken: metrics.jsonl, line 2: not a metrics record" in out
         else:
             assert code == 1 and err == f"imdbsent: error: {said}\n"
     assert metrics.read_bytes() == before  # refused, never rewritten
@@ -90,7 +91,7 @@ def test_runs_lists_every_state_newest_first_and_survives_a_broken_one(trained_r
     unstarted.mkdir()
     for name in ("config.toml", "tokenizer.json"):
         shutil.copy(trained_run / name, unstarted / name)
-    os.utime(unstarted / "tokenizer.json", (4_000_000, 4_000_000))
+    set_started(unstarted, 4_000_000)
     broken = _copy(trained_run, folder, "broken", 5_000_000)
     (broken / "metrics.jsonl").write_text('{"epoch": 1, "valid_')  # cut off mid-line
     odd = _copy(trained_run, folder, "odd\tname\n[bold]", 500_000)  # the oldest
@@ -110,18 +111,19 @@ def test_runs_lists_every_state_newest_first_and_survives_a_broken_one(trained_r
     status = {r["name"]: r["status"] for r in rows}
     assert status["finished"] == "finished" and status["interrupted"] == "interrupted"
     assert status["training"] == "training" and status["unstarted"] == "failed before epoch 1"
-    assert status["broken"] == (f"broken: {folder / 'broken' / 'metrics.jsonl'}, line 1: not a "
-                                "metrics record (a JSON object); the file is damaged")
+    assert status["broken"] == ("broken: metrics.jsonl, line 1: not a metrics record (a JSON "
+                                "object); the file is damaged")  # named within its run
     finished = rows[-1]
+    assert datetime.fromisoformat(finished["started"]).timestamp() == 1_000_000  # as recorded
     records = runs.read_metrics(trained_run)
     model = Predictor(trained_run).model
     assert finished["parameters"] == sum(p.numel() for p in model.parameters() if
                                          p.requires_grad)
     assert finished["model"] == "gru" and finished["epochs"] == 3
-    assert finished["test_acc"] == records[-1]["test_acc"]
+    assert finished["test_acc"] == round(records[-1]["test_acc"], 6)
     best = [r for r in records if r.get("best")][-1]
     assert (finished["best_epoch"], finished["best_valid_acc"]) == (best["epoch"],
-                                                                    best["valid_acc"])
+                                                                    round(best["valid_acc"], 6))
     assert rows[3]["test_acc"] is None and rows[3]["epochs"] == 3
 
     assert run_cli(["runs", str(folder)]) == 0  # piped: a header and a TSV row each
@@ -157,7 +159,7 @@ def test_runs_of_one_run_and_a_finished_run_that_cannot_predict(trained_run, tmp
     if damage == "none":
         assert row["status"] == "finished"
         return
-    assert row["status"].startswith(f"broken: {run}/")
+    assert row["status"].startswith("broken: ") and str(run) not in row["status"]
     assert run_cli(["predict", "--run", str(run), "great film"]) == 1
 
 
@@ -354,9 +356,12 @@ def test_words_past_max_length_score_nothing(small_runs):
     e = _explained(small_runs["cnn"], long_text)  # max_length 6
     assert len(e.tokens) == 10 and all(t.score == 0.0 for t in e.tokens[6:])
     assert any(t.score != 0.0 for t in e.tokens[:6])
+    assert [t.read for t in e.tokens] == [True] * 6 + [False] * 4 and e.unread == 4
+    assert [t["read"] for t in explain.as_dict(e)["tokens"]][5:7] == [True, False]
+    assert "the model read the first 6 of its 10 tokens" in explain.to_html([e], "t")
     ensemble = _explained(small_runs["ensemble"], long_text)  # nblr reads all of it
     assert any(t.score != 0.0 for t in ensemble.tokens[6:])
-    assert ensemble.complete
+    assert ensemble.complete and ensemble.unread == 0
 
 
 @pytest.mark.parametrize("kind", ["nbow", "cnn", "rnn", "gru", "ensemble"])

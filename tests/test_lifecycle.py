@@ -287,6 +287,9 @@ def test_a_train_that_fails_before_its_first_epoch_leaves_nothing(source_dir, tm
     (mixed / "notes.txt").write_text("mine")
     (mixed / ".other.tmp").write_text("another program's temporary")
     assert run_cli(["train", "--config", str(cfg), "--run-dir", str(mixed)]) == 1
+    assert sorted(p.name for p in mixed.iterdir()) == [".other.tmp", "notes.txt"]  # no lock
+    (mixed / ".lock").write_text("")  # one of an earlier run's, left: kept
+    assert run_cli(["train", "--config", str(cfg), "--run-dir", str(mixed)]) == 1
     assert sorted(p.name for p in mixed.iterdir()) == [".lock", ".other.tmp", "notes.txt"]
 
     cfg.write_text(SMALL_GRU.format(data=folder))  # Ctrl-C in the first epoch: nothing kept

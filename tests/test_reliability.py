@@ -242,8 +242,36 @@ def test_hostile_lines_each_get_exactly_one_row(trained_run):
 
 
 def test_predict_refuses_a_bare_string_instead_of_scoring_its_letters(trained_run):
+    predictor = _predictor(trained_run)
     with pytest.raises(TypeError, match=r"give \[text\] for one"):
-        _predictor(trained_run).predict("great film")
+        predictor.predict("great film")
+    with pytest.raises(TypeError, match="an iterable of texts, not one str"):
+        next(predictor.stream("great film"))
+    for odd, name in ((None, "NoneType"), (b"great", "bytes")):
+        with pytest.raises(TypeError, match=f"takes texts as str, not {name}"):
+            predictor.predict(["great film", odd])
+
+
+def test_predict_takes_any_iterable_of_texts_in_order(trained_run):
+    predictor = _predictor(trained_run)
+    texts = ["great film", "awful", "a fine movie"]
+    wanted = [p.prob_pos for p in predictor.predict(texts)]
+    gen = [p.prob_pos for p in predictor.predict(t for t in texts)]
+    keyed = [p.prob_pos for p in predictor.predict({5: texts[0], 6: texts[1], 7: texts[2]}
+                                                   .values())]  # as a pandas Series iterates
+    assert gen == wanted and keyed == wanted
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"device": "gpu"}, UserError, "device must be one of auto, cpu, cuda, not 'gpu'"),
+    ({"threshold": "0.5"}, TypeError, "threshold is a number from 0 to 1, not str"),
+    ({"threshold": 1.5}, UserError, "between 0 and 1, not 1.5"),
+])
+def test_predictor_refuses_a_bad_device_or_threshold_in_words(trained_run, kwargs, error,
+                                                              message):
+    from imdbsent.predict import Predictor
+    with pytest.raises(error, match=message):
+        Predictor(trained_run, **kwargs)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -352,6 +380,15 @@ def test_training_piped_to_head_keeps_its_epochs_and_says_how_to_resume(prepared
     assert said.startswith("interrupted after 1 finished epoch(s); resume with: imdbsent train "
                            f"--resume {run}")  # not a silent stop
     assert run_cli(["train", "--resume", str(run)]) == 0 and runs.tested(run)
+
+
+def test_a_closed_standard_error_ends_as_a_closed_pipe_does(tmp_path):
+    """`imdbsent ... 2>&1 >/dev/null | head -0`: nothing can be said, and the status says why
+    (141, as for standard output), not 1 as for a failure it could have explained."""
+    proc = subprocess.Popen([str(EXE), "train", "--data", str(tmp_path / "nowhere")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc.stderr.close()  # before it writes its error line
+    assert proc.wait(timeout=120) == 141
 
 
 @pytest.mark.parametrize("redirect, message", [

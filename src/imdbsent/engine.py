@@ -160,7 +160,7 @@ def _embedding_of(model: nn.Module) -> nn.Module:
     embedding = getattr(inner, "embedding", None)
     if not isinstance(embedding, nn.Embedding):
         raise UserError(f"train.adversarial and virtual_adversarial need a model with a word "
-                        f"embedding (rnn, lstm, gru, cnn), not {type(inner).__name__}")
+                        f"embedding (rnn, lstm, gru, cnn), not {type(inner).__name__.lower()}")
     return embedding
 
 
@@ -324,6 +324,8 @@ class FitResult:
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto` is CUDA when available, else the CPU; asking for CUDA without one is an error.
     CUDA is the GPU of the process's local rank (one GPU a process under torchrun)."""
+    if name not in configs.DEVICES:
+        raise UserError(f"device must be one of {', '.join(configs.DEVICES)}, not {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     if name == "auto":
@@ -702,7 +704,8 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
 def load_best(run: Path, cfg: Config, vocab_size: int) -> nn.Module:
     """A run's best model, ready to score: an ensemble with its members from run/members."""
     path = run / runs.BEST
-    if not path.exists() and runs.has_progress(run):  # an ensemble stopped among its members
+    if not path.exists() and runs.has_progress(run) and not runs.tested(run):  # stopped among
+        # an ensemble's members; a finished run that lost its best is told it is missing
         raise UserError(f"{run} has not finished training: it has no best model yet; "
                         f"resume it with imdbsent train --resume {run}")
     ckpt = runs.load_checkpoint(path)
@@ -741,6 +744,9 @@ def load_model(cfg: Config, ckpt: runs.Checkpoint, where: Path, vocab_size: int)
     if cfg.model.ngram_buckets and ckpt.meta.get("ngram_hash") != models.NGRAM_HASH:
         raise UserError(f"{where}: trained with an older n-gram hash than this imdbsent uses; "
                         "train the run again")
+    if ckpt.meta.get("model", cfg.model.name) != cfg.model.name:
+        raise UserError(f"{where}: a checkpoint of a {ckpt.meta['model']} model, but the run's "
+                        f"config.toml says {cfg.model.name}")
     model = models.build(cfg.model, vocab_size)
     _load_weights(model, ckpt, where)
     return model
@@ -750,8 +756,10 @@ def _load_weights(model: nn.Module, ckpt: runs.Checkpoint, where: Path) -> None:
     try:
         model.load_state_dict(ckpt.weights)
     except RuntimeError as exc:
-        raise UserError(f"{where}: weights do not fit the configured model "
-                        f"({str(exc).splitlines()[0][:150]})") from None
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()),
+                     str(exc))  # the first mismatch, not torch's header line that ends in ":"
+        raise UserError(f"{where}: weights do not fit the configured model ({first[:150]})"
+                        ) from None
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -137,7 +137,7 @@ class FolderLock:
 
     def __enter__(self) -> FolderLock:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as exc:
             raise UserError(f"cannot lock {self.folder}: {exc.strerror or exc}") from None
         for attempt in range(_LOCK_TRIES):

@@ -56,6 +56,8 @@ class Predictor:
 
     def __init__(self, run: Path, device: str = "cpu", threshold: float = 0.5) -> None:
         run = runs.check_run(run)
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise TypeError(f"threshold is a number from 0 to 1, not {type(threshold).__name__}")
         if not 0.0 <= threshold <= 1.0:
             raise UserError(f"--threshold must be between 0 and 1, not {threshold}")
         self.config = runs.load_config(run)
@@ -80,10 +82,10 @@ class Predictor:
                 probs[idx] = torch.sigmoid(logits).cpu().numpy()  # sigmoid(17) to exactly 1
         return probs
 
-    def predict(self, texts: list[str]) -> list[Prediction]:
-        """Predictions for a list of texts; those without words (`has_words`) are skipped."""
-        if isinstance(texts, str):  # else each of its characters would be scored as a text
-            raise TypeError("Predictor.predict takes a list of texts; give [text] for one")
+    def predict(self, texts: Iterable[str]) -> list[Prediction]:
+        """Predictions for texts (a list, or any iterable of str), in order; those without
+        words (`has_words`) are skipped."""
+        texts = _texts(texts)
         ids = text.encode(self.tokenizer, texts)
         keep = [i for i, one in enumerate(ids) if has_words(texts[i], one)]
         probs = self.probabilities([ids[i] for i in keep]) if keep else np.empty(0)
@@ -97,8 +99,22 @@ class Predictor:
         """Predictions batch by batch for a stream of texts, holding one batch (at most
         `batch_size` texts and STREAM_CHARS characters) at a time; a None in the stream (its
         source paused) scores the texts held so far at once."""
+        if isinstance(texts, str):
+            raise TypeError("Predictor.stream takes an iterable of texts, not one str")
         for batch in text.iter_batches(texts, batch_size, STREAM_CHARS):
             yield self.predict(batch)
+
+
+def _texts(texts: Iterable[str]) -> list[str]:
+    """`texts` as a list of str; a bare str (else each of its characters would be scored) or
+    anything else than str among them is a TypeError."""
+    if isinstance(texts, str):
+        raise TypeError("Predictor.predict takes a list of texts; give [text] for one")
+    texts = list(texts)
+    odd = [t for t in texts if not isinstance(t, str)]
+    if odd:
+        raise TypeError(f"Predictor.predict takes texts as str, not {type(odd[0]).__name__}")
+    return texts
 
 
 @dataclass
@@ -120,8 +136,14 @@ def score_run(run: Path, *, split: str = "test", data_file: Path | None = None,
     predictor = Predictor(run, device)
     if data_file is not None:
         ds = read_labeled_file(data_file, text_column, label_column)
-        enc = Encoded.from_lists(text.encode(predictor.tokenizer, ds["text"]), ds["label"])
-        what = str(data_file)
+        ids = text.encode(predictor.tokenizer, ds["text"])
+        keep = [i for i, (raw, one) in enumerate(zip(ds["text"], ids)) if has_words(raw, one)]
+        enc = Encoded.from_lists([ids[i] for i in keep], np.asarray(ds["label"])[keep])
+        if not keep:
+            raise UserError(f"{data_file}: no row has a text with words to score")
+        skipped = len(ids) - len(keep)  # as predict skips them: a blank row is no review
+        what = str(data_file) + (f" ({skipped:,} row{'s' * (skipped > 1)} without words "
+                                 "skipped)" if skipped else "")
     else:
         prepared = load_prepared(data_dir or runs.data_folder(run, predictor.config.data))
         runs.check_data(run, prepared, runs.recorded_fingerprint(run),

@@ -83,15 +83,15 @@ def make_dir(path: Path) -> bool:
 
 def latest_run(root: Path = Path("runs"), report: Callable[[str], None] = lambda _m: None
                ) -> Path:
-    """The most recently started run under `root` that has a model to score with (its config
-    written last among those with a best checkpoint), so a run that failed before its first
-    epoch, or is still in it, is passed over. A run that another process is still training is
+    """The most recently started run under `root` that has a model to score with (a best
+    checkpoint), so a run that failed before its first epoch, or is still in it, is passed
+    over. A run that another process is still training is
     passed over too, with a word through `report`, unless no other run has a model."""
     found = [p.parent for p in Path(root).glob(f"*/{CONFIG}") if (p.parent / BEST).is_file()]
     if not found:
         raise UserError(f"no runs in {root}/ with a trained model: train one with imdbsent "
                         "train, or name a run directory")
-    found.sort(key=lambda p: (p / CONFIG).stat().st_mtime, reverse=True)
+    found.sort(key=_started, reverse=True)
     idle = [p for p in found if not is_locked(p)]
     if idle and idle[0] != found[0]:
         busy = ", ".join(str(p) for p in found[:found.index(idle[0])])
@@ -121,17 +121,19 @@ def write_config(run: Path, cfg: configs.Config) -> None:
 
 
 def init_run(run: Path, cfg: configs.Config, data_folder: Path) -> None:
-    """Set up a new run directory: the prepared data's tokenizer and the resolved config."""
+    """Set up a new run directory: the prepared data's tokenizer and the resolved config,
+    which records when the run started."""
     run.mkdir(parents=True, exist_ok=True)
+    cfg.started = datetime.now().astimezone().isoformat()
     atomic_write(run / TOKENIZER, lambda tmp: shutil.copyfile(data_folder / TOKENIZER, tmp))
     write_config(run, cfg)
 
 
 def remove_unstarted(run: Path, keep: set[str], created: bool) -> None:
     """Undo `init_run` for a run that ended before its first epoch finished: remove the run
-    files not in `keep` (those that were there before), and the folder if this process made it
-    and nothing else is left in it."""
-    for name in RUN_FILES:
+    files and the lock not in `keep` (those that were there before), and the folder if this
+    process made it and nothing else is left in it."""
+    for name in (*RUN_FILES, LOCK_NAME):
         if name not in keep:
             path = run / name
             if path.is_dir():
@@ -139,7 +141,6 @@ def remove_unstarted(run: Path, keep: set[str], created: bool) -> None:
             else:
                 path.unlink(missing_ok=True)
     if created:
-        (run / LOCK_NAME).unlink(missing_ok=True)
         try:
             run.rmdir()
         except OSError:
@@ -358,7 +359,8 @@ def describe(run: Path) -> dict[str, Any]:
         if records and records[-1].get("split") == "test":  # not one that more epochs followed
             row["test_acc"] = records[-1]["test_acc"]
     except Exception as exc:  # any of them: this row says what is wrong, the listing goes on
-        row["status"] = f"broken: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        row["status"] = _broken(run, str(exc).splitlines()[0] if str(exc) else
+                                type(exc).__name__)
         return row
     unusable = None  # why a finished run cannot predict
     try:
@@ -366,18 +368,23 @@ def describe(run: Path) -> dict[str, Any]:
     except UserError as exc:
         unusable = str(exc)  # the rest of the row still holds
     for key, value in row.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            row[key] = None  # (JSON has no NaN)
+        if isinstance(value, float):  # to 6 decimals, as evaluate writes them (JSON has no NaN)
+            row[key] = round(value, 6) if math.isfinite(value) else None
     if is_locked(run):
         row["status"] = "training"
     elif row["test_acc"] is not None:
         unusable = unusable or _missing_file(run)
-        row["status"] = f"broken: {unusable}" if unusable else "finished"
+        row["status"] = _broken(run, unusable) if unusable else "finished"
     elif has_progress(run):
         row["status"] = "interrupted"
     else:
         row["status"] = "failed before epoch 1"
     return row
+
+
+def _broken(run: Path, why: str) -> str:
+    """A broken run's status: `why`, its files named within the run (the row names the run)."""
+    return "broken: " + why.replace(f"{run}/", "").replace(f"{run}: ", "")
 
 
 def _missing_file(run: Path) -> str | None:
@@ -389,7 +396,12 @@ def _missing_file(run: Path) -> str | None:
 
 
 def _started(run: Path) -> float:
-    """When a run started: its tokenizer's time (written first, never again), in seconds."""
+    """When a run started, in seconds: as its config records it (a copied run keeps it), or,
+    for a run from before that was recorded, its tokenizer's time (written first)."""
+    try:
+        return datetime.fromisoformat(load_config(run).started).timestamp()
+    except Exception:  # no readable config, or no time in it: the listing still goes on
+        pass
     for path in (run / TOKENIZER, run / CONFIG, run):
         try:
             return path.stat().st_mtime
