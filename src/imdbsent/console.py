@@ -33,7 +33,21 @@ if TYPE_CHECKING:  # not at run time: importing predict imports torch, and --hel
 # rich markup (`[red]`, `[/x]`), no emoji codes (`:smile:`). Strings given to these consoles are
 # never parsed; what goes into a table or a title is a `Text`, which is never parsed either.
 out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
+
+
+class _Stderr(Console):
+    """Standard error; a reader that went away ends the command with the status of a closed
+    pipe (141, as for standard output), where rich's default exits 1 as if it had failed."""
+
+    def on_broken_pipe(self) -> None:
+        try:  # nothing left for Python to fail on when it flushes standard error at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+        except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
+            pass
+        raise SystemExit(141)
+
+
+err = _Stderr(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 FORMATS = ("tsv", "jsonl", "csv", "table")
 NARROW = 130  # terminal columns below which `imdbsent runs` shows fewer columns
 
@@ -297,9 +311,10 @@ def runs_table(rows: list[dict[str, Any]], columns: Iterable[str]) -> None:
         shown = [c for c in shown if c not in ("recipe", "model", "parameters",
                                                "best valid loss", "training")]
     table = Table(*shown, box=box.SIMPLE_HEAD)
-    for column in table.columns:  # what is still too wide wraps rather than ending in "fin…"
+    for column in table.columns:  # figures whole; the name and a long status fold onto lines
         column.overflow = "fold"
-        column.no_wrap = column.header in ("started", "status")
+        column.no_wrap = column.header not in ("run", "status")
+        column.min_width = 12 if column.header == "run" else None
     for row in cells:
         table.add_row(*(row[c] for c in shown))
     out.print(table)
@@ -318,7 +333,7 @@ def explanation(e: Explanation) -> None:
     """One explanation on the terminal: label and probability, the text with each token
     coloured (green towards pos, red towards neg, brighter for a larger score; words out of the
     vocabulary underlined), and the tokens that moved it most."""
-    from imdbsent.explain import pieces, strongest
+    from imdbsent.explain import pieces, strongest, unread_note
 
     if e.prob_pos is None:
         out.print(Text("skip  " + _displayed(e.text, 10_000)))
@@ -332,6 +347,8 @@ def explanation(e: Explanation) -> None:
             style = f"bold rgb(0,{shade},0)" if token.score > 0 else f"bold rgb({shade},0,0)"
         if token is not None and token.unknown:
             style += " underline"
+        if token is not None and not token.read:
+            style += " dim"
         line.append(_displayed(piece, 10_000), style=style.strip())
     out.print(line)
 
@@ -343,7 +360,7 @@ def explanation(e: Explanation) -> None:
     least = [word(t) for t in ranked[:3] if t.score < 0]
     gap = "" if e.complete else f"; the scores miss the logit by {e.gap:+.3f}"
     out.print(Text(f"      towards pos: {', '.join(most) or '-'}; towards neg: "
-                   f"{', '.join(least) or '-'} ({e.method}{gap})"), style="dim")
+                   f"{', '.join(least) or '-'} ({e.method}{gap}){unread_note(e)}"), style="dim")
 
 
 def write_predictions(batches: Iterable[list[Prediction]], fmt: str) -> None:

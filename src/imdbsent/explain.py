@@ -40,6 +40,7 @@ class Token:
     end: int
     score: float
     unknown: bool = False  # out of the vocabulary: the model read `<unk>` here
+    read: bool = True  # False past the model's max_length: never read, listed with score 0
 
 
 @dataclass
@@ -55,6 +56,11 @@ class Explanation:
     method: str | None = None
     gap: float | None = None  # logit - reference - sum(scores)
     tokens: list[Token] = field(default_factory=list)
+
+    @property
+    def unread(self) -> int:
+        """How many tokens lie past the model's max_length (listed, never read)."""
+        return sum(not t.read for t in self.tokens)
 
     @property
     def complete(self) -> bool:
@@ -84,9 +90,10 @@ class Explainer:
         for steps in (STEPS, 4 * STEPS):
             scores, reference, method = attribute(p.model, ids, steps)
             read = scores.tolist()[:len(encoding.ids)]
-            tokens = [Token(tok, start, end, score, i == text.UNK_ID) for tok, i, (start, end),
-                      score in zip(encoding.tokens, encoding.ids, encoding.offsets,
-                                   read + [0.0] * (len(encoding.ids) - len(read)))]
+            tokens = [Token(tok, start, end, score, i == text.UNK_ID, k < len(read))
+                      for k, (tok, i, (start, end), score) in enumerate(zip(
+                          encoding.tokens, encoding.ids, encoding.offsets,
+                          read + [0.0] * (len(encoding.ids) - len(read))))]
             e = Explanation(raw, prob, "pos" if prob >= p.threshold else "neg", logit,
                             reference, method, logit - reference - sum(read), tokens)
             if e.complete:
@@ -188,7 +195,7 @@ def as_dict(e: Explanation) -> dict:
     return {"text": e.text, "label": e.label, "prob_pos": round(e.prob_pos, 6), "logit": e.logit,
             "reference": e.reference, "method": e.method, "gap": e.gap, "complete": e.complete,
             "tokens": [{"token": t.token, "start": t.start, "end": t.end, "score": t.score,
-                        "unknown": t.unknown} for t in e.tokens]}
+                        "unknown": t.unknown, "read": t.read} for t in e.tokens]}
 
 
 def pieces(e: Explanation) -> list[tuple[str, Token | None]]:
@@ -205,6 +212,12 @@ def pieces(e: Explanation) -> list[tuple[str, Token | None]]:
             cursor = t.end
     out.append((e.text[cursor:], None))
     return [(piece, token) for piece, token in out if piece]
+
+
+def unread_note(e: Explanation) -> str:
+    """What a long text's explanation leaves out, said where its scores are shown."""
+    return (f"; the model read the first {len(e.tokens) - e.unread:,} of its {len(e.tokens):,} "
+            "tokens (max_length)" if e.unread else "")
 
 
 def strongest(e: Explanation) -> float:
@@ -230,13 +243,14 @@ def to_html(explanations: list[Explanation], title: str) -> str:
                 continue
             alpha = min(1.0, abs(token.score) / top) * 0.6
             rgb = "0,150,0" if token.score > 0 else "200,0,0"
-            note = f"{token.score:+.4f}" + (" (unknown word)" if token.unknown else "")
+            note = (f"{token.score:+.4f}" + (" (unknown word)" if token.unknown else "")
+                    + ("" if token.read else " (not read: past the model's max_length)"))
             spans.append(f'<span style="background:rgba({rgb},{alpha:.3f})" '
                          f'title="{html.escape(note)}">{html.escape(piece)}</span>')
         verdict = (f"{e.label} {e.prob_pos:.4f} &middot; logit {e.logit:+.3f} = reference "
                    f"{e.reference:+.3f} + tokens {e.logit - e.reference - e.gap:+.3f}"
                    f"{f' (gap {e.gap:+.4f})' if e.gap else ''} &middot; "
-                   f"{html.escape(e.method or '')}")
+                   f"{html.escape(e.method or '')}{html.escape(unread_note(e))}")
         sections.append(f'<section><p class="verdict">{verdict}</p>'
                         f'<p class="text">{"".join(spans)}</p></section>')
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -101,7 +101,8 @@ def make(run_dirs: list[Path], out: Path, device: str = "cpu", data_dir: Path | 
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"--out {out}: cannot make the folder ({exc.strerror})") from None
+        why = "it is a file" if out.is_file() else exc.strerror
+        raise UserError(f"--out {out}: cannot make the folder ({why})") from None
     written = []
     for key, title in TITLES.items():
         fig = DRAW[key](plt, scores, title)
@@ -175,7 +176,7 @@ def _confusion(plt: Any, scores: list[Scores], title: str) -> Any:
         for (i, j), count in np.ndenumerate(cells):
             ax.text(j, i, f"{count:,}\n({count / max(cells[i].sum(), 1):.1%})",
                     ha="center", va="center", fontsize="small",
-                    color="white" if count > cells.max() / 2 else "black")
+                    color="white" if count > (cells.min() + cells.max()) / 2 else "black")
         ax.set_xticks([0, 1], ["neg", "pos"])
         ax.set_yticks([0, 1], ["neg", "pos"])
         ax.set_xlabel("predicted")
