@@ -135,9 +135,12 @@ def test_runs_on_a_narrow_terminal_shows_fewer_columns_whole(monkeypatch, width)
            "model": "lstm", "parameters": 3464705, "processes": 1, "epochs": 5,
            "best_epoch": 4, "best_valid_loss": 0.2332, "best_valid_acc": 0.9097,
            "test_acc": 0.906, "train_seconds": 640.0, "status": "finished"}
-    console.runs_table([row], row)
+    broken = dict(row, name="other", status="broken: best.safetensors: not a readable "
+                  "imdbsent checkpoint (truncated or corrupted? Error while deserializing header)")
+    console.runs_table([row, broken], row)
     shown = plain(buffer)
     assert all(len(line) <= width for line in shown.splitlines())
-    for whole in ("finished", "90.97%", "90.60%", "2026-12-01 13:32", "5 (4)"):
-        assert whole in shown  # never cut to "fin…"
+    for whole in ("finished", "default-1234", "2026-12-01 13:32", "5 (4)"):
+        assert whole in shown  # never cut to "fin…", nor squeezed out by a long status
+    assert shown.count("90.97%") == shown.count("90.60%") == 2
     assert ("3,464,705" in shown) == (width >= console.NARROW)

@@ -307,14 +307,15 @@ def runs_table(rows: list[dict[str, Any]], columns: Iterable[str]) -> None:
                       "training": _maybe(r["train_seconds"], "{:.0f} s"),
                       "status": _cell(r["status"])})
     shown = list(cells[0]) if cells else []
-    if out.width < NARROW:  # the columns that say most, each readable, over all of them cut short
+    narrow = out.width < NARROW
+    if narrow:  # the columns that say most, each readable, over all of them cut short
         shown = [c for c in shown if c not in ("recipe", "model", "parameters",
                                                "best valid loss", "training")]
-    table = Table(*shown, box=box.SIMPLE_HEAD)
+    table = Table(*(c.replace(" ", "\n") if narrow else c for c in shown), box=box.SIMPLE_HEAD,
+                  show_edge=False)  # narrow: headers on two lines, to leave the status room
     for column in table.columns:  # figures whole; the name and a long status fold onto lines
         column.overflow = "fold"
         column.no_wrap = column.header not in ("run", "status")
-        column.min_width = 12 if column.header == "run" else None
     for row in cells:
         table.add_row(*(row[c] for c in shown))
     out.print(table)
