@@ -130,6 +130,9 @@ def test_resume_finishes_an_unfinished_member_and_only_it(ensemble_run, tmp_path
     gru_before = gru.read_bytes()
     lines = nblr.read_text().splitlines()
     nblr.write_text("\n".join(lines[:-1]) + "\n")  # as if stopped before its test pass
+    config_before = (run / "config.toml").read_bytes()
+    assert run_cli(["train", "--resume", str(run), "--seed", "99"]) == 1  # its members' seed
+    assert (run / "config.toml").read_bytes() == config_before
     assert run_cli(["train", "--resume", str(run)]) == 0
     assert gru.read_bytes() == gru_before
     again = nblr.read_text().splitlines()

@@ -7,9 +7,10 @@ class UserError(Exception):
     """Something the user can fix: a missing file, a bad value, bad input. Never a bug."""
 
 
-class Terminated(Exception):
+class Terminated(BaseException):
     """SIGTERM, raised in the main thread (by the CLI's handler) so that work stops as it does
-    for Ctrl-C."""
+    for Ctrl-C: a BaseException, as KeyboardInterrupt is, so that no library's `except
+    Exception` (torch's profiler import has one) swallows it and trains on."""
 
 
 class Shared(UserError):

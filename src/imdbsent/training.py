@@ -115,7 +115,7 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
     cfg = config.load(run / runs.CONFIG, overrides)
     if cfg.model.name == "ensemble" and all(map(runs.tested, [run, *runs.members(run)])):
         raise UserError(f"{run} has finished: its members were trained and it was tested")
-    own = config.ENSEMBLE_OWN if cfg.model.name == "ensemble" else RESUMABLE
+    own = tuple(k for k in RESUMABLE if cfg.model.name != "ensemble" or k in config.ENSEMBLE_OWN)
     _refuse(cfg, {k: v for k, v in overrides.items() if _get(old, k) != _get(cfg, k)}, own,
             "a resumed run keeps its recipe (only " + ", ".join(config.flag(k) for k in own)
             + " can change); start a new run to change the rest")
