@@ -139,19 +139,30 @@ def test_lock_of_a_killed_process_is_not_held_forever(tmp_path):
         pass
 
 
-def test_latest_run_passes_over_a_run_still_training_and_says_so(tmp_path):
+def test_latest_run_passes_over_a_run_still_training_or_interrupted_and_says_so(tmp_path):
     for name in ("old", "new"):
         (tmp_path / name).mkdir()
         (tmp_path / name / runs.CONFIG).write_text("version = 1\n")
         (tmp_path / name / runs.BEST).write_bytes(b"")
+        (tmp_path / name / runs.METRICS).write_text('{"split": "test", "test_acc": 0.9}\n')
     os.utime(tmp_path / "old" / runs.CONFIG, (1, 1))
     said = []
     assert runs.latest_run(tmp_path, report=said.append).name == "new"
     assert said == []
+    (tmp_path / "new" / runs.METRICS).write_text('{"epoch": 1, "valid_loss": 0.5}\n')
+    assert runs.latest_run(tmp_path, report=said.append).name == "old"  # new: interrupted
+    assert said == [f"passing over {tmp_path / 'new'} (interrupted); using {tmp_path / 'old'}"]
+    (tmp_path / "old" / runs.METRICS).unlink()  # neither finished: the newest, with a word
+    assert runs.latest_run(tmp_path, report=said.append).name == "new"
+    assert said[-1] == (f"{tmp_path / 'new'} has not finished (interrupted): using its best "
+                        "checkpoint so far")
+    (tmp_path / "old" / runs.METRICS).write_text('{"split": "test", "test_acc": 0.9}\n')
+    said.clear()
     proc = hold_lock(tmp_path / "new")
     try:
         assert runs.latest_run(tmp_path, report=said.append).name == "old"
-        assert said == [f"passing over {tmp_path / 'new'}: still training; using {tmp_path / 'old'}"]
+        assert said == [f"passing over {tmp_path / 'new'} (still training); using "
+                        f"{tmp_path / 'old'}"]
         blocker = hold_lock(tmp_path / "old")
         try:  # every run busy: the newest, with a word
             assert runs.latest_run(tmp_path, report=said.append).name == "new"

@@ -83,23 +83,35 @@ def make_dir(path: Path) -> bool:
 
 def latest_run(root: Path = Path("runs"), report: Callable[[str], None] = lambda _m: None
                ) -> Path:
-    """The most recently started run under `root` that has a model to score with (a best
-    checkpoint), so a run that failed before its first epoch, or is still in it, is passed
-    over. A run that another process is still training is
-    passed over too, with a word through `report`, unless no other run has a model."""
+    """The most recently started run under `root` that has finished (tested), else that has a
+    model to score with (a best checkpoint), so a run that failed before its first epoch, or
+    is still in it, is passed over. Newer runs passed over (still training, or interrupted:
+    not calibrated nor tested), and a run taken unfinished, are said through `report`."""
     found = [p.parent for p in Path(root).glob(f"*/{CONFIG}") if (p.parent / BEST).is_file()]
     if not found:
         raise UserError(f"no runs in {root}/ with a trained model: train one with imdbsent "
                         "train, or name a run directory")
-    found.sort(key=_started, reverse=True)
+    found.sort(key=lambda p: (_started(p), p.name), reverse=True)  # as `imdbsent runs` lists
     idle = [p for p in found if not is_locked(p)]
-    if idle and idle[0] != found[0]:
-        busy = ", ".join(str(p) for p in found[:found.index(idle[0])])
-        report(f"passing over {busy}: still training; using {idle[0]}")
-        return idle[0]
-    if not idle:
-        report(f"{found[0]} is still training: using its best checkpoint so far")
-    return found[0]
+    chosen = next((p for p in idle if _tested_quietly(p)), (idle or found)[0])
+    passed = found[:found.index(chosen)]
+    if passed:
+        report("passing over " + ", ".join(
+            f"{p} ({'still training' if is_locked(p) else 'interrupted'})" for p in passed)
+            + f"; using {chosen}")
+    if is_locked(chosen):
+        report(f"{chosen} is still training: using its best checkpoint so far")
+    elif not _tested_quietly(chosen):
+        report(f"{chosen} has not finished (interrupted): using its best checkpoint so far")
+    return chosen
+
+
+def _tested_quietly(run: Path) -> bool:
+    """`tested`, with a damaged metrics file counted as not finished."""
+    try:
+        return tested(run)
+    except UserError:
+        return False
 
 
 def check_run(run: Path) -> Path:
