@@ -132,13 +132,16 @@ def test_an_ensemble_cannot_hold_an_ensemble(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("", "a recipe names its model: a \\[model\\] table with name"),
     ('[train]\nepochs = 2\n', "a recipe names its model"),
-    ('version = "1"\n[model]\nname = "nblr"\n', "version must be a whole number, 1 to 1, not '1'"),
-    ('version = 0\n[model]\nname = "nblr"\n', "version must be a whole number, 1 to 1, not 0"),
+    ('version = "1"\n[model]\nname = "nblr"\n', "version must be a positive whole number "
+     "\\(this imdbsent reads up to 1\\), not '1'"),
+    ('version = 0\n[model]\nname = "nblr"\n', "version must be a positive whole number"),
     ('version = 2\n[model]\nname = "nblr"\n', "config version 2 is newer than this imdbsent"),
     ('[model]\nname = "ensemble"\nmembers = ["nbow", "nblr"]\nhidden_dim = 5\n',
      "model.hidden_dim: an ensemble trains each member by its own recipe"),
     ('[model]\nname = "ensemble"\nmembers = ["nbow", "nblr"]\n[train]\nepochs = 1\n',
      "train.epochs: an ensemble trains each member by its own recipe"),
+    ('[model]\nname = "ensemble"\nmembers = ["nbow", "nblr"]\n[train]\nepochs = 5\n',
+     "train.epochs: an ensemble"),  # the default's value, but written: the members ignore it
     ('[model]\nname = "cnn"\nfilter_sizes = [3, 60]\n[train]\nmax_length = 50\n',
      "model.filter_sizes: a filter wider than train.max_length"),
 ])

@@ -266,7 +266,11 @@ def test_a_failed_prepare_leaves_no_folder_it_made(tmp_path):
     out = tmp_path / "new" / "p"
     with pytest.raises(UserError, match="label 'good'"):
         data.prepare(data.PrepareArgs(source=str(source), vectors_dim=0), out)
-    assert not out.exists()
+    assert not out.parent.exists()  # new/ too, as data/ of a first prepare's data/imdb
+    (tmp_path / "mine").mkdir()  # a folder the user had is kept
+    with pytest.raises(UserError, match="label 'good'"):
+        data.prepare(data.PrepareArgs(source=str(source), vectors_dim=0), tmp_path / "mine" / "p")
+    assert list((tmp_path / "mine").iterdir()) == []
 
 
 def test_prepare_locks_its_folder_and_sweeps_only_its_own_temporaries(source_dir, tmp_path):

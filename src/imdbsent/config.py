@@ -172,14 +172,15 @@ def load(name_or_path: str | Path | None = None, overrides: dict[str, Any] | Non
 
 def _members_own(raw: dict[str, Any], where: str) -> None:
     """Refuse an ensemble recipe's [model] or [train] setting that its members would ignore
-    (each trains by its own recipe); a default value, as a run's config.toml writes, is fine."""
-    defaults = Config()
+    (each trains by its own recipe). A run's config.toml (it records `recipe`) writes every
+    field: there, only a value other than the default is refused."""
+    defaults, written = Config(), "recipe" in raw
     for table in ("model", "train"):
         for key, value in raw.get(table, {}).items():
             dotted = f"{table}.{key}"
             if dotted in (*ENSEMBLE_OWN, "model.name", "model.members", "train.world_size"):
                 continue
-            if value != getattr(getattr(defaults, table), key, value):
+            if not written or value != getattr(getattr(defaults, table), key, value):
                 raise UserError(f"{where}: {dotted}: an ensemble trains each member by its own "
                                 "recipe; set it in the member recipes instead")
 
@@ -188,8 +189,8 @@ def from_dict(raw: dict[str, Any], where: str, overrides: dict[str, Any] | None 
     """Build and validate a Config from nested plain values (a parsed TOML or a run's config)."""
     version = raw.get("version", CONFIG_VERSION)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise UserError(f"{where}: version must be a whole number, 1 to {CONFIG_VERSION}, "
-                        f"not {version!r}")
+        raise UserError(f"{where}: version must be a positive whole number (this imdbsent "
+                        f"reads up to {CONFIG_VERSION}), not {version!r}")
     if version > CONFIG_VERSION:
         raise UserError(f"{where}: config version {version} is newer than this imdbsent "
                         f"understands ({CONFIG_VERSION}); upgrade imdbsent")

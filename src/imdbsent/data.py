@@ -224,8 +224,8 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
     existing = _read_manifest(out)
     if not force and _reusable(out, existing, wanted) and not is_locked(out):
         return existing, False  # (no lock needed to read; a read-only copy stays usable)
-    created = not out.exists()
-    try:
+    made = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the
+    try:  # first folder this makes (data/ for data/imdb in a fresh folder), if any
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {out}: {exc.strerror or exc}") from None
@@ -238,8 +238,8 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
                 report(f"{out}: {_why_rebuild(out, existing, wanted)}: preparing again")
             return _build(args, out, wanted, existing, report, progress), True
     except BaseException:
-        if created:  # a folder this failed prepare made holds nothing of use
-            shutil.rmtree(out, ignore_errors=True)
+        if made:  # the folders this failed prepare made hold nothing of use
+            shutil.rmtree(made, ignore_errors=True)
         raise
 
 
@@ -480,8 +480,8 @@ def load_prepared(folder: Path, flags: str = "") -> Prepared:
     manifest = _parse_manifest(raw)
     if manifest is None:
         out = "" if folder == Path(DATA_DEFAULT) else f"--out {folder}"
-        raise UserError(f"no prepared dataset in {folder}: run imdbsent prepare "
-                        + " ".join(part for part in (flags, out) if part))
+        command = " ".join(part for part in ("imdbsent prepare", flags, out) if part)
+        raise UserError(f"no prepared dataset in {folder}: run {command}")
     tok = text.load(folder / TOKENIZER, fix="run imdbsent prepare --force")
     return Prepared(folder, manifest, tok, manifest_bytes=raw)
 
