@@ -170,7 +170,10 @@ def test_evaluate_a_labeled_file(trained_run, tmp_path, capsys):
                     "--text-column", "review", "--label-column", "sentiment"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["examples"] == 2 and metrics["unk_rate"] == pytest.approx(3 / 5)
-    assert metrics["on"] == f"{other} (2 rows without words skipped)"
+    assert metrics["on"] == str(other) and metrics["skipped"] == 2
+    assert run_cli(["evaluate", str(trained_run), "--data-file", str(other), "--text-column",
+                    "review", "--label-column", "sentiment"]) == 0  # piped: name<TAB>value
+    assert "examples\t2\nskipped\t2\n" in capsys.readouterr().out
     blank = tmp_path / "blank.csv"
     blank.write_text('text,label\n"",pos\n')
     assert run_cli(["evaluate", str(trained_run), "--data-file", str(blank)]) == 1

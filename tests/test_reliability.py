@@ -239,6 +239,8 @@ def test_hostile_lines_each_get_exactly_one_row(trained_run):
             assert all(o["label"] in ("pos", "neg") for o in objs[2:])
             assert len(objs[10]["text"]) <= 1 << 20  # the 6 MB line was cut to its first MiB
             assert objs[11]["label"] == "neg"
+        if fmt == "tsv":
+            assert "\0" not in out and rows[6].endswith("\tgreat film\x01\x02\x1b[31m")
 
 
 def test_predict_refuses_a_bare_string_instead_of_scoring_its_letters(trained_run):
@@ -250,6 +252,8 @@ def test_predict_refuses_a_bare_string_instead_of_scoring_its_letters(trained_ru
     for odd, name in ((None, "NoneType"), (b"great", "bytes")):
         with pytest.raises(TypeError, match=f"takes texts as str, not {name}"):
             predictor.predict(["great film", odd])
+    with pytest.raises(TypeError, match="takes a list of texts, not NoneType"):
+        predictor.predict(None)
 
 
 def test_predict_takes_any_iterable_of_texts_in_order(trained_run):

@@ -248,8 +248,7 @@ def report_cmd(
     device: DeviceOption = Device.cpu,
     threads_: ThreadsOption = None,
 ) -> None:
-    """Figures of runs (learning curves; on the test split: confusion matrix, ROC, precision-
-    recall, reliability, P(pos) histogram) as PNG files and one self-contained report.html."""
+    """Figures of runs: learning curves; on test, confusion, ROC, PR, reliability; PNGs and report.html."""
     threads.configure(threads_)
     from imdbsent import report
 
@@ -336,8 +335,7 @@ def explain_cmd(
     device: DeviceOption = Device.cpu,
     threads_: ThreadsOption = None,
 ) -> None:
-    """How much each word moved the score: exact for nbow and nblr, integrated gradients for
-    the recurrent and convolutional models."""
+    """Word by word, how much each moved the score (exact for nbow/nblr, integrated gradients else)."""
     threads.configure(threads_)
     from imdbsent import explain, runs
     from imdbsent.predict import Predictor

@@ -255,13 +255,16 @@ def metrics_table(metrics: dict[str, Any], title: str) -> None:
              b["positive"]) for b in metrics["reliability"]]
     scores = ["accuracy", "precision", "recall", "f1"]
     if not out.is_terminal:
-        names = ["examples", "loss", *scores, "ece", "brier", "unk_rate"]
+        names = ["examples", "skipped", "loss", *scores, "ece", "brier", "unk_rate"]
         for name, value in [*((k, metrics[k]) for k in names if k in metrics), *c.items()]:
             result(f"{name}\t{_number(value)}")
         for span, *values in bins:
             result("\t".join(["reliability", span, *map(_number, values)]))
         return
-    rows = [("examples", f"{metrics['examples']:,}"), ("loss", f"{metrics['loss']:.4f}")]
+    rows = [("examples", f"{metrics['examples']:,}")]
+    if "skipped" in metrics:
+        rows.append(("rows without words, skipped", f"{metrics['skipped']:,}"))
+    rows.append(("loss", f"{metrics['loss']:.4f}"))
     rows += [(k, f"{metrics[k] * 100:.2f}%") for k in scores]
     rows += [("confusion (rows true neg/pos, cols predicted neg/pos)",
               f"{c['tn']} {c['fp']} / {c['fn']} {c['tp']}"),
@@ -429,7 +432,8 @@ def _format_row(p: Prediction, fmt: str) -> str:
 
 
 # Tab, and every character that str.splitlines() takes for a line break.
-_FIELD_BREAKS = dict.fromkeys(map(ord, "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), " ")
+_FIELD_BREAKS = dict.fromkeys(map(ord, "\0\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), " ")  # and
+# NUL, which ends a C string and stops `read` in a shell loop
 
 
 # Control characters (C0, DEL, C1) a table cell shows as U+FFFD; line breaks and tabs as spaces.

@@ -249,7 +249,7 @@ def to_html(explanations: list[Explanation], title: str) -> str:
                          f'title="{html.escape(note)}">{html.escape(piece)}</span>')
         verdict = (f"{e.label} {e.prob_pos:.4f} &middot; logit {e.logit:+.3f} = reference "
                    f"{e.reference:+.3f} + tokens {e.logit - e.reference - e.gap:+.3f}"
-                   f"{f' (gap {e.gap:+.4f})' if e.gap else ''} &middot; "
+                   f"{f' (gap {e.gap:+.4f})' if abs(e.gap) >= 5e-5 else ''} &middot; "
                    f"{html.escape(e.method or '')}{html.escape(unread_note(e))}")
         sections.append(f'<section><p class="verdict">{verdict}</p>'
                         f'<p class="text">{"".join(spans)}</p></section>')

@@ -110,6 +110,8 @@ def _texts(texts: Iterable[str]) -> list[str]:
     anything else than str among them is a TypeError."""
     if isinstance(texts, str):
         raise TypeError("Predictor.predict takes a list of texts; give [text] for one")
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"Predictor.predict takes a list of texts, not {type(texts).__name__}")
     texts = list(texts)
     odd = [t for t in texts if not isinstance(t, str)]
     if odd:
@@ -120,12 +122,14 @@ def _texts(texts: Iterable[str]) -> list[str]:
 @dataclass
 class Scored:
     """A run's calibrated logits on a labeled set, its labels, the share of its tokens that the
-    vocabulary lacks, and a description of the set."""
+    vocabulary lacks, a description of the set, and how many of a file's rows had no words
+    (skipped, as predict skips them; None for a prepared split)."""
 
     logits: torch.Tensor
     labels: torch.Tensor
     unk_rate: float
     what: str
+    skipped: int | None = None
 
 
 def score_run(run: Path, *, split: str = "test", data_file: Path | None = None,
@@ -141,19 +145,18 @@ def score_run(run: Path, *, split: str = "test", data_file: Path | None = None,
         enc = Encoded.from_lists([ids[i] for i in keep], np.asarray(ds["label"])[keep])
         if not keep:
             raise UserError(f"{data_file}: no row has a text with words to score")
-        skipped = len(ids) - len(keep)  # as predict skips them: a blank row is no review
-        what = str(data_file) + (f" ({skipped:,} row{'s' * (skipped > 1)} without words "
-                                 "skipped)" if skipped else "")
+        skipped: int | None = len(ids) - len(keep)
+        what = str(data_file)
     else:
         prepared = load_prepared(data_dir or runs.data_folder(run, predictor.config.data))
         runs.check_data(run, prepared, runs.recorded_fingerprint(run),
                         other_ok=data_dir is not None)
         enc = prepared.split(split)
-        what = f"{prepared.folder} [{split}]"
+        what, skipped = f"{prepared.folder} [{split}]", None
     batches = Batches(enc, MODEL_BATCH, max_length=predictor.max_length)
     logits, labels = engine.predict_logits(predictor.model, batches)
     unk_rate = float((enc.flat == text.UNK_ID).mean()) if len(enc.flat) else 0.0
-    return Scored(logits, labels, unk_rate, what)
+    return Scored(logits, labels, unk_rate, what, skipped)
 
 
 def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = None,
@@ -167,4 +170,6 @@ def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = Non
                        text_column=text_column, label_column=label_column)
     metrics = engine.classification_metrics(scored.logits, scored.labels, threshold)
     metrics["unk_rate"] = scored.unk_rate
+    if scored.skipped is not None:
+        metrics["skipped"] = scored.skipped  # a file's rows without words
     return metrics, scored.what
