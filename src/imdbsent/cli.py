@@ -71,7 +71,8 @@ TextsArgument = Annotated[list[str] | None, typer.Argument(
     help="Texts; - reads standard input, one text per line.")]
 FileOption = Annotated[Path | None, typer.Option(help="Read texts from this file, one a line "
                                                  "(- for standard input).")]
-RunOption = Annotated[Path | None, typer.Option(help="Run directory (default: the latest).")]
+RUN_HELP = "Run directory (default: the newest finished run under runs/)."
+RunOption = Annotated[Path | None, typer.Option(help=RUN_HELP)]
 ThresholdOption = Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")]
 DeviceOption = Annotated[Device, typer.Option(help="auto: CUDA if available.")]
 ThreadsOption = Annotated[int | None, typer.Option(
@@ -259,8 +260,7 @@ def report_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    run: Annotated[Path | None, typer.Argument(help="Run directory (default: the latest).")
-                   ] = None,
+    run: Annotated[Path | None, typer.Argument(help=RUN_HELP)] = None,
     split: Annotated[Split | None, typer.Option(help="Split of the prepared dataset "
                                                 "(default: test).")] = None,
     data_file: Annotated[Path | None, typer.Option(help="Score this labeled CSV/JSONL/"
