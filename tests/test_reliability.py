@@ -8,6 +8,7 @@ import json
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -356,6 +357,32 @@ def test_a_signal_ends_a_live_stream_with_its_status_not_a_crash(trained_run, co
     finally:
         proc.kill()
         proc.stdin.close()
+
+
+CTRL_C_IN_THE_READER = """
+import os, signal, threading
+from imdbsent import cli
+r, w = os.pipe()
+os.write(w, b"one\\n")
+lines = cli.live_lines(os.fdopen(r, "rb"), pause=0.05)
+assert next(lines) == "one" and next(lines) is None  # then waiting for more
+reader = next(t for t in threading.enumerate() if t.name == cli.STDIN_READER)
+threading.Timer(0.5, signal.pthread_kill, (reader.ident, signal.SIGINT)).start()
+try:
+    next(lines)
+except KeyboardInterrupt:
+    os._exit(130)
+os._exit(1)
+"""
+
+
+def test_a_ctrl_c_that_lands_in_the_stdin_reader_still_stops_the_command():
+    """The kernel hands a process's signal to any of its threads: one that lands in the thread
+    reading standard input must still wake the main thread, waiting for the next line (it
+    hung there once in ~15 runs of the test above)."""
+    res = subprocess.run([sys.executable, "-c", CTRL_C_IN_THE_READER], capture_output=True,
+                         timeout=60)
+    assert res.returncode == 130, res.stderr.decode()
 
 
 def test_head_ends_an_endless_pipeline_promptly_and_quietly(trained_run, tmp_path):

@@ -407,12 +407,16 @@ def live_lines(fh: BinaryIO, pause: float = PAUSE_SECONDS) -> Iterator[str | Non
         lines.put(done)
 
     threading.Thread(target=read, daemon=True, name=STDIN_READER).start()
+    paused = False  # a None was given for the pause going on
     while True:
-        try:
-            item = lines.get(timeout=pause)
+        try:  # never an untimed wait: a Ctrl-C that the kernel hands to the reader thread
+            item = lines.get(timeout=pause)  # would not wake it, and it would wait forever
         except queue.Empty:
-            yield None
-            item = lines.get()
+            if not paused:
+                paused = True
+                yield None
+            continue
+        paused = False
         if item is done:
             return
         if isinstance(item, BaseException):
