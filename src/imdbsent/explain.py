@@ -247,7 +247,7 @@ def to_html(explanations: list[Explanation], title: str) -> str:
                     + ("" if token.read else " (not read: past the model's max_length)"))
             spans.append(f'<span style="background:rgba({rgb},{alpha:.3f})" '
                          f'title="{html.escape(note)}">{html.escape(piece)}</span>')
-        verdict = (f"{e.label} {e.prob_pos:.4f} &middot; logit {e.logit:+.3f} = reference "
+        verdict = (f"{e.label} &middot; P(pos) {e.prob_pos:.4f} &middot; logit {e.logit:+.3f} = reference "
                    f"{e.reference:+.3f} + tokens {e.logit - e.reference - e.gap:+.3f}"
                    f"{f' (gap {e.gap:+.4f})' if abs(e.gap) >= 5e-5 else ''} &middot; "
                    f"{html.escape(e.method or '')}{html.escape(unread_note(e))}")
@@ -257,11 +257,14 @@ def to_html(explanations: list[Explanation], title: str) -> str:
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>'
             f'<h1>{html.escape(title)}</h1><p class="legend"><span class="pos">green</span> '
-            'pushed towards pos, <span class="neg">red</span> towards neg; hover a word for '
-            'its score (logit units)</p>' + "".join(sections) + "</body></html>\n")
+            'pushed towards pos, <span class="neg">red</span> towards neg, darker for more '
+            "(within each text: the strongest word of a text is always darkest); hover or tap a "
+            "word for its score (logit units). A word pair's or triple's score is shared "
+            'equally by its words.</p>' + "".join(sections) + "</body></html>\n")
 
 
-_CSS = ("body{font:16px/1.6 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+_CSS = ("body{font:16px/1.6 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
+        "overflow-wrap:anywhere}"
         "section{border-top:1px solid #ddd;padding:.5rem 0}.verdict{color:#555;font-size:14px}"
         ".text{white-space:pre-wrap}.legend{color:#555}.pos{background:rgba(0,150,0,.5)}"
         ".neg{background:rgba(200,0,0,.5)}")

@@ -181,8 +181,8 @@ def _confusion(plt: Any, scores: list[Scores], title: str) -> Any:
         ax.set_yticks([0, 1], ["neg", "pos"])
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{_label(s.name)}\naccuracy {s.metrics['accuracy']:.2%} (row shares)",
-                     fontsize="medium")
+        ax.set_title(f"{_label(s.name)}\naccuracy {s.metrics['accuracy']:.2%}\ncells: count "
+                     "(share of the true class)", fontsize="medium")
     fig.tight_layout()
     return fig
 
@@ -231,13 +231,19 @@ def _square(plt: Any, title: str, lines: list[tuple[Any, Any, str]], xlabel: str
 def _histogram(plt: Any, scores: list[Scores], title: str) -> Any:
     fig, axes = _figure(plt, title, len(scores))
     bins = np.linspace(0, 1, 21)
-    for ax, s in zip(axes, scores):
-        for value, label, color in ((0.0, "true neg", "tab:red"), (1.0, "true pos", "tab:green")):
-            ax.hist(s.probs[s.labels == value], bins=bins, alpha=0.6, label=label, color=color)
+    for ax, s in zip(axes, scores):  # outlines in a colour-blind-safe pair, not bars that mix
+        for value, label, color in ((0.0, "true neg", "tab:orange"), (1.0, "true pos",
+                                                                      "tab:blue")):
+            ax.hist(s.probs[s.labels == value], bins=bins, histtype="step", linewidth=2,
+                    label=label, color=color)
+        ax.set_yscale("log")  # the few confident mistakes at either end stay visible
         ax.set_xlabel("P(pos)")
-        ax.set_ylabel("reviews")
+        ax.set_ylabel("reviews (log scale)")
         ax.set_title(_label(s.name), fontsize="medium")
         ax.legend(fontsize="small")
+    top = max(ax.get_ylim()[1] for ax in axes)
+    for ax in axes:
+        ax.set_ylim(top=top)  # one scale for every run, to compare them
     fig.tight_layout()
     return fig
 
@@ -270,9 +276,10 @@ def to_html(scores: list[Scores], figures: list[Path]) -> str:
     configs = "".join(f"<h3>{e(s.name)}</h3><pre>{e(s.config)}</pre>" for s in scores)
     title = "imdbsent report: " + ", ".join(s.name for s in scores)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{e(title)}</title><style>{_CSS}</style></head><body>"
-            f"<h1>{e(title)}</h1><h2>Metrics on the test split</h2><table><tr>"
-            + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>"
+            f"<h1>{e(title)}</h1><h2>Metrics on the test split</h2><div class=\"wide\"><table><tr>"
+            + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>" + "".join(rows) + "</table></div>"
             + "<h2>Figures</h2>" + "".join(images) + "<h2>Configs</h2>" + configs
             + "</body></html>\n")
 
@@ -280,4 +287,5 @@ def to_html(scores: list[Scores], figures: list[Path]) -> str:
 _CSS = ("body{font:15px/1.5 system-ui,sans-serif;max-width:62rem;margin:2rem auto;padding:0 1rem}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem;"
         "text-align:right}td:first-child{text-align:left}img{max-width:100%}"
-        "figure{margin:1rem 0}pre{background:#f6f6f6;padding:.5rem;overflow:auto}")
+        "figure{margin:1rem 0}pre{background:#f6f6f6;padding:.5rem;overflow:auto}"
+        ".wide{overflow-x:auto}h1{overflow-wrap:anywhere}")
