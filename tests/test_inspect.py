@@ -246,6 +246,8 @@ def test_report_writes_every_figure_and_a_page_that_needs_nothing_else(trained_r
     assert len(sources) == len(report.TITLES)
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert 'name = &quot;gru&quot;' in page and 'name = &quot;ensemble&quot;' in page  # configs
+    assert 'name="viewport"' in page and "ECE: expected calibration error" in page  # read on a
+    # phone, and the columns said
 
 
 def test_report_takes_the_prepared_data_from_data(trained_run, prepared_dir, tmp_path,

@@ -280,12 +280,19 @@ def to_html(scores: list[Scores], figures: list[Path]) -> str:
             f"<title>{e(title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{e(title)}</h1><h2>Metrics on the test split</h2><div class=\"wide\"><table><tr>"
             + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>" + "".join(rows) + "</table></div>"
+            + f"<p class=\"legend\">{e(LEGEND)}</p>"
             + "<h2>Figures</h2>" + "".join(images) + "<h2>Configs</h2>" + configs
             + "</body></html>\n")
 
 
+LEGEND = ("loss: cross-entropy of the calibrated P(pos) on the test reviews; precision, recall "
+          "and F1: of the pos label; ROC AUC and AP (average precision): of P(pos) as a "
+          "ranking; ECE: expected calibration error over 10 bins; Brier: mean squared error of "
+          "P(pos); epochs: trained (an ensemble's: its members' together), the checkpoint of "
+          "the best validation loss scored.")
 _CSS = ("body{font:15px/1.5 system-ui,sans-serif;max-width:62rem;margin:2rem auto;padding:0 1rem}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem;"
-        "text-align:right}td:first-child{text-align:left}img{max-width:100%}"
+        "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+        ".legend{color:#555;font-size:14px}"
         "figure{margin:1rem 0}pre{background:#f6f6f6;padding:.5rem;overflow:auto}"
         ".wide{overflow-x:auto}h1{overflow-wrap:anywhere}")
