@@ -20,6 +20,7 @@ CONFIG_VERSION = 1
 HUB_DEFAULT = "stanfordnlp/imdb"  # where `prepare` gets IMDB by default (the CLI shows it)
 DATA_DEFAULT = "data/imdb"  # where `prepare` puts it, and where recipes read it, by default
 MODELS = ("rnn", "lstm", "gru", "cnn", "nbow", "nblr", "ensemble")
+EMBEDDED = ("rnn", "lstm", "gru", "cnn")  # the models with a word embedding of their own
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 POOLINGS = ("last", "max", "mean")
@@ -253,6 +254,11 @@ def problem(cfg: Config) -> str | None:
            f"train.{key} must be a number, 0 or more")
           for key in ("momentum", "weight_decay", "clip_grad", "adversarial",
                       "virtual_adversarial")),
+        *((not getattr(t, key) or m.name in EMBEDDED, f"train.{key} needs a model with a word "
+           f"embedding ({', '.join(EMBEDDED)}), not {m.name}")
+          for key in ("adversarial", "virtual_adversarial")),
+        (not t.vectors or m.name != "nblr", "train.vectors needs a model with word embeddings "
+         "(nblr has none: --vectors none)"),
         (0.0 <= t.warmup < 1.0, "train.warmup is a fraction of training, in [0, 1)"),
         (t.patience >= 0, "train.patience must be 0 or more"),
         (t.max_length >= 0, "train.max_length must be 0 (all tokens) or more"),
