@@ -160,7 +160,8 @@ def _embedding_of(model: nn.Module) -> nn.Module:
     embedding = getattr(inner, "embedding", None)
     if not isinstance(embedding, nn.Embedding):
         raise UserError(f"train.adversarial and virtual_adversarial need a model with a word "
-                        f"embedding (rnn, lstm, gru, cnn), not {type(inner).__name__.lower()}")
+                        f"embedding ({', '.join(configs.EMBEDDED)}), not "
+                        f"{type(inner).__name__.lower()}")
     return embedding
 
 

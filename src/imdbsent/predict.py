@@ -38,6 +38,11 @@ def has_words(raw: str, ids: list[int]) -> bool:
     return bool(ids) and bool(raw.strip())
 
 
+def _with_words(texts: list[str], ids: list[list[int]]) -> list[int]:
+    """The indices of the texts that are scored (`has_words`); the rest are skipped."""
+    return [i for i, (raw, one) in enumerate(zip(texts, ids)) if has_words(raw, one)]
+
+
 @dataclass
 class Prediction:
     """One input's result; `prob_pos` is None when the text was skipped (no token in it)."""
@@ -87,7 +92,7 @@ class Predictor:
         words (`has_words`) are skipped."""
         texts = _texts(texts)
         ids = text.encode(self.tokenizer, texts)
-        keep = [i for i, one in enumerate(ids) if has_words(texts[i], one)]
+        keep = _with_words(texts, ids)
         probs = self.probabilities([ids[i] for i in keep]) if keep else np.empty(0)
         out = [Prediction(t, None, None) for t in texts]
         for i, p in zip(keep, probs):
@@ -141,10 +146,10 @@ def score_run(run: Path, *, split: str = "test", data_file: Path | None = None,
     if data_file is not None:
         ds = read_labeled_file(data_file, text_column, label_column)
         ids = text.encode(predictor.tokenizer, ds["text"])
-        keep = [i for i, (raw, one) in enumerate(zip(ds["text"], ids)) if has_words(raw, one)]
-        enc = Encoded.from_lists([ids[i] for i in keep], np.asarray(ds["label"])[keep])
+        keep = _with_words(ds["text"], ids)
         if not keep:
             raise UserError(f"{data_file}: no row has a text with words to score")
+        enc = Encoded.from_lists([ids[i] for i in keep], np.asarray(ds["label"])[keep])
         skipped: int | None = len(ids) - len(keep)
         what = str(data_file)
     else:

@@ -93,7 +93,8 @@ def latest_run(root: Path = Path("runs"), report: Callable[[str], None] = lambda
                         "train, or name a run directory")
     found.sort(key=lambda p: (_started(p), p.name), reverse=True)  # as `imdbsent runs` lists
     idle = [p for p in found if not is_locked(p)]
-    chosen = next((p for p in idle if _tested_quietly(p)), (idle or found)[0])
+    finished = next((p for p in idle if _tested_quietly(p)), None)
+    chosen = finished or (idle or found)[0]
     passed = found[:found.index(chosen)]
     if passed:
         report("passing over " + ", ".join(
@@ -101,7 +102,7 @@ def latest_run(root: Path = Path("runs"), report: Callable[[str], None] = lambda
             + f"; using {chosen}")
     if is_locked(chosen):
         report(f"{chosen} is still training: using its best checkpoint so far")
-    elif not _tested_quietly(chosen):
+    elif finished is None:
         report(f"{chosen} has not finished (interrupted): using its best checkpoint so far")
     return chosen
 
