@@ -74,8 +74,10 @@ def test_resolved_config_and_tokenizer_are_in_the_run(trained_run, prepared_dir)
 
 
 @pytest.mark.parametrize("how", ["stdin", "file"])
-def test_predict_reads_a_windows_file_as_its_text(trained_run, tmp_path, how):
-    raw = "\ufeffgreat film\r\nawful mess\r\n".encode()  # a byte-order mark, CRLF lines
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16-le", "utf-16-be"])
+def test_predict_reads_a_windows_file_as_its_text(trained_run, tmp_path, how, encoding):
+    # a byte-order mark, CRLF lines: as Windows editors (UTF-8) and PowerShell's > (UTF-16) write
+    raw = "\ufeffgreat film\r\nawful mess\r\n".encode(encoding)
     path = tmp_path / "reviews.txt"
     path.write_bytes(raw)
     args = ["-"] if how == "stdin" else ["--file", str(path)]

@@ -6,6 +6,7 @@ Every user error ends as one line on standard error and a non-zero exit, never a
 from __future__ import annotations
 
 import codecs
+import io
 import json
 import os
 import queue
@@ -14,10 +15,10 @@ import stat
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import Annotated, AnyStr, BinaryIO
 
 import typer
 
@@ -425,19 +426,32 @@ def live_lines(fh: BinaryIO, pause: float = PAUSE_SECONDS) -> Iterator[str | Non
 
 
 def read_lines(fh: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:
-    """Lines of a byte stream as text: a UTF-8 byte-order mark at its start dropped (as Windows
-    editors write one), invalid UTF-8 replaced, each line cut to `max_bytes` (the rest of an
-    over-long line is read and dropped, never held)."""
-    strip = codecs.BOM_UTF8
-    while True:
-        line = fh.readline(max_bytes)
-        if not line:
-            return
-        if not line.endswith(b"\n"):
-            while (rest := fh.readline(max_bytes)) and not rest.endswith(b"\n"):
+    """Lines of a byte stream as text: UTF-8, or UTF-16 where the stream starts with its
+    byte-order mark (as Windows PowerShell's `>` writes files); a UTF-8 byte-order mark dropped
+    (as Windows editors write one), invalid bytes replaced, each line cut to `max_bytes` (the
+    rest of an over-long line is read and dropped, never held)."""
+    if not hasattr(fh, "peek"):  # a stream without a buffer of its own (a test's BytesIO)
+        fh = io.BufferedReader(fh)  # type: ignore[arg-type]
+    wide = fh.peek(2)[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+    text = io.TextIOWrapper(fh, "utf-16", "replace", newline="\n") if wide else None
+    lines = (_cut_lines(text.readline, max_bytes // 2, "\n") if text else
+             (b.decode("utf-8", "replace") for b in _cut_lines(fh.readline, max_bytes, b"\n")))
+    try:
+        for i, line in enumerate(lines):
+            yield (line.removeprefix("\ufeff") if i == 0 else line).rstrip("\r\n")
+    finally:
+        if text:  # the stream stays open for its owner (closing the wrapper would close it)
+            text.detach()
+
+
+def _cut_lines(readline: Callable[[int], AnyStr], most: int, end: AnyStr) -> Iterator[AnyStr]:
+    """The lines `readline` gives, each cut to `most` bytes or characters (the rest of a longer
+    line is read and dropped)."""
+    while line := readline(most):
+        if not line.endswith(end):
+            while (rest := readline(most)) and not rest.endswith(end):
                 pass
-        yield line.removeprefix(strip).decode("utf-8", errors="replace").rstrip("\r\n")
-        strip = b""
+        yield line
 
 
 @app.callback(invoke_without_command=True)
