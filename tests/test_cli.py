@@ -245,6 +245,26 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsy
     assert out == ""
 
 
+@pytest.mark.parametrize("args, status", [
+    (["train", "--epochs", "0"], 2),  # out of range, as
+    (["train", "--epochs", "x"], 2),  # one that cannot be parsed
+    (["prepare", "--split-ratio", "1.5"], 2),
+    (["train", "--threads", "0"], 2),
+    (["predict", "--threshold", "1.5", "hi"], 2),  # before the run that is missing: 1
+    (["predict", "--batch-size", "0", "hi"], 2),
+    (["predict", "hi"], 1),
+    (["prepare", "--source", "./missing"], 1),
+])
+def test_a_usage_error_exits_2_and_any_other_error_1(tmp_path, monkeypatch, capsys, args,
+                                                     status):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(args) == status
+    err = capsys.readouterr().err
+    assert err.startswith("imdbsent: error: ") and err.count("\n") == 1
+    assert status == 1 or args[1] in err  # a usage error names the flag
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
 def test_a_recipe_meant_for_another_split_refuses_data_split_otherwise(prepared_dir, tmp_path,
                                                                         monkeypatch, capsys):
     """`stack` trains on a 90/10 split (split_ratio = 0.9): missing data is named with the

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from conftest import EXE, SMALL_GRU, run_cli, run_exe
 from imdbsent import config, runs, text
-from imdbsent.errors import UserError
+from imdbsent.errors import BadValue, UserError
 
 LONG = SMALL_GRU.replace("epochs = 3", "epochs = 40").replace('optimizer = "adam"',
                                                               'optimizer = "adam"\nschedule = "cosine"')
@@ -268,9 +268,9 @@ def test_predict_takes_any_iterable_of_texts_in_order(trained_run):
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"device": "gpu"}, UserError, "device must be one of auto, cpu, cuda, not 'gpu'"),
+    ({"device": "gpu"}, BadValue, "^device must be one of auto, cpu, cuda, not 'gpu'$"),
     ({"threshold": "0.5"}, TypeError, "threshold is a number from 0 to 1, not str"),
-    ({"threshold": 1.5}, UserError, "between 0 and 1, not 1.5"),
+    ({"threshold": 1.5}, BadValue, "^threshold must be between 0 and 1, not 1.5$"),  # no flag
 ])
 def test_predictor_refuses_a_bad_device_or_threshold_in_words(trained_run, kwargs, error,
                                                               message):

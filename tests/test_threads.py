@@ -72,7 +72,7 @@ def test_a_users_rayon_setting_is_kept() -> None:
 
 @pytest.mark.parametrize("bad", [0, -2, True, 1.5, "2"])
 def test_an_invalid_value_is_a_user_error(bad: object) -> None:
-    with pytest.raises(UserError, match="--threads must be a whole number of at least 1"):
+    with pytest.raises(UserError, match="^threads must be a whole number of at least 1"):
         threads.configure(bad)  # type: ignore[arg-type]
 
 

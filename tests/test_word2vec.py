@@ -73,5 +73,5 @@ def test_without_vectors_prepared_says_how_to_train(source_dir, tmp_path, capsys
                     "--vectors", "none"]) == 0
     assert runs.load_config(tmp_path / "r").train.vectors == ""
     assert run_cli(["prepare", "--source", str(source_dir), "--out", str(out),
-                    "--vectors-dim", "-1"]) == 1
+                    "--vectors-dim", "-1"]) == 2  # a usage error
     assert "--vectors-dim must be 0 (none) or more" in capsys.readouterr().err

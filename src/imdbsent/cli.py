@@ -24,7 +24,7 @@ import typer
 
 from imdbsent import __version__, config, console, threads
 from imdbsent.config import HUB_DEFAULT
-from imdbsent.errors import OutputFailed, Shared, Terminated, UserError
+from imdbsent.errors import BadValue, OutputFailed, Shared, Terminated, UserError
 
 # torch, datasets and the modules over them are imported by the commands that need them, so
 # `imdbsent --help` and `--version` start at once.
@@ -74,7 +74,8 @@ FileOption = Annotated[Path | None, typer.Option(help="Read texts from this file
                                                  "(- for standard input).")]
 RUN_HELP = "Run directory (default: the newest finished run under runs/)."
 RunOption = Annotated[Path | None, typer.Option(help=RUN_HELP)]
-ThresholdOption = Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")]
+ThresholdOption = Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.",
+                                                min=0.0, max=1.0)]
 DeviceOption = Annotated[Device, typer.Option(help="auto: CUDA if available.")]
 ThreadsOption = Annotated[int | None, typer.Option(
     "--threads", help="Compute threads (default: OMP_NUM_THREADS if set, else the cores "
@@ -272,8 +273,8 @@ def evaluate_cmd(
     label_column: Annotated[str, typer.Option(help="Label column of --data-file (0/1 or "
                                               "neg/pos).")] = "label",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
-    threshold: Annotated[float, typer.Option(help="P(pos) at or above which a review is pos.")
-                         ] = 0.5,
+    threshold: Annotated[float, typer.Option(help="P(pos) at or above which a review is pos.",
+                                             min=0.0, max=1.0)] = 0.5,
     device: DeviceOption = Device.cpu,
     threads_: ThreadsOption = None,
 ) -> None:
@@ -304,7 +305,7 @@ def predict_cmd(
                                                   "jsonl, csv, or table (on a terminal).")] = None,
     threshold: ThresholdOption = 0.5,
     batch_size: Annotated[int, typer.Option(help="Texts read before scoring (sorted by length "
-                                            "within).")] = 2048,
+                                            "within).", min=1)] = 2048,
     device: DeviceOption = Device.cpu,
     threads_: ThreadsOption = None,
 ) -> None:
@@ -316,8 +317,6 @@ def predict_cmd(
     texts = texts or []
     if not texts and file is None:
         raise UserError("nothing to predict: give texts, - for standard input, or --file PATH")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, not {batch_size}")
     predictor = Predictor(run if run is not None else runs.latest_run(report=console.log),
                           device.value, threshold)
     chosen = (fmt.value if fmt else ("table" if console.out.is_terminal else "tsv"))
@@ -510,6 +509,8 @@ def _run(argv: list[str] | None) -> None:
             code = app(args=argv, prog_name="imdbsent", standalone_mode=False)
     except Shared:
         sys.exit(1)  # another rank's error: rank 0 has said it
+    except BadValue as exc:  # a usage error, as click's own: named by the flag, status 2
+        _fail(f"{_rank_prefix()}{config.flag(exc.name)} {exc.problem}", 2)
     except UserError as exc:
         _fail(_rank_prefix() + str(exc), 1)
     except typer.Exit as exc:

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from imdbsent.errors import UserError
+from imdbsent.errors import BadValue, UserError
 
 CONFIG_VERSION = 1
 HUB_DEFAULT = "stanfordnlp/imdb"  # where `prepare` gets IMDB by default (the CLI shows it)
@@ -211,14 +211,15 @@ def from_dict(raw: dict[str, Any], where: str, overrides: dict[str, Any] | None 
     found = problem(cfg)
     if found and (in_file or not given):
         raise UserError(f"{where}: {found}")
-    if found:  # blamed on the command line where the file alone was fine, by the flag's name
+    if found:  # blamed on the command line where the file alone was fine
         named = next((k for k in given if found.startswith(f"{k} ")), None)
-        raise UserError(flag(named) + found[len(named):] if named else f"command line: {found}")
+        raise BadValue(named, found[len(named) + 1:]) if named else UserError(
+            f"command line: {found}")
     return cfg
 
 
 def flag(key: str) -> str:
-    """The command-line flag of a dotted config key."""
+    """The command-line flag of a dotted config key or of a parameter (`split_ratio`)."""
     return "--model" if key == "model.name" else "--" + key.split(".")[-1].replace("_", "-")
 
 

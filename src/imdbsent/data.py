@@ -42,7 +42,7 @@ from tokenizers import Tokenizer
 
 from imdbsent import __version__, distributed, sources, text, vectors, word2vec
 from imdbsent.config import DATA_DEFAULT, SEED_LIMIT, flag
-from imdbsent.errors import UserError
+from imdbsent.errors import BadValue, UserError
 from imdbsent.fsutil import FolderLock, atomic_write, atomic_write_text, is_locked
 from imdbsent.sources import Source, Split, load_source
 from imdbsent.text import TOKENIZER
@@ -80,18 +80,15 @@ class PrepareArgs:
     label_column: str = "label"
 
     def check(self) -> None:
-        if not 0.0 < self.split_ratio < 1.0:
-            raise UserError(f"--split-ratio must be between 0 and 1, not {self.split_ratio}")
-        if not 0 <= self.seed < SEED_LIMIT:
-            raise UserError(f"--seed must be in 0..{SEED_LIMIT - 1}, not {self.seed}")
-        if self.max_vocab < 1:
-            raise UserError(f"--max-vocab must be at least 1, not {self.max_vocab}")
-        if self.min_freq < 1:
-            raise UserError(f"--min-freq must be at least 1, not {self.min_freq}")
-        if self.vectors_dim < 0:
-            raise UserError(f"--vectors-dim must be 0 (none) or more, not {self.vectors_dim}")
-        if self.vectors_tokens < 1:
-            raise UserError(f"--vectors-tokens must be at least 1, not {self.vectors_tokens}")
+        for name, ok, rule in [
+                ("split_ratio", 0.0 < self.split_ratio < 1.0, "between 0 and 1"),
+                ("seed", 0 <= self.seed < SEED_LIMIT, f"in 0..{SEED_LIMIT - 1}"),
+                ("max_vocab", self.max_vocab >= 1, "at least 1"),
+                ("min_freq", self.min_freq >= 1, "at least 1"),
+                ("vectors_dim", self.vectors_dim >= 0, "0 (none) or more"),
+                ("vectors_tokens", self.vectors_tokens >= 1, "at least 1")]:
+            if not ok:
+                raise BadValue(name, f"must be {rule}, not {getattr(self, name)}")
 
 
 def offsets_of(lengths: np.ndarray) -> np.ndarray:

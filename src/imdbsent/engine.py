@@ -24,7 +24,7 @@ from imdbsent import config as configs
 from imdbsent import distributed, models, runs, text, threads, vectors
 from imdbsent.config import Config, TrainConfig
 from imdbsent.data import Batch, Batches, Prepared
-from imdbsent.errors import UserError
+from imdbsent.errors import BadValue, UserError
 
 OnBatch = Callable[[int, float, float], None]  # (examples in batch, loss, accuracy)
 UNLABELED_NEEDED = ("train.virtual_adversarial trains on unlabeled reviews: prepare from a "
@@ -326,7 +326,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto` is CUDA when available, else the CPU; asking for CUDA without one is an error.
     CUDA is the GPU of the process's local rank (one GPU a process under torchrun)."""
     if name not in configs.DEVICES:
-        raise UserError(f"device must be one of {', '.join(configs.DEVICES)}, not {name!r}")
+        raise BadValue("device", f"must be one of {', '.join(configs.DEVICES)}, not {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     if name == "auto":

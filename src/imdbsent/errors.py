@@ -7,6 +7,16 @@ class UserError(Exception):
     """Something the user can fix: a missing file, a bad value, bad input. Never a bug."""
 
 
+class BadValue(UserError):
+    """A parameter's value out of its range, named as the library spells it (`split_ratio`,
+    `train.epochs`); the command line names its flag instead and exits 2, as click does for a
+    value it cannot parse."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name} {problem}")
+        self.name, self.problem = name, problem
+
+
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread (by the CLI's handler) so that work stops as it does
     for Ctrl-C: a BaseException, as KeyboardInterrupt is, so that no library's `except

@@ -15,7 +15,7 @@ import torch
 
 from imdbsent import engine, runs, text, threads
 from imdbsent.data import Batches, Encoded, load_prepared, make_batch
-from imdbsent.errors import UserError
+from imdbsent.errors import BadValue, UserError
 from imdbsent.sources import read_labeled_file
 
 # Reviews are cut to the model's max_length; models trained on whole reviews see at most this
@@ -64,7 +64,7 @@ class Predictor:
         if isinstance(threshold, bool) or not isinstance(threshold, int | float):
             raise TypeError(f"threshold is a number from 0 to 1, not {type(threshold).__name__}")
         if not 0.0 <= threshold <= 1.0:
-            raise UserError(f"--threshold must be between 0 and 1, not {threshold}")
+            raise BadValue("threshold", f"must be between 0 and 1, not {threshold}")
         self.config = runs.load_config(run)
         self.tokenizer = runs.load_tokenizer(run)
         self.device = engine.resolve_device(device)
@@ -170,7 +170,7 @@ def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = Non
     """Metrics of a run on a prepared split or a labeled file (`score_run`) at `threshold`,
     with its `unk_rate`; returns the metrics and a description of what was scored."""
     if not 0.0 <= threshold <= 1.0:
-        raise UserError(f"--threshold must be between 0 and 1, not {threshold}")
+        raise BadValue("threshold", f"must be between 0 and 1, not {threshold}")
     scored = score_run(run, split=split, data_file=data_file, data_dir=data_dir, device=device,
                        text_column=text_column, label_column=label_column)
     metrics = engine.classification_metrics(scored.logits, scored.labels, threshold)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from imdbsent.errors import UserError
+from imdbsent.errors import BadValue
 
 T = TypeVar("T")
 
@@ -109,7 +109,7 @@ def configure(threads: int | None = None) -> int:
     global _ceiling, _current, _mark, _rayon_ours
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):
-        raise UserError(f"--threads must be a whole number of at least 1, not {threads}")
+        raise BadValue("threads", f"must be a whole number of at least 1, not {threads}")
     import torch  # here, not at module level: --help and --version must not load torch
 
     _ceiling, _mark = 0, None
