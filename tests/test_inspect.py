@@ -246,6 +246,7 @@ def test_report_writes_every_figure_and_a_page_that_needs_nothing_else(trained_r
     assert len(sources) == len(report.TITLES)
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert 'name = &quot;gru&quot;' in page and 'name = &quot;ensemble&quot;' in page  # configs
+    assert "hidden_dim = " in page and "filter_sizes" not in page  # only what gru reads
     assert 'name="viewport"' in page and "ECE: expected calibration error" in page  # read on a
     # phone, and the columns said
 
@@ -283,6 +284,22 @@ def test_report_without_matplotlib_says_how_to_get_it(trained_run, tmp_path, mon
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert run_cli(["report", str(trained_run), "--out", str(tmp_path / "r")]) == 1
     assert "pip install 'imdbsent[report]'" in capsys.readouterr().err
+
+
+def test_the_reliability_diagram_sizes_each_bin_by_its_reviews():
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    from imdbsent import engine, report
+    probs = torch.tensor([0.05] * 90 + [0.55] * 9 + [0.95])
+    labels = torch.tensor([0.0] * 90 + [1.0] * 5 + [0.0] * 4 + [1.0])
+    metrics = engine.classification_metrics(torch.logit(probs), labels)
+    scores = report.Scores("r", Path("r"), {}, probs.numpy(), labels.numpy(), metrics, "")
+    fig = report._reliability(report._pyplot(), [scores], "t")
+    (points,) = fig.axes[0].collections
+    assert np.allclose(points.get_offsets(), [[0.05, 0.0], [0.55, 5 / 9], [0.95, 1.0]])
+    areas = points.get_sizes() - 4
+    assert np.allclose(areas / areas.sum(), [0.9, 0.09, 0.01])  # the bins' shares
 
 
 def test_roc_and_pr_of_a_perfect_and_a_useless_ranking():

@@ -270,3 +270,39 @@ def test_hashed_ngram_weights_load_only_under_the_hash_they_were_trained_with(tm
     older = runs.Checkpoint(weights, {"vocab_size": VOCAB})
     with pytest.raises(UserError, match="older n-gram hash"):
         engine.load_model(cfg, older, tmp_path, VOCAB)
+
+
+_CHANGED = {"embedding_dim": 5, "hidden_dim": 7, "num_layers": 2, "bidirectional": True,
+            "dropout": 0.5, "pooling": "max", "packed": True, "filter_sizes": [2],
+            "num_filters": 3, "ngram_buckets": 77, "ngrams": 3, "prior_tokens": 5.0}
+
+
+@pytest.mark.parametrize("cfg", [c for i, c in enumerate(EVERY_MODEL)
+                                 if c.name not in [d.name for d in EVERY_MODEL[:i]]],
+                         ids=lambda c: c.name)
+def test_a_model_ignores_exactly_the_fields_that_config_says_it_ignores(cfg):
+    """config.MODEL_FIELDS (what `report` shows of a recipe) against the models themselves:
+    changing a field it does not list changes neither the weights nor the output."""
+    import dataclasses
+
+    from imdbsent import config
+    from imdbsent.data import Batch
+    assert set(_CHANGED) == {f.name for f in dataclasses.fields(ModelConfig)} - {"name",
+                                                                                "members"}
+    text, lengths, label = _separable()
+
+    def outcome(c: ModelConfig) -> tuple[dict, torch.Tensor]:
+        torch.manual_seed(0)
+        model = models.build(c, VOCAB).train()  # dropout, where a model has it, acts
+        if hasattr(model, "fit_prior"):
+            model.fit_prior([Batch(text, lengths, label)])
+        torch.manual_seed(1)
+        return {k: v.shape for k, v in model.state_dict().items()}, model(text, lengths)
+
+    shapes, logits = outcome(cfg)
+    ignored = [k for k in _CHANGED if k not in config.MODEL_FIELDS[cfg.name]]
+    assert ignored
+    for key in ignored:
+        assert getattr(cfg, key) != _CHANGED[key]
+        other_shapes, other = outcome(dataclasses.replace(cfg, **{key: _CHANGED[key]}))
+        assert other_shapes == shapes and torch.equal(other, logits), key

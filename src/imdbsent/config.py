@@ -21,6 +21,14 @@ HUB_DEFAULT = "stanfordnlp/imdb"  # where `prepare` gets IMDB by default (the CL
 DATA_DEFAULT = "data/imdb"  # where `prepare` puts it, and where recipes read it, by default
 MODELS = ("rnn", "lstm", "gru", "cnn", "nbow", "nblr", "ensemble")
 EMBEDDED = ("rnn", "lstm", "gru", "cnn")  # the models with a word embedding of their own
+_RECURRENT = ("embedding_dim", "hidden_dim", "num_layers", "bidirectional", "dropout", "pooling",
+              "packed")
+#: The [model] fields each model reads; it ignores the others (models.build is the truth, and a
+#: test checks this against it).
+MODEL_FIELDS = {"rnn": ("embedding_dim", "hidden_dim"), "lstm": _RECURRENT, "gru": _RECURRENT,
+                "cnn": ("embedding_dim", "dropout", "filter_sizes", "num_filters"),
+                "nbow": ("embedding_dim", "dropout", "ngram_buckets", "ngrams", "prior_tokens"),
+                "nblr": ("ngram_buckets", "ngrams"), "ensemble": ("members",)}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
 POOLINGS = ("last", "max", "mean")
@@ -110,13 +118,16 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_toml(self) -> str:
-        """The resolved config as TOML, loadable again with `load`."""
+    def to_toml(self, used: bool = False) -> str:
+        """The resolved config as TOML, loadable again with `load`; `used`: without the [model]
+        fields that its model ignores (for people to read)."""
         top = {k: v for k, v in self.to_dict().items() if not isinstance(v, dict)}
         lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
         for table in ("model", "train"):
             lines += ["", f"[{table}]"]
-            lines += [f"{k} = {_toml_value(v)}" for k, v in getattr(self, table).__dict__.items()]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in getattr(self, table).__dict__.items()
+                      if not used or table == "train" or k == "name"
+                      or k in MODEL_FIELDS.get(self.model.name, (k,))]
         return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ from imdbsent.predict import score_run
 
 SIZE = (8.0, 5.0)  # inches; at DPI, every PNG is 960 x 600 pixels
 DPI = 120
+MARKER_AREA = 600  # points squared: the reliability diagram's point for a bin of every review
 TITLES = {"curves": "Loss and accuracy per epoch", "confusion": "Confusion matrix (test)",
           "roc": "ROC curve (test)", "pr": "Precision-recall curve (test)",
           "reliability": "Reliability diagram (test)", "histogram": "P(pos) by true label (test)"}
@@ -38,7 +39,7 @@ class Scores:
     probs: np.ndarray  # P(pos) on the test split, calibrated as predict gives it
     labels: np.ndarray
     metrics: dict[str, Any]
-    config: str
+    config: str  # as TOML, without the [model] fields its model ignores
 
 
 def load(run: Path, name: str, device: str = "cpu", data_dir: Path | None = None) -> Scores:
@@ -61,7 +62,7 @@ def load(run: Path, name: str, device: str = "cpu", data_dir: Path | None = None
     metrics["roc_auc"] = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
     metrics["average_precision"] = float(np.sum(np.diff(recall, prepend=0.0) * precision))
     return Scores(name, run, curves, probs, truth, metrics,
-                  (run / runs.CONFIG).read_text(encoding="utf-8"))
+                  runs.load_config(run).to_toml(used=True))
 
 
 def torch_to_numpy(t: Any) -> np.ndarray:
@@ -202,20 +203,29 @@ def _pr(plt: Any, scores: list[Scores], title: str) -> Any:
 
 
 def _reliability(plt: Any, scores: list[Scores], title: str) -> Any:
+    """Each bin a point, its area the bin's share of the reviews: a bin of a dozen reviews far
+    from the diagonal weighs little (as in the ECE)."""
     lines = [([b["mean_prob_pos"] for b in s.metrics["reliability"]],
               [b["positive"] for b in s.metrics["reliability"]],
               f"{_label(s.name)} (ECE {s.metrics['ece']:.4f})") for s in scores]
-    return _square(plt, title, lines, "mean P(pos) in the bin (10 bins)",
-                   "share of reviews that are pos", diagonal="perfect calibration", marker="o")
+    fig = _square(plt, title, lines, "mean P(pos) in the bin (10 bins; a point's area: the "
+                  "bin's share of the reviews)", "share of reviews that are pos",
+                  diagonal="perfect calibration")
+    ax = fig.axes[0]
+    for s, line in zip(scores, ax.get_lines()):
+        bins = s.metrics["reliability"]
+        ax.scatter(line.get_xdata(), line.get_ydata(), color=line.get_color(), zorder=3,
+                   s=[MARKER_AREA * b["examples"] / len(s.labels) + 4 for b in bins])
+    return fig
 
 
 def _square(plt: Any, title: str, lines: list[tuple[Any, Any, str]], xlabel: str, ylabel: str,
-            diagonal: str | None = None, marker: str | None = None) -> Any:
+            diagonal: str | None = None) -> Any:
     """One figure of curves (x, y, label) over [0, 1] x [0, 1], with a dotted diagonal when
     `diagonal` names it."""
     fig, (ax,) = _figure(plt, title)
     for x, y, label in lines:
-        ax.plot(x, y, marker=marker, label=label)
+        ax.plot(x, y, label=label)
     if diagonal:
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label=diagonal)
     ax.set_xlabel(xlabel)
