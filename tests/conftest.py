@@ -88,6 +88,22 @@ lr = 0.01
 """
 
 
+def small_recipe(name: str, extra: str = "") -> str:
+    """SMALL_GRU as a recipe of model `name`: the [model] fields that model reads, then the
+    `extra` [model] lines."""
+    from imdbsent.config import MODEL_FIELDS
+    out, in_model = [], False
+    for line in SMALL_GRU.splitlines():
+        if line.startswith("["):
+            in_model = line == "[model]"
+        key = line.split("=")[0].strip()
+        if not in_model or not key or key.startswith("[") or key in MODEL_FIELDS[name]:
+            out.append(line)
+        elif key == "name":
+            out += [f'name = "{name}"', *extra.splitlines()]
+    return "\n".join(out) + "\n"
+
+
 def run_cli(argv: list[str]) -> int:
     """Run `imdbsent argv` in this process; returns its exit code."""
     try:

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -384,3 +385,18 @@ def test_bare_imdbsent_shows_its_help_and_no_empty_error(capsys):
     assert run_cli([]) == 2
     out, err = capsys.readouterr()
     assert "Usage: imdbsent [OPTIONS] COMMAND" in out and err == ""
+
+
+def test_read_lines_drops_a_byte_order_mark_that_starts_any_line():
+    from imdbsent.cli import read_lines
+    joined = "\ufeffgreat film\n".encode() + "\ufeffawful mess\n".encode()  # cat a.txt b.txt
+    assert list(read_lines(io.BytesIO(joined))) == ["great film", "awful mess"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="Linux's /proc")
+def test_a_file_that_fails_while_it_is_read_is_one_line(trained_run, capsys):
+    # /proc/self/mem opens, and its first read fails with EIO (address 0 is not mapped)
+    assert run_cli(["predict", "--run", str(trained_run), "--file", "/proc/self/mem"]) == 1
+    out, err = capsys.readouterr()
+    assert err == "imdbsent: error: /proc/self/mem: cannot read: Input/output error\n"
+    assert out == ""

@@ -162,3 +162,15 @@ def test_an_ensemble_recipe_may_set_its_own_fields_and_write_its_defaults(tmp_pa
     assert (cfg.data, cfg.train.seed, cfg.train.device) == ("d", 7, "cpu")
     path.write_text(cfg.to_toml())  # a run's config.toml: every field, most at its default
     assert config.load(path).model.members == ["nbow", "nblr"]
+
+
+def test_a_recipe_field_that_its_model_ignores_is_refused(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[model]\nname = "cnn"\nhidden_dim = 512\n')
+    with pytest.raises(UserError, match=f"^{path}: model.hidden_dim: cnn does not use it "
+                       r"\(its fields: embedding_dim, dropout, filter_sizes, num_filters\)$"):
+        config.load(path)
+    assert config.load(path, {"model.name": "lstm"}).model.hidden_dim == 512  # --model lstm
+    run_config = tmp_path / "config.toml"  # a run's own, every field written: loads
+    run_config.write_text(config.load("cnn").to_toml().replace('recipe = ""', 'recipe = "cnn"'))
+    assert config.load(run_config).model.name == "cnn"

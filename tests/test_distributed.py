@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import EXE, SMALL_GRU, run_cli, run_exe
+from conftest import EXE, SMALL_GRU, run_cli, run_exe, small_recipe
 from imdbsent import data, distributed, launch, runs, training
 
 LONG = SMALL_GRU.replace("epochs = 3", "epochs = 6")
@@ -350,8 +350,8 @@ def test_an_ensemble_of_every_kind_trains_on_more_processes_than_validation_batc
     (tmp_path / "gru.toml").write_text(SMALL_GRU.format(data=prepared_dir).replace(
         "batch_size = 16", 'batch_size = 64\nvectors = "prepared"').replace(  # rank 0 loads
         "embedding_dim = 16", "embedding_dim = 128"))  # them: the prepared vectors' size
-    (tmp_path / "nblr.toml").write_text(SMALL_GRU.format(data=prepared_dir).replace(
-        '"gru"', '"nblr"\nngram_buckets = 1000').replace("batch_size = 16", "batch_size = 64"))
+    (tmp_path / "nblr.toml").write_text(small_recipe("nblr", "ngram_buckets = 1000").format(
+        data=prepared_dir).replace("batch_size = 16", "batch_size = 64"))
     recipe = tmp_path / "ensemble.toml"
     recipe.write_text(ENSEMBLE.format(data=prepared_dir))
     run = tmp_path / "run"

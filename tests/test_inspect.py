@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SMALL_GRU, hold_lock, run_cli, set_started
+from conftest import hold_lock, run_cli, set_started, small_recipe
 from imdbsent import explain, runs
 from imdbsent.predict import Predictor
 
@@ -28,12 +28,11 @@ def small_runs(prepared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """One small run of each kind of model that explain treats its own way."""
     folder = tmp_path_factory.mktemp("kinds")
     recipes = {
-        "nblr": SMALL_GRU.replace('"gru"', '"nblr"\nngram_buckets = 5000\nngrams = 2'),
-        "nbow": SMALL_GRU.replace('"gru"', '"nbow"\nngram_buckets = 5000\nngrams = 3\n'
-                                  'prior_tokens = 2.0'),
-        "cnn": SMALL_GRU.replace('"gru"', '"cnn"\nfilter_sizes = [2, 3]\nnum_filters = 8')
+        "nblr": small_recipe("nblr", "ngram_buckets = 5000\nngrams = 2"),
+        "nbow": small_recipe("nbow", "ngram_buckets = 5000\nngrams = 3\nprior_tokens = 2.0"),
+        "cnn": small_recipe("cnn", "filter_sizes = [2, 3]\nnum_filters = 8")
         .replace("batch_size = 16", "batch_size = 16\nmax_length = 6"),
-        "rnn": SMALL_GRU.replace('"gru"', '"rnn"').replace("bidirectional = true", ""),
+        "rnn": small_recipe("rnn"),
     }
     made = {}
     for name, recipe in recipes.items():

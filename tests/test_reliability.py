@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,8 @@ HOSTILE = [
     "line\u2028separator\x85next\x0cpage".encode(),
     b"great " * 1_000_000,  # one line of 6 MB
     b"awful boring",
+    b"\x00\x01\x02\x1b",  # nothing visible: skipped, as a blank line is
+    "\u200b\u2060\ufeff".encode(),  # zero-width characters only
 ]
 
 
@@ -237,7 +240,8 @@ def test_hostile_lines_each_get_exactly_one_row(trained_run):
         if fmt == "jsonl":
             objs = [json.loads(r) for r in rows]
             assert [o["label"] for o in objs[:2]] == [None, None]  # blank lines: marked skips
-            assert all(o["label"] in ("pos", "neg") for o in objs[2:])
+            assert all(o["label"] in ("pos", "neg") for o in objs[2:12])
+            assert [o["skipped"] for o in objs[12:]] == ["no words", "no words"]
             assert len(objs[10]["text"]) <= 1 << 20  # the 6 MB line was cut to its first MiB
             assert objs[11]["label"] == "neg"
         if fmt == "tsv":
@@ -255,6 +259,25 @@ def test_predict_refuses_a_bare_string_instead_of_scoring_its_letters(trained_ru
             predictor.predict(["great film", odd])
     with pytest.raises(TypeError, match="takes a list of texts, not NoneType"):
         predictor.predict(None)
+    with pytest.raises(TypeError, match="takes texts as str, not bytes: decode them first"):
+        predictor.predict(b"great film")  # not "not int", as its bytes were
+    with pytest.raises(TypeError, match="an iterable of texts, not one bytes"):
+        next(predictor.stream(b"great film"))
+    for size in (0, -1, 1.5):
+        with pytest.raises(BadValue, match=f"^batch_size must be a whole number of at least 1, "
+                           f"not {size}$"):
+            next(predictor.stream(["great film"], batch_size=size))
+
+
+def test_predict_takes_a_text_with_a_lone_surrogate_as_the_command_line_does(trained_run):
+    """Python's stand-in for an undecodable byte (os.fsdecode, errors="surrogateescape")
+    cannot reach the Rust tokenizer: it is scored as U+FFFD, as the CLI scores such bytes."""
+    from imdbsent.explain import Explainer
+    predictor = _predictor(trained_run)
+    odd, plain = predictor.predict(["great \udcff film", "great \ufffd film"])
+    assert odd.prob_pos == plain.prob_pos and odd.text == "great \udcff film"
+    explained = Explainer(predictor).explain("great \ud800 film")
+    assert [explained.text[t.start:t.end] for t in explained.tokens] == ["great", "\ud800", "film"]
 
 
 def test_predict_takes_any_iterable_of_texts_in_order(trained_run):
@@ -293,8 +316,10 @@ def test_any_unicode_gives_one_prediction_per_text(trained_run, texts):
     assert [p.text for p in preds] == texts
     rows = "".join(_format_row(p, "tsv") for p in preds)
     assert len(rows.splitlines()) == len(texts)
-    assert all(p.skipped == (not ids or not t.strip())
-               for p, t, ids in zip(preds, texts, text.encode(tok, texts)))
+    visible = [any(unicodedata.category(c)[0] not in "CZ" for c in t) for t in texts]  # not
+    # a control, format, unassigned or space character
+    assert all(p.skipped == (not ids or not seen)
+               for p, seen, ids in zip(preds, visible, text.encode(tok, texts)))
 
 
 _PREDICTORS: dict = {}

@@ -224,3 +224,11 @@ def test_parquet_is_read_a_row_group_at_a_time_in_bounded_memory(tmp_path):
         peak = max(peak, pa.total_allocated_bytes())
         rows += len(chunk.texts)
     assert rows == 30_000 and peak < 8 * 2**20
+
+
+def test_a_labeled_csv_that_is_not_utf8_says_so(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text,label\ncaf\xe9 bien,1\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.csv: cannot read as csv: .*\(imdbsent reads "
+                       r"UTF-8 text\)$"):
+        sources.read_labeled_file(path).to_list()

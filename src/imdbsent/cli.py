@@ -375,12 +375,21 @@ def _inputs(texts: list[str], file: Path | None) -> Iterator[str | None]:
 def _texts(texts: list[str], fh: BinaryIO | None) -> Iterator[str | None]:
     for t in texts:
         if t == "-":
-            yield from live_lines(sys.stdin.buffer)
+            yield from _reading("standard input", live_lines(sys.stdin.buffer))
         else:  # bytes that were not UTF-8 reach Python as lone surrogates: replaced, as in files
             yield t.encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
     if fh is not None:
         with fh:
-            yield from read_lines(fh)
+            yield from _reading(fh.name, read_lines(fh))
+
+
+def _reading(name: str, lines: Iterator[str | None]) -> Iterator[str | None]:
+    """`lines`, where a read that fails on the way (a disk's I/O error) is one line naming
+    the input, as a file that cannot be opened is."""
+    try:
+        yield from lines
+    except OSError as exc:
+        raise UserError(f"{name}: cannot read: {exc.strerror or exc}") from None
 
 
 def live_lines(fh: BinaryIO, pause: float = PAUSE_SECONDS) -> Iterator[str | None]:
@@ -426,9 +435,10 @@ def live_lines(fh: BinaryIO, pause: float = PAUSE_SECONDS) -> Iterator[str | Non
 
 def read_lines(fh: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:
     """Lines of a byte stream as text: UTF-8, or UTF-16 where the stream starts with its
-    byte-order mark (as Windows PowerShell's `>` writes files); a UTF-8 byte-order mark dropped
-    (as Windows editors write one), invalid bytes replaced, each line cut to `max_bytes` (the
-    rest of an over-long line is read and dropped, never held)."""
+    byte-order mark (as Windows PowerShell's `>` writes files); a byte-order mark that starts a
+    line dropped (as Windows editors write one, and `cat` joins files that each have one),
+    invalid bytes replaced, each line cut to `max_bytes` (the rest of an over-long line is read
+    and dropped, never held)."""
     if not hasattr(fh, "peek"):  # a stream without a buffer of its own (a test's BytesIO)
         fh = io.BufferedReader(fh)  # type: ignore[arg-type]
     wide = fh.peek(2)[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
@@ -436,8 +446,8 @@ def read_lines(fh: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:
     lines = (_cut_lines(text.readline, max_bytes // 2, "\n") if text else
              (b.decode("utf-8", "replace") for b in _cut_lines(fh.readline, max_bytes, b"\n")))
     try:
-        for i, line in enumerate(lines):
-            yield (line.removeprefix("\ufeff") if i == 0 else line).rstrip("\r\n")
+        for line in lines:
+            yield line.removeprefix("\ufeff").rstrip("\r\n")
     finally:
         if text:  # the stream stays open for its owner (closing the wrapper would close it)
             text.detach()

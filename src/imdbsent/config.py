@@ -175,6 +175,8 @@ def load(name_or_path: str | Path | None = None, overrides: dict[str, Any] | Non
                         f"{', '.join(MODELS)}")
     if cfg.model.name == "ensemble":
         _members_own(raw, where)
+    elif "recipe" not in raw and not (overrides or {}).get("model.name"):
+        _fields_used(raw, where, cfg.model.name)
     if _is_path(ref):  # members named by path: relative to this file
         base = Path(where).parent
         cfg.model.members = [str((base / m).resolve()) if _is_path(m) else m
@@ -195,6 +197,17 @@ def _members_own(raw: dict[str, Any], where: str) -> None:
             if not written or value != getattr(getattr(defaults, table), key, value):
                 raise UserError(f"{where}: {dotted}: an ensemble trains each member by its own "
                                 "recipe; set it in the member recipes instead")
+
+
+def _fields_used(raw: dict[str, Any], where: str, name: str) -> None:
+    """Refuse a recipe's [model] field that its model ignores (`hidden_dim` for cnn), as a
+    typo or a misunderstanding that would otherwise train something else than was meant. Not
+    for a run's config.toml, which writes every field, nor under `--model`, which trains the
+    recipe as another model."""
+    for key in raw.get("model", {}):
+        if key != "name" and key not in MODEL_FIELDS[name]:
+            raise UserError(f"{where}: model.{key}: {name} does not use it (its fields: "
+                            f"{', '.join(MODEL_FIELDS[name])})")
 
 
 def from_dict(raw: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> Config:

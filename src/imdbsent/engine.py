@@ -328,7 +328,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name not in configs.DEVICES:
         raise BadValue("device", f"must be one of {', '.join(configs.DEVICES)}, not {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        raise UserError("device cuda: no CUDA device is available here (use cpu or auto)")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":

@@ -76,11 +76,12 @@ class Explainer:
         self.predictor = predictor
 
     def explain(self, raw: str) -> Explanation:
-        """One text's explanation; tokens past the model's max_length are listed with 0. When
+        """One text's explanation; tokens past the model's max_length are listed, unread. When
         integrated gradients leave a gap over the tolerance, the path is taken again with 4x
         the steps; `complete` says whether that sufficed."""
         p = self.predictor
-        encoding = p.tokenizer.encode(raw[:text.MAX_CHARS], add_special_tokens=False)
+        encoding = p.tokenizer.encode(text.clean_surrogates(raw[:text.MAX_CHARS]),
+                                      add_special_tokens=False)
         if not has_words(raw, encoding.ids):  # skipped, as predict skips it
             return Explanation(raw, None, None)
         ids = torch.tensor([encoding.ids[:p.max_length]], device=p.device)

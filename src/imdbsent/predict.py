@@ -33,9 +33,10 @@ STREAM_CHARS = 16_000_000
 
 
 def has_words(raw: str, ids: list[int]) -> bool:
-    """Whether a text is scored: it has a token and more than whitespace (a blank line, one
-    of control characters, or only `<br />` tags is skipped, not guessed)."""
-    return bool(ids) and bool(raw.strip())
+    """Whether a text is scored: it has a token and a visible character (a blank line, one of
+    control or invisible characters such as NUL or a zero-width space, or only `<br />` tags is
+    skipped, not guessed)."""
+    return bool(ids) and any(c.isprintable() and not c.isspace() for c in raw)
 
 
 def _with_words(texts: list[str], ids: list[list[int]]) -> list[int]:
@@ -104,8 +105,12 @@ class Predictor:
         """Predictions batch by batch for a stream of texts, holding one batch (at most
         `batch_size` texts and STREAM_CHARS characters) at a time; a None in the stream (its
         source paused) scores the texts held so far at once."""
-        if isinstance(texts, str):
-            raise TypeError("Predictor.stream takes an iterable of texts, not one str")
+        if isinstance(texts, str | bytes | bytearray):
+            raise TypeError(f"Predictor.stream takes an iterable of texts, not one "
+                            f"{type(texts).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise BadValue("batch_size", f"must be a whole number of at least 1, not "
+                           f"{batch_size!r}")
         for batch in text.iter_batches(texts, batch_size, STREAM_CHARS):
             yield self.predict(batch)
 
@@ -115,6 +120,8 @@ def _texts(texts: Iterable[str]) -> list[str]:
     anything else than str among them is a TypeError."""
     if isinstance(texts, str):
         raise TypeError("Predictor.predict takes a list of texts; give [text] for one")
+    if isinstance(texts, bytes | bytearray):  # else each byte would be called a text
+        raise TypeError("Predictor.predict takes texts as str, not bytes: decode them first")
     if not isinstance(texts, Iterable):
         raise TypeError(f"Predictor.predict takes a list of texts, not {type(texts).__name__}")
     texts = list(texts)

@@ -288,8 +288,9 @@ def _file_split(fmt: str, paths: list[Path], where: str, text_column: str, label
                 for names, piece in read_one(p, size):
                     yield str(p), names, piece
             except (pa.ArrowException, OSError, ValueError) as exc:
-                raise UserError(f"{p}: cannot read as {fmt}: "
-                                f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+                why = (str(exc).splitlines() or [type(exc).__name__])[0]
+                hint = " (imdbsent reads UTF-8 text)" if re.search("utf-?8", why, re.I) else ""
+                raise UserError(f"{p}: cannot read as {fmt}: {why}{hint}") from None
 
     return Split(where, read, text_column, label_column, unlabeled)
 

@@ -58,7 +58,22 @@ def encode(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each text (in parallel, in Rust; without the character offsets, which cost a
     fifth of the time); over-long texts are cut to MAX_CHARS first."""
     clipped = [t[:MAX_CHARS] for t in texts]
-    return [e.ids for e in tok.encode_batch_fast(clipped, add_special_tokens=False)]
+    try:
+        encoded = tok.encode_batch_fast(clipped, add_special_tokens=False)
+    except TypeError:  # a lone surrogate, which a Rust string cannot hold (rare: checked after)
+        encoded = tok.encode_batch_fast([clean_surrogates(t) for t in clipped],
+                                        add_special_tokens=False)
+    return [e.ids for e in encoded]
+
+
+def clean_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (Python's stand-in for a byte that was not UTF-8, as
+    `os.fsdecode` or `errors="surrogateescape"` give) replaced by U+FFFD, one character for
+    one, so that offsets into it still hold."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def sentence_end_ids(tok: Tokenizer) -> list[int]:
@@ -68,7 +83,7 @@ def sentence_end_ids(tok: Tokenizer) -> list[int]:
 
 def tokens(tok: Tokenizer, text: str) -> list[str]:
     """The tokens of one text, as the model sees them (for explanations and tests)."""
-    return tok.encode(text[:MAX_CHARS], add_special_tokens=False).tokens
+    return tok.encode(clean_surrogates(text[:MAX_CHARS]), add_special_tokens=False).tokens
 
 
 def iter_batches(items: Iterable[str | None], size: int, max_chars: int | None = None
