@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from conftest import SMALL_GRU, make_reviews, run_cli, run_exe, set_started
 from imdbsent import config, runs, text, training
 from imdbsent.cli import app
+from imdbsent.errors import Terminated
 
 runner = CliRunner()
 
@@ -302,6 +303,25 @@ def test_training_into_a_finished_run_refuses_and_keeps_it(trained_run, capsys):
     assert files() == before
 
 
+def test_training_into_a_folder_of_files_named_as_a_runs_refuses_and_keeps_them(
+        prepared_dir, trained_run, tmp_path, capsys):
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    mine.mkdir()
+    other.mkdir()
+    (mine / "tokenizer.json").write_text("precious")
+    (mine / "best.safetensors").write_text("precious")
+    (other / "config.toml").write_text("foo = 1\n")  # another program's, not a run
+    for folder, names in ((mine, "best.safetensors, tokenizer.json"), (other, "config.toml"),
+                          (prepared_dir, "tokenizer.json")):
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        assert run_cli(["train", "--config", str(trained_run / "config.toml"),
+                        "--run-dir", str(folder)]) == 1
+        assert capsys.readouterr().err == (f"imdbsent: error: {folder} holds {names} but no "
+                                           "run: training would overwrite them; choose another "
+                                           "--run-dir\n")
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no .lock either
+
+
 def test_checkpoint_and_tokenizer_that_do_not_match(trained_run, tmp_path, capsys):
     run = tmp_path / "mismatch"
     shutil.copytree(trained_run, run)
@@ -400,3 +420,25 @@ def test_a_file_that_fails_while_it_is_read_is_one_line(trained_run, capsys):
     out, err = capsys.readouterr()
     assert err == "imdbsent: error: /proc/self/mem: cannot read: Input/output error\n"
     assert out == ""
+
+
+@pytest.mark.parametrize("stop, code, said", [(KeyboardInterrupt, 130, "interrupted"),
+                                              (Terminated, 143, "terminated")])
+def test_an_interrupted_prepare_says_what_it_kept(source_dir, tmp_path, monkeypatch, capsys,
+                                                  stop, code, said):
+    from imdbsent import data
+    args = ["prepare", "--source", str(source_dir), "--vectors-dim", "0", "--out"]
+    assert run_cli([*args, str(tmp_path / "kept")]) == 0
+
+    def stopped(*_args: object) -> None:
+        raise stop()
+
+    monkeypatch.setattr(data, "_build_into", stopped)
+    capsys.readouterr()
+    assert run_cli([*args, str(tmp_path / "new")]) == code
+    assert capsys.readouterr().err.endswith(f"{said}: nothing was kept in {tmp_path / 'new'}\n")
+    assert not (tmp_path / "new").exists()
+    assert run_cli([*args, str(tmp_path / "kept"), "--force"]) == code
+    assert capsys.readouterr().err.endswith(f"{said}: {tmp_path / 'kept'} holds the dataset "
+                                            "prepared before, as it was\n")
+    assert data.load_prepared(tmp_path / "kept").split("test").labels.size

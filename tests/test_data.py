@@ -257,6 +257,27 @@ def test_prepare_refuses_an_out_that_would_write_over_its_source(source_dir, tmp
     assert {p.name: p.read_bytes() for p in source.iterdir()} == before
 
 
+def test_prepare_refuses_an_out_whose_files_are_someone_elses(source_dir, tmp_path):
+    """A copy of a source folder, or any folder with a file named as prepare's own but no
+    prepared dataset in it: refused, every file kept. A prepared dataset (its manifest), or one
+    whose rebuild was killed before its manifest was written (prepare's lock file), is not."""
+    copy = shutil.copytree(source_dir, tmp_path / "copy")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train.parquet").write_text("precious")
+    (mine / "manifest.json").write_text("{}")
+    for out in (copy, mine):
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        with pytest.raises(UserError, match=f"^--out {out} holds .*train.parquet.* but is not a "
+                           "prepared dataset: prepare would overwrite them; give another --out$"):
+            data.prepare(data.PrepareArgs(source=str(source_dir), vectors_dim=0), out)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    out = tmp_path / "p"
+    data.prepare(data.PrepareArgs(source=str(source_dir), vectors_dim=0), out)
+    (out / "manifest.json").unlink()  # killed between its files and its manifest
+    assert data.prepare(data.PrepareArgs(source=str(source_dir), vectors_dim=0), out)[1]
+
+
 def test_a_failed_prepare_leaves_no_folder_it_made(tmp_path):
     source = tmp_path / "source"
     source.mkdir()

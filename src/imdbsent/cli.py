@@ -115,9 +115,16 @@ def prepare(
                             min_freq=min_freq, unsupervised=unsupervised, vectors_dim=vectors_dim,
                             vectors_tokens=vectors_tokens, text_column=text_column,
                             label_column=label_column)
+    had = data.is_prepared(out)
     view = console.PrepareView()
     try:
         manifest, built = data.prepare(args, out, force=force, report=view.log, progress=view)
+    except (KeyboardInterrupt, Terminated) as exc:  # what was kept, as train says it
+        view.close()
+        console.log(f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'terminated'}: "
+                    + (f"{out} holds the dataset prepared before, as it was" if had else
+                       f"nothing was kept in {out}"))
+        raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 143) from None
     finally:
         view.close()
     console.prepare_summary(manifest, out, built)
@@ -221,6 +228,7 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
     if outcome.message:
         _fail(outcome.message, outcome.code)
     raise typer.Exit(outcome.code)
+
 
 
 @app.command("runs")

@@ -43,7 +43,7 @@ from tokenizers import Tokenizer
 from imdbsent import __version__, distributed, sources, text, vectors, word2vec
 from imdbsent.config import DATA_DEFAULT, SEED_LIMIT, flag
 from imdbsent.errors import BadValue, UserError
-from imdbsent.fsutil import FolderLock, atomic_write, atomic_write_text, is_locked
+from imdbsent.fsutil import LOCK_NAME, FolderLock, atomic_write, atomic_write_text, is_locked
 from imdbsent.sources import Source, Split, load_source
 from imdbsent.text import TOKENIZER
 
@@ -221,6 +221,7 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
     existing = _read_manifest(out)
     if not force and _reusable(out, existing, wanted) and not is_locked(out):
         return existing, False  # (no lock needed to read; a read-only copy stays usable)
+    _check_foreign(out, existing)
     made = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the
     try:  # first folder this makes (data/ for data/imdb in a fresh folder), if any
         out.mkdir(parents=True, exist_ok=True)
@@ -790,6 +791,12 @@ def _files(manifest: dict) -> list[str]:
             *([manifest["vectors"]] if manifest.get("vectors") else [])]
 
 
+def is_prepared(folder: Path) -> bool:
+    """Whether `folder` holds a whole prepared dataset."""
+    manifest = _read_manifest(folder)
+    return manifest is not None and _complete(folder, manifest)
+
+
 def _complete(folder: Path, manifest: dict) -> bool:
     return bool(manifest.get("splits")) and all((folder / f).exists() for f in _files(manifest))
 
@@ -804,10 +811,26 @@ def _check_apart(source: str, out: Path) -> None:
     if src.is_dir() and (dst == src or src in dst.parents):
         raise UserError(f"--out {out} is inside the source {source}: prepare would write over "
                         "its files; give another --out")
-    prepared = {MANIFEST, VECTORS, TOKENIZER, *(f"{n}.parquet" for n in (*sources.SPLITS, "valid"))}
-    if src.is_file() and dst == src.parent and src.name in prepared:
+    if src.is_file() and dst == src.parent and src.name in _PREPARED_NAMES:
         raise UserError(f"--out {out} holds the source {source}, which prepare would overwrite; "
                         "give another --out")
+
+
+def _check_foreign(out: Path, manifest: dict | None) -> None:
+    """Refuse an --out that holds files named as prepare's own (`train.parquet`, ...) but is
+    no prepared dataset (no manifest of prepare's, nor the lock file that prepare leaves, as
+    after a build that was killed): they are someone's, and would be replaced."""
+    ours = manifest is not None and "args" in manifest and "splits" in manifest
+    if ours or (out / LOCK_NAME).exists():
+        return
+    theirs = sorted(name for name in _PREPARED_NAMES if (out / name).exists())
+    if theirs:
+        raise UserError(f"--out {out} holds {', '.join(theirs)} but is not a prepared dataset: "
+                        "prepare would overwrite them; give another --out")
+
+
+_PREPARED_NAMES = {MANIFEST, VECTORS, TOKENIZER,
+                   *(f"{n}.parquet" for n in (*sources.SPLITS, "valid"))}
 
 
 def _label_counts(labels: np.ndarray) -> dict[str, int]:

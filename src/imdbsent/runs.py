@@ -81,6 +81,19 @@ def make_dir(path: Path) -> bool:
         raise UserError(f"cannot create run directory {path}: {exc.strerror}") from None
 
 
+def refuse_taken(run: Path) -> None:
+    """Refuse to start a run in a folder that holds one (continue it with --resume), or that
+    holds files named as a run's but no run (someone's: training would replace them; a
+    prepared dataset's tokenizer.json, a config.toml of another program)."""
+    names = sorted(name for name in RUN_FILES if (run / name).exists())
+    if (run / CONFIG).is_file() and ((run / TOKENIZER).is_file() or (run / MEMBERS).is_dir()):
+        raise UserError(f"{run} already holds a run: continue it with --resume {run}, or "
+                        "choose another --run-dir")
+    if names:
+        raise UserError(f"{run} holds {', '.join(names)} but no run: training would overwrite "
+                        "them; choose another --run-dir")
+
+
 def latest_run(root: Path = Path("runs"), report: Callable[[str], None] = lambda _m: None
                ) -> Path:
     """The most recently started run under `root` that has finished (tested), else that has a

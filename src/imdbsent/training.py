@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from imdbsent import config, data, distributed, engine, runs
 from imdbsent.errors import OutputFailed, Terminated, UserError
+from imdbsent.fsutil import is_locked
 
 RESUMABLE = ("train.epochs", "train.device", "data")  # what --resume may change
 T = TypeVar("T")
@@ -76,19 +77,17 @@ def start(recipe: str | None, overrides: dict[str, Any], reporter: engine.Report
         _same_data_everywhere(prepared)
 
         def claim() -> tuple[Path, set[str], bool]:
-            """The run directory, locked, with the files it held before (rank 0)."""
+            """The run directory, locked, and whether its lock file was there before (rank 0)."""
             if run_dir is None:
                 run, created = runs.new_run_dir(root, cfg.model.name), True
             else:
                 run, created = run_dir, runs.make_dir(run_dir)
+            if not is_locked(run):  # refused before locking, a user's folder keeps no .lock
+                runs.refuse_taken(run)  # (locked: a training in it, which the lock names)
             had_lock = (run / runs.LOCK_NAME).exists()
             lock.enter_context(runs.RunLock(run))
-            before = {name for name in runs.RUN_FILES if (run / name).exists()}
-            before |= {runs.LOCK_NAME} if had_lock else set()
-            if before & {runs.CONFIG, runs.LAST, runs.MEMBERS}:
-                raise UserError(f"{run} already holds a run: continue it with --resume {run}, "
-                                "or choose another --run-dir")
-            return run, before, created
+            runs.refuse_taken(run)
+            return run, {runs.LOCK_NAME} if had_lock else set(), created
 
         run, before, created = distributed.on_main(claim)
         try:
