@@ -442,3 +442,16 @@ def test_an_interrupted_prepare_says_what_it_kept(source_dir, tmp_path, monkeypa
     assert capsys.readouterr().err.endswith(f"{said}: {tmp_path / 'kept'} holds the dataset "
                                             "prepared before, as it was\n")
     assert data.load_prepared(tmp_path / "kept").split("test").labels.size
+
+
+def test_a_run_named_that_has_not_finished_is_said_so(trained_run, tmp_path, capsys):
+    run = shutil.copytree(trained_run, tmp_path / "stopped")
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join(x for x in lines if '"split": "test"' not in x))
+    for args in (["evaluate", str(run)], ["predict", "--run", str(run), "great film"],
+                 ["explain", "--run", str(run), "great film"]):
+        assert run_cli(args) == 0
+        assert capsys.readouterr().err == (f"{run} has not finished (interrupted): using its "
+                                           "best checkpoint so far\n"), args
+    assert run_cli(["evaluate", str(trained_run)]) == 0
+    assert capsys.readouterr().err == ""

@@ -118,12 +118,14 @@ def _tiny(labels):
 
 
 @pytest.mark.parametrize("labels, ratio, says", [
-    ([1], 0.7, "each label needs 2 reviews or more.* pos has 1"),
-    ([0, 1], 0.7, "neg and pos has 1"),
+    ([1], 0.7, r"\(1 pos\) .*: there is no neg review, and a classifier learns from both"),
+    ([0] * 20, 0.7, r"\(20 neg\) .*: there is no pos review"),
+    ([0, 1], 0.7, "each label needs 2 reviews or more.* neg and pos has 1"),
     ([0] * 19 + [1], 0.7, "pos has 1"),
     ([0, 1] * 10, 0.99, "leaves 19 for train and 1 for valid"),
     ([0, 1] * 10, 0.01, "leaves 0 for train and 20 for valid"),
-], ids=["one-review", "two-reviews", "one-of-a-label", "valid-empty", "train-empty"])
+], ids=["one-review", "one-label", "two-reviews", "one-of-a-label", "valid-empty",
+        "train-empty"])
 def test_a_train_split_too_small_to_split_is_one_clear_line(labels, ratio, says):
     with pytest.raises(UserError, match=says) as info:
         data.split(_tiny(labels), ratio, 1234)
@@ -132,8 +134,8 @@ def test_a_train_split_too_small_to_split_is_one_clear_line(labels, ratio, says)
 
 
 def test_the_smallest_splits_that_can_be_made_are_made():
-    assert [len(part) for part in data.split(_tiny([1, 1]), 0.7, 1)[:2]] == [1, 1]
     assert [len(part) for part in data.split(_tiny([0, 1] * 2), 0.5, 1)[:2]] == [2, 2]
+    assert [len(part) for part in data.split(_tiny([0, 0, 1, 1, 1]), 0.7, 1)[:2]] == [3, 2]
 
 
 def test_a_split_whose_valid_side_would_hold_only_copies_is_refused():

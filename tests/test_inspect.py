@@ -246,6 +246,7 @@ def test_report_writes_every_figure_and_a_page_that_needs_nothing_else(trained_r
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert 'name = &quot;gru&quot;' in page and 'name = &quot;ensemble&quot;' in page  # configs
     assert "hidden_dim = " in page and "filter_sizes" not in page  # only what gru reads
+    assert page.count("<td>finished</td>") == 2  # each run's status, as imdbsent runs says it
     assert 'name="viewport"' in page and "ECE: expected calibration error" in page  # read on a
     # phone, and the columns said
 

@@ -103,7 +103,8 @@ def prepare(
                                                 )] = 25_000_000,
     text_column: Annotated[str, typer.Option(help="Text column of CSV/JSONL/Parquet files.")
                            ] = "text",
-    label_column: Annotated[str, typer.Option(help="Label column (0/1 or neg/pos).")] = "label",
+    label_column: Annotated[str, typer.Option(
+        help="Label column (0/1, neg/pos or negative/positive).")] = "label",
     force: Annotated[bool, typer.Option(help="Rebuild even if already prepared.")] = False,
     threads_: ThreadsOption = None,
 ) -> None:
@@ -230,7 +231,6 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
     raise typer.Exit(outcome.code)
 
 
-
 @app.command("runs")
 def runs_cmd(
     folder: Annotated[Path, typer.Argument(help="Folder of run directories (or one run).")] = Path("runs"),
@@ -264,6 +264,8 @@ def report_cmd(
     from imdbsent import report
 
     folder = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
+    for run in run_dirs:
+        _chosen_run(run)
     for path in report.make(run_dirs, folder, device.value, data_dir):
         console.result(str(path))
 
@@ -278,8 +280,8 @@ def evaluate_cmd(
     data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder "
                                                      "(default: the run's).")] = None,
     text_column: Annotated[str, typer.Option(help="Text column of --data-file.")] = "text",
-    label_column: Annotated[str, typer.Option(help="Label column of --data-file (0/1 or "
-                                              "neg/pos).")] = "label",
+    label_column: Annotated[str, typer.Option(
+        help="Label column of --data-file (0/1, neg/pos or negative/positive).")] = "label",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     threshold: Annotated[float, typer.Option(help="P(pos) at or above which a review is pos.",
                                              min=0.0, max=1.0)] = 0.5,
@@ -288,13 +290,12 @@ def evaluate_cmd(
 ) -> None:
     """Loss, accuracy, precision, recall, F1, confusion matrix and calibration of a run."""
     threads.configure(threads_)
-    from imdbsent import runs
     from imdbsent.predict import evaluate_run
 
     if data_file is not None and (split or data_dir):
         raise UserError(f"--data-file scores a file of its own: give it without "
                         f"{'--split' if split else '--data'}")
-    run = runs.check_run(run) if run is not None else runs.latest_run(report=console.log)
+    run = _chosen_run(run)
     metrics, title = evaluate_run(run, split=(split or Split.test).value, data_file=data_file,
                                   data_dir=data_dir, threshold=threshold, device=device.value,
                                   text_column=text_column, label_column=label_column)
@@ -319,14 +320,12 @@ def predict_cmd(
 ) -> None:
     """Label texts pos or neg with the probability of pos: `label<TAB>prob_pos<TAB>text`."""
     threads.configure(threads_)
-    from imdbsent import runs
     from imdbsent.predict import Predictor
 
     texts = texts or []
     if not texts and file is None:
         raise UserError("nothing to predict: give texts, - for standard input, or --file PATH")
-    predictor = Predictor(run if run is not None else runs.latest_run(report=console.log),
-                          device.value, threshold)
+    predictor = Predictor(_chosen_run(run), device.value, threshold)
     chosen = (fmt.value if fmt else ("table" if console.out.is_terminal else "tsv"))
     console.write_predictions(predictor.stream(_inputs(texts, file), batch_size), chosen)
 
@@ -345,12 +344,12 @@ def explain_cmd(
 ) -> None:
     """Word by word, how much each moved the score (exact for nbow/nblr, integrated gradients else)."""
     threads.configure(threads_)
-    from imdbsent import explain, runs
+    from imdbsent import explain
     from imdbsent.predict import Predictor
 
     if not texts and file is None:
         raise UserError("nothing to explain: give texts, - for standard input, or --file PATH")
-    run = runs.check_run(run) if run is not None else runs.latest_run(report=console.log)
+    run = _chosen_run(run)
     explainer = explain.Explainer(Predictor(run, device.value, threshold))
     results = (explainer.explain(t) for t in _inputs(texts or [], file) if t is not None)
     chosen = fmt.value if fmt else ("terminal" if console.out.is_terminal else "jsonl")
@@ -362,6 +361,17 @@ def explain_cmd(
     else:
         for e in results:
             console.explanation(e)
+
+
+def _chosen_run(run: Path | None) -> Path:
+    """The run named, or else the newest finished one; said on standard error when it has not
+    finished (its best checkpoint so far: not calibrated)."""
+    from imdbsent import runs
+
+    if run is None:
+        return runs.latest_run(report=console.log)
+    runs.say_unfinished(runs.check_run(run), console.log)
+    return run
 
 
 def _inputs(texts: list[str], file: Path | None) -> Iterator[str | None]:

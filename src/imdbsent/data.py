@@ -500,8 +500,9 @@ def split_rows(labels: np.ndarray, digests: np.ndarray, ratio: float, seed: int
     It is `datasets`' seeded train_test_split, run on the labels and row numbers only (never
     the texts), so data without duplicates splits exactly as that does. Copies of one review
     (equal `digests`) never end on both sides: the valid copies of a review that also sits in
-    train move to the end of train. A split that cannot be made (too few reviews, a ratio that
-    leaves a side empty, a label with one review) is a UserError.
+    train move to the end of train. A split that cannot be made or learned from (too few
+    reviews, a ratio that leaves a side empty, a label with one review or none) is a
+    UserError.
     """
     _check_splittable(labels, ratio)
     datasets = sources.hf_datasets()
@@ -533,6 +534,10 @@ def _check_splittable(labels: np.ndarray, ratio: float) -> None:
                             if counts[v])
     where = (f"cannot split {n:,} training review(s) ({labels_said}) into train and valid "
              f"{ratio:g}/{1 - ratio:g} by label")
+    missing = [name for v, name in ((0, "neg"), (1, "pos")) if counts[v] == 0]
+    if missing:  # a classifier needs both; the split alone would not mind
+        raise UserError(f"{where}: there is no {missing[0]} review, and a classifier learns "
+                        "from both labels; check the label column")
     single = [name for v, name in ((0, "neg"), (1, "pos")) if counts[v] == 1]
     if single:
         raise UserError(f"{where}: each label needs 2 reviews or more, one for each side, and "

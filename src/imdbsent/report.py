@@ -266,13 +266,14 @@ def to_html(scores: list[Scores], figures: list[Path]) -> str:
     """The report page: metrics, figures as embedded PNG data, configs; everything escaped,
     nothing fetched."""
     e = html.escape
-    head = ("run", "model", "test acc", "loss", "precision", "recall", "F1", "ROC AUC", "AP",
+    head = ("run", "model", "status", "test acc", "loss", "precision", "recall", "F1", "ROC AUC", "AP",
             "ECE", "Brier", "epochs")
     rows = []
     for s in scores:
         m = s.metrics
         epochs = sum(len(r) for r in s.curves.values())
-        cells = [s.name, runs.load_config(s.run).model.name, f"{m['accuracy']:.2%}",
+        cells = [s.name, runs.load_config(s.run).model.name, runs.describe(s.run)["status"],
+                 f"{m['accuracy']:.2%}",
                  f"{m['loss']:.4f}", f"{m['precision']:.2%}", f"{m['recall']:.2%}",
                  f"{m['f1']:.2%}", f"{m['roc_auc']:.4f}", f"{m['average_precision']:.4f}",
                  f"{m['ece']:.4f}", f"{m['brier']:.4f}", str(epochs)]
@@ -295,8 +296,9 @@ def to_html(scores: list[Scores], figures: list[Path]) -> str:
             + "</body></html>\n")
 
 
-LEGEND = ("loss: cross-entropy of the calibrated P(pos) on the test reviews; precision, recall "
-          "and F1: of the pos label; ROC AUC and AP (average precision): of P(pos) as a "
+LEGEND = ("status: as imdbsent runs says it (an interrupted run's best checkpoint so far is "
+          "not calibrated); loss: cross-entropy of the calibrated P(pos) on the test reviews; "
+          "precision, recall and F1: of the pos label; ROC AUC and AP (average precision): of P(pos) as a "
           "ranking; ECE: expected calibration error over 10 bins; Brier: mean squared error of "
           "P(pos); epochs: trained (an ensemble's: its members' together), the checkpoint of "
           "the best validation loss scored.")

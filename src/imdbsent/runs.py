@@ -113,11 +113,22 @@ def latest_run(root: Path = Path("runs"), report: Callable[[str], None] = lambda
         report("passing over " + ", ".join(
             f"{p} ({'still training' if is_locked(p) else 'interrupted'})" for p in passed)
             + f"; using {chosen}")
-    if is_locked(chosen):
-        report(f"{chosen} is still training: using its best checkpoint so far")
-    elif finished is None:
-        report(f"{chosen} has not finished (interrupted): using its best checkpoint so far")
+    say_unfinished(chosen, report)
     return chosen
+
+
+def say_unfinished(run: Path, report: Callable[[str], None]) -> None:
+    """Say through `report` when `run` has not finished: still training, or interrupted (its
+    best checkpoint so far is neither calibrated nor tested)."""
+    if is_locked(run):
+        report(f"{run} is still training: using its best checkpoint so far")
+        return
+    try:
+        done = tested(run)
+    except UserError:  # a damaged metrics file: said by the command, if it reads it
+        return
+    if not done:
+        report(f"{run} has not finished (interrupted): using its best checkpoint so far")
 
 
 def _tested_quietly(run: Path) -> bool:
@@ -190,8 +201,9 @@ def check_data(run: Path, data: Prepared, recorded: str | None, *, other_ok: boo
     the data), or in any case another vocabulary."""
     if recorded and data.fingerprint != recorded and not other_ok:
         raise UserError(f"{data.folder} is not the prepared data {run} was trained on (it was "
-                        "prepared again, or is another dataset); use the same data, or a copy "
-                        "of it, with --data")
+                        "prepared again, or is another dataset); name the data with --data "
+                        f"{data.folder} to use it all the same, or give the run's own data (a "
+                        "copy of it) with --data")
     if load_tokenizer(run).get_vocab() != data.tokenizer.get_vocab():
         raise UserError(f"{data.folder} was prepared with another vocabulary than {run} was "
                         "trained on; use the run's data (--data)")

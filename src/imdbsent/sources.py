@@ -194,7 +194,8 @@ def load_source(
 
 
 def normalise_labels(raw: list, where: str, row_offset: int = 1) -> list[int]:
-    """Map 0/1/neg/pos labels (as ints or strings) to 0/1; anything else names file and row."""
+    """Map 0/1, neg/pos or negative/positive labels (ints or strings, any case) to 0/1;
+    anything else names file and row."""
     out: list[int] = []
     for i, value in enumerate(raw):
         key = str(value).strip().lower() if value is not None else ""
@@ -202,7 +203,8 @@ def normalise_labels(raw: list, where: str, row_offset: int = 1) -> list[int]:
             key = str(int(value))
         if key not in LABEL_NAMES:
             raise UserError(
-                f"{where}, row {i + row_offset}: label {value!r} is not one of 0, 1, neg, pos"
+                f"{where}, row {i + row_offset}: label {value!r} is not one of 0, 1, neg, pos "
+                "(or negative, positive)"
             )
         out.append(LABEL_NAMES[key])
     return out
