@@ -219,8 +219,12 @@ def test_python_dash_m_runs_the_cli():
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--data", "nowhere"], "no prepared dataset in nowhere: run imdbsent prepare"),
-    (["train", "--bogus"], "No such option: --bogus  (see imdbsent train --help)"),
-    (["bogus"], "No such command 'bogus'.  (see imdbsent --help)"),
+    (["train", "--bogus"], "No such option: --bogus (see imdbsent train --help)"),
+    (["bogus"], "No such command 'bogus' (see imdbsent --help)"),
+    (["prepare", "--source"], "Option '--source' requires an argument (see imdbsent prepare "
+                              "--help)"),  # click gives no context: found on the line
+    (["evaluate", "--split", "train"], "Invalid value for '--split': 'train' is not one of "
+                                       "'test', 'valid' (see imdbsent evaluate --help)"),
     (["train", "--epochs", "many"], "Invalid value for '--epochs'"),
     (["train", "--config", "nope"], "no recipe named 'nope'"),
     (["train", "--threads", "0"], "--threads must be a whole number of at least 1, not 0"),

@@ -547,9 +547,7 @@ def _run(argv: list[str] | None) -> None:
         code = getattr(exc, "exit_code", 2)
         if not exc.format_message().strip():  # bare `imdbsent`: its help is what it says
             sys.exit(code)
-        ctx = getattr(exc, "ctx", None)  # the subcommand's, when the error is in its flags
-        _fail(f"{exc.format_message()}  (see {ctx.command_path if ctx else 'imdbsent'} --help)",
-              code)
+        _fail(f"{_usage_message(exc)} (see {_command_path(exc, argv)} --help)", code)
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
     except Terminated:
@@ -559,6 +557,24 @@ def _run(argv: list[str] | None) -> None:
             _fail(exc.message, exc.code)
         sys.exit(exc.code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_message(exc: typer.exceptions.TyperException) -> str:
+    """click's message without what its validators add ("Value error, ") or its last period."""
+    return exc.format_message().replace("Value error, ", "").rstrip(".")
+
+
+def _command_path(exc: typer.exceptions.TyperException, argv: list[str] | None) -> str:
+    """`imdbsent COMMAND` of the command the usage error is in (click gives no context for a
+    flag that lacks its value: the first word of the line that names a command), else
+    `imdbsent`."""
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None and ctx.parent is not None:
+        return ctx.command_path
+    words = argv if argv is not None else sys.argv[1:]
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    named = next((w for w in words if not w.startswith("-")), None)
+    return f"imdbsent {named}" if named in commands else "imdbsent"
 
 
 def _fail(message: str, code: int) -> None:
