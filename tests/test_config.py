@@ -174,3 +174,14 @@ def test_a_recipe_field_that_its_model_ignores_is_refused(tmp_path):
     run_config = tmp_path / "config.toml"  # a run's own, every field written: loads
     run_config.write_text(config.load("cnn").to_toml().replace('recipe = ""', 'recipe = "cnn"'))
     assert config.load(run_config).model.name == "cnn"
+
+
+def test_a_shipped_recipe_named_by_a_path_that_is_not_here_names_the_recipe(tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository root: no configs/ here
+    with pytest.raises(UserError, match=r"^configs/lstm.toml: cannot read config \(No such file "
+                       r"or directory\); the shipped recipe is --config lstm, from anywhere$"):
+        config.load("configs/lstm.toml")
+    with pytest.raises(UserError, match=r"^mine.toml: cannot read config \(No such file or "
+                       r"directory\)$"):
+        config.load("mine.toml")

@@ -108,7 +108,10 @@ def test_prepare_records_moved_duplicates_and_overlap_with_train(tmp_path):
 def test_prepare_of_data_without_overlap_warns_of_none(prepared_dir):
     manifest = json.loads((prepared_dir / "manifest.json").read_text())
     assert manifest["overlap_with_train"] == {"valid": 0, "test": 0, "unsupervised": 0}
-    assert manifest["duplicates_moved_to_train"] == 0 and manifest["warnings"] == []
+    assert manifest["duplicates_moved_to_train"] == 0
+    # the one warning: word vectors from the tests' 11,000 tokens of random words learn nothing
+    assert [w.split(" (")[0] for w in manifest["warnings"]] == [
+        "the word vectors barely learned from 10,834 tokens"]
 
 
 def _tiny(labels):
@@ -524,3 +527,19 @@ def test_a_split_of_many_row_groups_reads_back_whole(tmp_path):
     assert back.offsets.tolist() == [0, 2, 2, 3, 3, 3, 3, 4]
     assert back.labels.tolist() == [0, 1, 0, 1, 1, 1, 0]
     assert [len(part) for part in data.iter_encoded(tmp_path / "s.parquet")] == [5, 2, 0]
+
+
+def test_prepare_says_when_the_source_has_no_unlabeled_reviews(source_dir, tmp_path):
+    source = tmp_path / "labeled"
+    source.mkdir()
+    for split in ("train", "test"):
+        shutil.copy(source_dir / f"{split}.parquet", source)
+    said: list[str] = []
+    manifest, _ = data.prepare(data.PrepareArgs(source=str(source), vectors_dim=0),
+                               tmp_path / "p", report=said.append)
+    assert f"{source} has no unsupervised split: prepared without unlabeled reviews" in said
+    assert "unsupervised" not in manifest["splits"]
+    said.clear()
+    data.prepare(data.PrepareArgs(source=str(source), vectors_dim=0, unsupervised=False),
+                 tmp_path / "q", report=said.append)
+    assert not any("no unsupervised split" in line for line in said)  # not asked for

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL_GRU, run_cli
+from conftest import SMALL_GRU, run_cli, write_parquet
 from imdbsent import data, runs, text, word2vec
 from imdbsent.errors import UserError
 
@@ -75,3 +75,26 @@ def test_without_vectors_prepared_says_how_to_train(source_dir, tmp_path, capsys
     assert run_cli(["prepare", "--source", str(source_dir), "--out", str(out),
                     "--vectors-dim", "-1"]) == 2  # a usage error
     assert "--vectors-dim must be 0 (none) or more" in capsys.readouterr().err
+
+
+def test_prepare_warns_when_the_vectors_barely_learned(source_dir, tmp_path):
+    """From 300 tokens of the tests' reviews (words drawn at random) word2vec learns nothing;
+    from reviews of fixed phrases, all context, it learns."""
+    said: list[str] = []
+    manifest, _ = data.prepare(data.PrepareArgs(source=str(source_dir), vectors_dim=8,
+                                                vectors_tokens=300), tmp_path / "few",
+                               report=said.append)
+    idle = [w for w in manifest["warnings"] if "the word vectors barely learned" in w]
+    assert len(idle) == 1 and f"warning: {idle[0]}" in said
+    assert "--vectors none" in idle[0]
+    phrases = tmp_path / "phrases"
+    phrases.mkdir()
+    for split, n in (("train", 200), ("test", 20)):
+        texts = [f"review {i} " + " ".join(["the cast is superb and the plot is fun"] * 10
+                                            if i % 2 else
+                                            ["a dull script with a weak and silly ending"] * 10)
+                 for i in range(n)]
+        write_parquet(phrases / f"{split}.parquet", texts, [i % 2 for i in range(n)])
+    manifest, _ = data.prepare(data.PrepareArgs(source=str(phrases), vectors_dim=8),
+                               tmp_path / "learned")
+    assert not any("barely learned" in w for w in manifest["warnings"])

@@ -312,8 +312,10 @@ def _read(name_or_path: str | Path) -> tuple[str, str]:
     try:
         return path.read_text(encoding="utf-8"), str(path)
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read config ({getattr(exc, 'strerror', None) or exc})") \
-            from None
+        shipped = path.stem in recipe_names() and not path.exists()  # configs/lstm.toml, from
+        hint = f"; the shipped recipe is --config {path.stem}, from anywhere" if shipped else ""
+        raise UserError(f"{path}: cannot read config ({getattr(exc, 'strerror', None) or exc})"
+                        f"{hint}") from None
 
 
 def _recipes():

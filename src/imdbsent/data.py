@@ -59,6 +59,7 @@ POOL_BATCHES = 100  # bucketing pool, as torchtext's BucketIterator: sort 100 ba
 # What prepare makes from the same arguments: a folder of an older format is rebuilt, not reused.
 # 2: duplicate reviews kept on one side of the train/valid split; overlap counts; a build id.
 PREPARE_FORMAT = 2
+IDLE_VECTORS = 0.98  # word vectors whose last epoch's loss is above this share of the first's
 Report = Callable[[str], None]
 Tick = Callable[[int], None]  # rows done so far in a stage
 Progress = Callable[..., None]  # (stage, done, total=None)
@@ -275,6 +276,9 @@ def _build_into(args: PrepareArgs, out: Path, wanted: dict, report: Report, prog
                  for name, split in source.splits.items()}
         report(f"read {args.source}: " + ", ".join(f"{len(sc.labels):,} {name}"
                                                   for name, sc in scans.items()))
+        if args.unsupervised and "unsupervised" not in scans:
+            report(f"{args.source} has no unsupervised split: prepared without unlabeled "
+                   "reviews")
         warnings = _duplicate_warnings(source.name, scans)
         for w in warnings:
             report(f"warning: {w}")
@@ -293,8 +297,9 @@ def _build_into(args: PrepareArgs, out: Path, wanted: dict, report: Report, prog
         atomic_write(out / TOKENIZER, lambda tmp: text.save(tok, tmp))
         counts, tokens = _encode(source, scans, {"train": train_rows, "valid": valid_rows}, tok,
                                  out, report, progress)
-    if args.vectors_dim:
-        _learn_vectors(args, tok, out, tokens, report, progress)
+    if args.vectors_dim and (idle := _learn_vectors(args, tok, out, tokens, report, progress)):
+        warnings.append(idle)
+        report(f"warning: {idle}")
     return {
         "tool": "imdbsent",
         "version": __version__,
@@ -433,10 +438,10 @@ class Spool:
 
 
 def _learn_vectors(args: PrepareArgs, tok: Tokenizer, out: Path, tokens: dict[str, int],
-                   report: Report, progress: Progress) -> None:
+                   report: Report, progress: Progress) -> str | None:
     """Word vectors from the training split and the unlabeled reviews (never valid or test),
     or, beyond `args.vectors_tokens` tokens, from a seeded sample of their reviews of about
-    that many tokens."""
+    that many tokens. Returns a warning when their loss barely fell (too few tokens)."""
     names = [n for n in ("train", "unsupervised") if n in tokens]
     total = sum(tokens[n] for n in names)
     keep = min(1.0, args.vectors_tokens / total) if total else 1.0
@@ -456,6 +461,11 @@ def _learn_vectors(args: PrepareArgs, tok: Tokenizer, out: Path, tokens: dict[st
     report(f"word vectors: {time.time() - start:.0f} s, loss by epoch "
            + ", ".join(f"{x:.3f}" for x in losses))
     atomic_write(out / VECTORS, lambda tmp: vectors.write_text(tmp, tok, weights))
+    if len(losses) > 1 and losses[-1] > IDLE_VECTORS * losses[0]:  # on IMDB: 2.60 to 2.16
+        return (f"the word vectors barely learned from {len(stream):,} tokens (loss "
+                f"{losses[0]:.3f} to {losses[-1]:.3f}): a recipe that starts from them "
+                "(vectors = \"prepared\") may do as well with --vectors none")
+    return None
 
 
 def sample_ids(paths: list[Path], keep: float, seed: int) -> np.ndarray:
