@@ -4,7 +4,6 @@ import csv
 import io
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -417,7 +416,18 @@ def test_read_lines_drops_a_byte_order_mark_that_starts_any_line():
     assert list(read_lines(io.BytesIO(joined))) == ["great film", "awful mess"]
 
 
-@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="Linux's /proc")
+def _fails_on_read(path: str) -> bool:
+    """Whether `path` opens and its first read fails with EIO (/proc/self/mem on Linux)."""
+    import errno
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        return exc.errno == errno.EIO
+    return False
+
+
+@pytest.mark.skipif(not _fails_on_read("/proc/self/mem"), reason="needs Linux's /proc")
 def test_a_file_that_fails_while_it_is_read_is_one_line(trained_run, capsys):
     # /proc/self/mem opens, and its first read fails with EIO (address 0 is not mapped)
     assert run_cli(["predict", "--run", str(trained_run), "--file", "/proc/self/mem"]) == 1
@@ -440,7 +450,7 @@ def test_an_interrupted_prepare_says_what_it_kept(source_dir, tmp_path, monkeypa
     monkeypatch.setattr(data, "_build_into", stopped)
     capsys.readouterr()
     assert run_cli([*args, str(tmp_path / "new")]) == code
-    assert capsys.readouterr().err.endswith(f"{said}: nothing was kept in {tmp_path / 'new'}\n")
+    assert capsys.readouterr().err.endswith(f"{said}: no dataset was made in {tmp_path / 'new'}\n")
     assert not (tmp_path / "new").exists()
     assert run_cli([*args, str(tmp_path / "kept"), "--force"]) == code
     assert capsys.readouterr().err.endswith(f"{said}: {tmp_path / 'kept'} holds the dataset "
@@ -459,3 +469,24 @@ def test_a_run_named_that_has_not_finished_is_said_so(trained_run, tmp_path, cap
                                            "best checkpoint so far\n"), args
     assert run_cli(["evaluate", str(trained_run)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_read_lines_leaves_its_stream_open_and_finds_a_mark_written_a_byte_at_a_time():
+    import os
+    import threading
+    import time
+
+    from imdbsent.cli import read_lines
+    stream = io.BytesIO(b"great\nfilm\n")  # no buffer of its own: read through one of ours
+    assert list(read_lines(stream)) == ["great", "film"] and not stream.closed
+    r, w = os.pipe()
+
+    def write() -> None:  # the mark's two bytes in two writes: one read sees one byte
+        os.write(w, b"\xff")
+        time.sleep(0.2)
+        os.write(w, b"\xfe" + "hi\r\nyo\n".encode("utf-16-le"))
+        os.close(w)
+
+    threading.Thread(target=write).start()
+    with os.fdopen(r, "rb") as fh:
+        assert list(read_lines(fh)) == ["hi", "yo"]

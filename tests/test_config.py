@@ -171,9 +171,13 @@ def test_a_recipe_field_that_its_model_ignores_is_refused(tmp_path):
                        r"\(its fields: embedding_dim, dropout, filter_sizes, num_filters\)$"):
         config.load(path)
     assert config.load(path, {"model.name": "lstm"}).model.hidden_dim == 512  # --model lstm
-    run_config = tmp_path / "config.toml"  # a run's own, every field written: loads
-    run_config.write_text(config.load("cnn").to_toml().replace('recipe = ""', 'recipe = "cnn"'))
-    assert config.load(run_config).model.name == "cnn"
+    every = config.load("cnn").to_toml()  # as a run's config.toml lists them, hidden_dim too
+    (tmp_path / "run.toml").write_text(every)  # it records `recipe`: a run's, loads
+    assert config.load(tmp_path / "run.toml").model.name == "cnn"
+    (tmp_path / "old.toml").write_text(every.replace('recipe = ""\n', ""))  # before `recipe`
+    with pytest.raises(UserError, match="model.hidden_dim: cnn does not use it"):
+        config.load(tmp_path / "old.toml")  # as a recipe to train
+    assert config.load(tmp_path / "old.toml", written=True).model.name == "cnn"  # as a run's
 
 
 def test_a_shipped_recipe_named_by_a_path_that_is_not_here_names_the_recipe(tmp_path,

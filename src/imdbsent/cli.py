@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, AnyStr, BinaryIO
+from typing import Annotated, Any, AnyStr, BinaryIO
 
 import typer
 
@@ -122,9 +122,11 @@ def prepare(
         manifest, built = data.prepare(args, out, force=force, report=view.log, progress=view)
     except (KeyboardInterrupt, Terminated) as exc:  # what was kept, as train says it
         view.close()
+        kept = (f"{out} holds the dataset prepared before, as it was" if data.is_prepared(out)
+                else f"{out} no longer holds a whole dataset: prepare it again" if had
+                else f"no dataset was made in {out}")
         console.log(f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'terminated'}: "
-                    + (f"{out} holds the dataset prepared before, as it was" if had else
-                       f"nothing was kept in {out}"))
+                    f"{kept}")
         raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 143) from None
     finally:
         view.close()
@@ -212,7 +214,7 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
     from imdbsent import launch, runs, training
 
     if resume is not None:
-        cfg = config.load(runs.check_run(resume) / runs.CONFIG, overrides)
+        cfg = config.load(runs.check_run(resume) / runs.CONFIG, overrides, written=True)
         if cfg.train.world_size != nproc:
             raise UserError(f"--nproc {nproc}: {resume} was trained by {cfg.train.world_size} "
                             f"process(es); resume it with as many")
@@ -261,11 +263,11 @@ def report_cmd(
 ) -> None:
     """Figures of runs: learning curves; on test, confusion, ROC, PR, reliability; PNGs and report.html."""
     threads.configure(threads_)
-    from imdbsent import report
+    from imdbsent import report, runs
 
     folder = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
     for run in run_dirs:
-        _chosen_run(run)
+        runs.say_unfinished(runs.check_run(run), console.log)
     for path in report.make(run_dirs, folder, device.value, data_dir):
         console.result(str(path))
 
@@ -455,10 +457,12 @@ def read_lines(fh: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:
     """Lines of a byte stream as text: UTF-8, or UTF-16 where the stream starts with its
     byte-order mark (as Windows PowerShell's `>` writes files); a byte-order mark that starts a
     line dropped (as Windows editors write one, and `cat` joins files that each have one),
-    invalid bytes replaced, each line cut to `max_bytes` (the rest of an over-long line is read
-    and dropped, never held)."""
-    if not hasattr(fh, "peek"):  # a stream without a buffer of its own (a test's BytesIO)
-        fh = io.BufferedReader(fh)  # type: ignore[arg-type]
+    invalid bytes replaced, each line cut to `max_bytes` (UTF-16: half as many characters; the
+    rest of an over-long line is read and dropped, never held). `fh` is left open."""
+    if not hasattr(fh, "peek") or fh.peek(1)[:1] in (b"\xff", b"\xfe"):
+        # a stream without a buffer of its own (a BytesIO), or one that may start with a UTF-16
+        # mark, perhaps written a byte at a time: its first two bytes read whole, put back
+        fh = io.BufferedReader(_Prefixed(fh.read(2) if hasattr(fh, "peek") else b"", fh))
     wide = fh.peek(2)[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
     text = io.TextIOWrapper(fh, "utf-16", "replace", newline="\n") if wide else None
     lines = (_cut_lines(text.readline, max_bytes // 2, "\n") if text else
@@ -469,6 +473,25 @@ def read_lines(fh: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[str]:
     finally:
         if text:  # the stream stays open for its owner (closing the wrapper would close it)
             text.detach()
+
+
+class _Prefixed(io.RawIOBase):
+    """`head`, then what `fh` gives: a stream to read again bytes already taken from `fh`,
+    which closing this never closes."""
+
+    def __init__(self, head: bytes, fh: BinaryIO) -> None:
+        super().__init__()
+        self.head, self.fh = head, fh
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data, self.head = (self.head, b"") if self.head else (
+            self.fh.read1(len(buffer)) if hasattr(self.fh, "read1") else
+            self.fh.read(len(buffer)), b"")
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def _cut_lines(readline: Callable[[int], AnyStr], most: int, end: AnyStr) -> Iterator[AnyStr]:
@@ -569,7 +592,7 @@ def _command_path(exc: typer.exceptions.TyperException, argv: list[str] | None) 
     flag that lacks its value: the first word of the line that names a command), else
     `imdbsent`."""
     ctx = getattr(exc, "ctx", None)
-    if ctx is not None and ctx.parent is not None:
+    if ctx is not None:
         return ctx.command_path
     words = argv if argv is not None else sys.argv[1:]
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]

@@ -160,9 +160,12 @@ def recipe_names() -> list[str]:
                   if p.name.endswith(".toml"))
 
 
-def load(name_or_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+def load(name_or_path: str | Path | None = None, overrides: dict[str, Any] | None = None, *,
+         written: bool = False) -> Config:
     """Load a recipe (a path, or the name of a shipped recipe; None is `default`), apply
-    `overrides` (dotted keys such as "train.epochs"), and validate the result."""
+    `overrides` (dotted keys such as "train.epochs"), and validate the result. `written`: a
+    run's own config.toml, which lists every field (so does any file that records `recipe`),
+    where a field its model ignores is no mistake of the user's."""
     ref = name_or_path or "default"
     text, where = _read(ref)
     try:
@@ -173,9 +176,10 @@ def load(name_or_path: str | Path | None = None, overrides: dict[str, Any] | Non
     if "name" not in raw.get("model", {}) and not (overrides or {}).get("model.name"):
         raise UserError(f"{where}: a recipe names its model: a [model] table with name = one of "
                         f"{', '.join(MODELS)}")
+    written = written or "recipe" in raw
     if cfg.model.name == "ensemble":
-        _members_own(raw, where)
-    elif "recipe" not in raw and not (overrides or {}).get("model.name"):
+        _members_own(raw, where, written)
+    elif not written and not (overrides or {}).get("model.name"):
         _fields_used(raw, where, cfg.model.name)
     if _is_path(ref):  # members named by path: relative to this file
         base = Path(where).parent
@@ -184,11 +188,11 @@ def load(name_or_path: str | Path | None = None, overrides: dict[str, Any] | Non
     return cfg
 
 
-def _members_own(raw: dict[str, Any], where: str) -> None:
+def _members_own(raw: dict[str, Any], where: str, written: bool) -> None:
     """Refuse an ensemble recipe's [model] or [train] setting that its members would ignore
-    (each trains by its own recipe). A run's config.toml (it records `recipe`) writes every
-    field: there, only a value other than the default is refused."""
-    defaults, written = Config(), "recipe" in raw
+    (each trains by its own recipe). A run's config.toml (`written`) lists every field: there,
+    only a value other than the default is refused."""
+    defaults = Config()
     for table in ("model", "train"):
         for key, value in raw.get(table, {}).items():
             dotted = f"{table}.{key}"
@@ -202,7 +206,7 @@ def _members_own(raw: dict[str, Any], where: str) -> None:
 def _fields_used(raw: dict[str, Any], where: str, name: str) -> None:
     """Refuse a recipe's [model] field that its model ignores (`hidden_dim` for cnn), as a
     typo or a misunderstanding that would otherwise train something else than was meant. Not
-    for a run's config.toml, which writes every field, nor under `--model`, which trains the
+    for a run's config.toml, which lists every field, nor under `--model`, which trains the
     recipe as another model."""
     for key in raw.get("model", {}):
         if key != "name" and key not in MODEL_FIELDS[name]:
@@ -312,7 +316,8 @@ def _read(name_or_path: str | Path) -> tuple[str, str]:
     try:
         return path.read_text(encoding="utf-8"), str(path)
     except (OSError, UnicodeDecodeError) as exc:
-        shipped = path.stem in recipe_names() and not path.exists()  # configs/lstm.toml, from
+        shipped = (path.parent.name == "configs" and path.stem in recipe_names()
+                   and not path.exists())  # configs/lstm.toml, from
         hint = f"; the shipped recipe is --config {path.stem}, from anywhere" if shipped else ""
         raise UserError(f"{path}: cannot read config ({getattr(exc, 'strerror', None) or exc})"
                         f"{hint}") from None

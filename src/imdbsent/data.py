@@ -59,7 +59,7 @@ POOL_BATCHES = 100  # bucketing pool, as torchtext's BucketIterator: sort 100 ba
 # What prepare makes from the same arguments: a folder of an older format is rebuilt, not reused.
 # 2: duplicate reviews kept on one side of the train/valid split; overlap counts; a build id.
 PREPARE_FORMAT = 2
-IDLE_VECTORS = 0.98  # word vectors whose last epoch's loss is above this share of the first's
+IDLE_VECTORS = 0.98  # word vectors whose last epoch's loss is above this share of the untrained
 Report = Callable[[str], None]
 Tick = Callable[[int], None]  # rows done so far in a stage
 Progress = Callable[..., None]  # (stage, done, total=None)
@@ -461,10 +461,11 @@ def _learn_vectors(args: PrepareArgs, tok: Tokenizer, out: Path, tokens: dict[st
     report(f"word vectors: {time.time() - start:.0f} s, loss by epoch "
            + ", ".join(f"{x:.3f}" for x in losses))
     atomic_write(out / VECTORS, lambda tmp: vectors.write_text(tmp, tok, weights))
-    if len(losses) > 1 and losses[-1] > IDLE_VECTORS * losses[0]:  # on IMDB: 2.60 to 2.16
+    untrained = word2vec.untrained_loss(w2v)
+    if losses and losses[-1] > IDLE_VECTORS * untrained:  # on IMDB: 4.16 untrained, 2.16 at 5
         return (f"the word vectors barely learned from {len(stream):,} tokens (loss "
-                f"{losses[0]:.3f} to {losses[-1]:.3f}): a recipe that starts from them "
-                "(vectors = \"prepared\") may do as well with --vectors none")
+                f"{untrained:.3f} untrained, {losses[-1]:.3f} at the end): a recipe that starts "
+                "from them (vectors = \"prepared\") may do as well with --vectors none")
     return None
 
 
@@ -833,12 +834,15 @@ def _check_apart(source: str, out: Path) -> None:
 
 def _check_foreign(out: Path, manifest: dict | None) -> None:
     """Refuse an --out that holds files named as prepare's own (`train.parquet`, ...) but is
-    no prepared dataset (no manifest of prepare's, nor the lock file that prepare leaves, as
-    after a build that was killed): they are someone's, and would be replaced."""
+    no prepared dataset: they are someone's (a source's, a run's tokenizer), and would be
+    replaced. A prepared dataset has prepare's manifest, or, when a rebuild was killed before
+    writing it, nothing but prepare's own files beside the lock that prepare left."""
     ours = manifest is not None and "args" in manifest and "splits" in manifest
-    if ours or (out / LOCK_NAME).exists():
+    visible = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() \
+        else set()
+    if ours or ((out / LOCK_NAME).exists() and visible <= _PREPARED_NAMES):
         return
-    theirs = sorted(name for name in _PREPARED_NAMES if (out / name).exists())
+    theirs = sorted(visible & _PREPARED_NAMES)
     if theirs:
         raise UserError(f"--out {out} holds {', '.join(theirs)} but is not a prepared dataset: "
                         "prepare would overwrite them; give another --out")

@@ -6,6 +6,7 @@ row N of the output always belongs to text N of the input.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,13 @@ STREAM_CHARS = 16_000_000
 
 
 def has_words(raw: str, ids: list[int]) -> bool:
-    """Whether a text is scored: it has a token and a visible character (a blank line, one of
-    control or invisible characters such as NUL or a zero-width space, or only `<br />` tags is
-    skipped, not guessed)."""
-    return bool(ids) and any(c.isprintable() and not c.isspace() for c in raw)
+    """Whether a text is scored: it has a token and a character that is not a space, a control
+    or a format character (a blank line, one of NUL or zero-width spaces, or only `<br />` tags
+    is skipped, not guessed; an emoji newer than Python's Unicode tables is scored)."""
+    return bool(ids) and any(unicodedata.category(c) not in _UNSEEN for c in raw)
+
+
+_UNSEEN = {"Cc", "Cf", "Zs", "Zl", "Zp"}  # Unicode's control, format and space categories
 
 
 def _with_words(texts: list[str], ids: list[list[int]]) -> list[int]:
@@ -108,9 +112,10 @@ class Predictor:
         if isinstance(texts, str | bytes | bytearray):
             raise TypeError(f"Predictor.stream takes an iterable of texts, not one "
                             f"{type(texts).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise BadValue("batch_size", f"must be a whole number of at least 1, not "
-                           f"{batch_size!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            raise TypeError(f"batch_size is a whole number, not {type(batch_size).__name__}")
+        if batch_size < 1:
+            raise BadValue("batch_size", f"must be at least 1, not {batch_size}")
         for batch in text.iter_batches(texts, batch_size, STREAM_CHARS):
             yield self.predict(batch)
 

@@ -81,6 +81,24 @@ def make_dir(path: Path) -> bool:
         raise UserError(f"cannot create run directory {path}: {exc.strerror}") from None
 
 
+def claim(run: Path) -> tuple[RunLock, set[str]]:
+    """Lock `run` for a new run, refused as `refuse_taken` says, and never leaving a lock file
+    it made in a folder it refuses. Returns the lock, held, and the run files that were there
+    before (its lock file, if any)."""
+    if not is_locked(run):  # before locking; a locked one is a training's, which the lock names
+        refuse_taken(run)
+    had_lock = (run / LOCK_NAME).exists()
+    lock = RunLock(run).__enter__()
+    try:
+        refuse_taken(run)  # what came while it locked
+    except UserError:
+        lock.__exit__(None, None, None)
+        if not had_lock:
+            (run / LOCK_NAME).unlink(missing_ok=True)
+        raise
+    return lock, {LOCK_NAME} if had_lock else set()
+
+
 def refuse_taken(run: Path) -> None:
     """Refuse to start a run in a folder that holds one (continue it with --resume), or that
     holds files named as a run's but no run (someone's: training would replace them; a
@@ -120,6 +138,8 @@ def latest_run(root: Path = Path("runs"), report: Callable[[str], None] = lambda
 def say_unfinished(run: Path, report: Callable[[str], None]) -> None:
     """Say through `report` when `run` has not finished: still training, or interrupted (its
     best checkpoint so far is neither calibrated nor tested)."""
+    if not (run / BEST).is_file():  # no model yet: the command that needs one says so
+        return
     if is_locked(run):
         report(f"{run} is still training: using its best checkpoint so far")
         return
@@ -150,7 +170,7 @@ def check_run(run: Path) -> Path:
 
 def load_config(run: Path) -> configs.Config:
     """The run's resolved config."""
-    return configs.load(check_run(run) / CONFIG)
+    return configs.load(check_run(run) / CONFIG, written=True)
 
 
 def write_config(run: Path, cfg: configs.Config) -> None:

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 from imdbsent import config, data, distributed, engine, runs
 from imdbsent.errors import OutputFailed, Terminated, UserError
-from imdbsent.fsutil import is_locked
 
 RESUMABLE = ("train.epochs", "train.device", "data")  # what --resume may change
 T = TypeVar("T")
@@ -77,17 +76,14 @@ def start(recipe: str | None, overrides: dict[str, Any], reporter: engine.Report
         _same_data_everywhere(prepared)
 
         def claim() -> tuple[Path, set[str], bool]:
-            """The run directory, locked, and whether its lock file was there before (rank 0)."""
+            """The run directory, locked, with the run files it held before (rank 0)."""
             if run_dir is None:
                 run, created = runs.new_run_dir(root, cfg.model.name), True
             else:
                 run, created = run_dir, runs.make_dir(run_dir)
-            if not is_locked(run):  # refused before locking, a user's folder keeps no .lock
-                runs.refuse_taken(run)  # (locked: a training in it, which the lock names)
-            had_lock = (run / runs.LOCK_NAME).exists()
-            lock.enter_context(runs.RunLock(run))
-            runs.refuse_taken(run)
-            return run, {runs.LOCK_NAME} if had_lock else set(), created
+            held, before = runs.claim(run)
+            lock.push(held)
+            return run, before, created
 
         run, before, created = distributed.on_main(claim)
         try:
@@ -111,7 +107,7 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
         overrides = {**overrides, "data": str(Path(overrides["data"]).resolve())}
     else:
         runs.data_folder(run, old.data)
-    cfg = config.load(run / runs.CONFIG, overrides)
+    cfg = config.load(run / runs.CONFIG, overrides, written=True)
     if cfg.model.name == "ensemble" and all(map(runs.tested, [run, *runs.members(run)])):
         raise UserError(f"{run} has finished: its members were trained and it was tested")
     own = tuple(k for k in RESUMABLE if cfg.model.name != "ensemble" or k in config.ENSEMBLE_OWN)

@@ -36,6 +36,12 @@ class Word2VecArgs:
     seed: int = 1234
 
 
+def untrained_loss(args: Word2VecArgs) -> float:
+    """The loss a token costs before any step: the target vectors start at zero, so every
+    candidate's score is 0 and each of the 1 + `negatives` costs ln 2."""
+    return (args.negatives + 1) * math.log(2)
+
+
 def sampling(counts: np.ndarray, subsample: float, rng: np.random.Generator,
              size: int = NEGATIVE_TABLE) -> tuple[np.ndarray, torch.Tensor]:
     """word2vec's two distributions from word counts: each word's probability of being kept
