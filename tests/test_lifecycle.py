@@ -306,6 +306,36 @@ def test_a_train_that_fails_before_its_first_epoch_leaves_nothing(source_dir, tm
     assert not (tmp_path / "stopped").exists()
 
 
+def test_a_sigterm_that_a_library_swallows_still_stops_the_training(prepared_dir, tmp_path,
+                                                                   monkeypatch, capsys):
+    """pyarrow's first to_numpy imports pandas, and an exception raised within that import
+    (as the SIGTERM handler raises Terminated) never comes out: a run killed then trained on
+    to the end (exit 0). The handler's `pending` mark stops it at the next batch."""
+    import signal
+    import time
+
+    real = data.Prepared.split
+
+    def swallowing(self, name):  # as pyarrow's import of pandas, while the signal comes
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs here, in the main thread
+        except BaseException:
+            pass
+        return real(self, name)
+
+    monkeypatch.setattr(data.Prepared, "split", swallowing)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SMALL_GRU.format(data=prepared_dir))
+    assert run_cli(["train", "--config", str(cfg), "--run-dir", str(tmp_path / "r")]) == 143
+    assert "interrupted before the first epoch finished; nothing was kept" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setattr(data.Prepared, "split", real)
+    assert run_cli(["train", "--config", str(cfg), "--epochs", "1", "--run-dir",
+                    str(tmp_path / "next")]) == 0  # the mark does not outlive its command
+
+
 def test_every_run_file_gets_the_umasks_permissions(trained_run):
     expected = 0o666 & ~_umask()
     for name in ("config.toml", "tokenizer.json", "metrics.jsonl", "best.safetensors",

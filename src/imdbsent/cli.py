@@ -514,6 +514,7 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors and interruptions end as one line and an exit code."""
+    Terminated.pending = False  # (a test's earlier command in this process)
     signal.signal(signal.SIGTERM, _raise_terminated)
     size = os.environ.get("WORLD_SIZE", "1")
     worker = size.isdigit() and int(size) > 1
@@ -616,4 +617,5 @@ def _rank_prefix() -> str:
 
 
 def _raise_terminated(_signum: int, _frame: object) -> None:
+    Terminated.pending = True
     raise Terminated()

@@ -20,7 +20,11 @@ class BadValue(UserError):
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread (by the CLI's handler) so that work stops as it does
     for Ctrl-C: a BaseException, as KeyboardInterrupt is, so that no library's `except
-    Exception` (torch's profiler import has one) swallows it and trains on."""
+    Exception` (torch's profiler import has one) swallows it and trains on. The handler also
+    sets `pending`, and each step of work (`threads.balanced`) raises it again: pyarrow's lazy
+    import of pandas, on a first `to_numpy`, swallows any exception raised within it."""
+
+    pending = False
 
 
 class Shared(UserError):

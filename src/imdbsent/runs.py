@@ -393,7 +393,10 @@ def list_runs(folder: Path) -> list[dict[str, Any]]:
     if (folder / CONFIG).is_file():  # a run itself, not a folder of them
         return [describe(folder)]
     found = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return [describe(p) for p in sorted(found, key=lambda p: (_started(p), p.name), reverse=True)]
+    rows = [(describe(p), p.name) for p in found]  # each config read once, by describe
+    rows.sort(key=lambda r: (datetime.fromisoformat(r[0]["started"]).timestamp(), r[1]),
+              reverse=True)
+    return [row for row, _name in rows]
 
 
 def describe(run: Path) -> dict[str, Any]:
@@ -401,10 +404,14 @@ def describe(run: Path) -> dict[str, Any]:
     and never raises: a run that cannot be read says what is wrong in its status."""
     row: dict[str, Any] = dict.fromkeys(LISTED)
     row["name"] = run.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    started = _started(run)
-    row["started"] = datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds")
     try:
         cfg = load_config(run)
+    except Exception:  # said below, as the row's status
+        cfg = None
+    started = _started(run, cfg)
+    row["started"] = datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds")
+    try:
+        cfg = cfg or load_config(run)
         records = read_metrics(run)
         epochs = epoch_records(run)
         row.update(recipe=cfg.recipe or None, model=cfg.model.name,
@@ -453,11 +460,12 @@ def _missing_file(run: Path) -> str | None:
     return f"{missing}: missing" if missing else None
 
 
-def _started(run: Path) -> float:
-    """When a run started, in seconds: as its config records it (a copied run keeps it), or,
-    for a run from before that was recorded, its tokenizer's time (written first)."""
+def _started(run: Path, cfg: configs.Config | None = None) -> float:
+    """When a run started, in seconds: as its config (`cfg`, read if not given) records it (a
+    copied run keeps it), or, for a run from before that was recorded, its tokenizer's time
+    (written first)."""
     try:
-        return datetime.fromisoformat(load_config(run).started).timestamp()
+        return datetime.fromisoformat((cfg or load_config(run)).started).timestamp()
     except Exception:  # no readable config, or no time in it: the listing still goes on
         pass
     for path in (run / TOKENIZER, run / CONFIG, run):

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from imdbsent.errors import BadValue
+from imdbsent.errors import BadValue, Terminated
 
 T = TypeVar("T")
 
@@ -159,7 +159,10 @@ def balance() -> int:
 
 
 def balanced(items: Iterable[T]) -> Iterator[T]:
-    """`items`, calling balance() before each one: `for batch in threads.balanced(batches):`."""
+    """`items`, calling balance() before each one: `for batch in threads.balanced(batches):`;
+    a SIGTERM that a library swallowed (`Terminated.pending`) stops the work here."""
     for item in items:
+        if Terminated.pending:
+            raise Terminated()
         balance()
         yield item
