@@ -319,9 +319,10 @@ def test_training_into_a_folder_of_files_named_as_a_runs_refuses_and_keeps_them(
         before = {p.name: p.read_bytes() for p in folder.iterdir()}
         assert run_cli(["train", "--config", str(trained_run / "config.toml"),
                         "--run-dir", str(folder)]) == 1
+        them = "them" if "," in names else "it"
         assert capsys.readouterr().err == (f"imdbsent: error: {folder} holds {names} but no "
-                                           "run: training would overwrite them; choose another "
-                                           "--run-dir\n")
+                                           f"run: training would overwrite {them}; choose "
+                                           "another --run-dir\n")
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no .lock either
 
 

@@ -249,11 +249,14 @@ def test_data_prepared_again_is_refused_by_resume_evaluate_and_the_final_test(
         with pytest.raises(training.Interrupted):
             training.start(str(cfg), {}, Quiet(), run_dir=run)
     data.prepare(args, folder, force=True)  # the same arguments, but a new dataset
-    with pytest.raises(UserError, match="is not the prepared data .* was trained on"):
+    with pytest.raises(UserError, match="is not the prepared data .* was trained on .*; give "
+                       "the run's own data") as refused:
         training.resume(run, {}, Quiet())
+    assert "all the same" not in str(refused.value)  # resume never takes other data
     capsys.readouterr()
     assert run_cli(["evaluate", str(run)]) == 1
-    assert "is not the prepared data" in capsys.readouterr().err
+    assert f"name the data with --data {folder} to use it all the same" in \
+        capsys.readouterr().err
     assert run_cli(["evaluate", str(run), "--data", str(folder)]) == 0  # named: the user's call
 
     again = tmp_path / "again"  # prepared again while a run trains: its final test refuses

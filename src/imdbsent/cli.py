@@ -252,7 +252,7 @@ def runs_cmd(
 @app.command("report")
 def report_cmd(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories; several share each "
-                                                       "figure.", metavar="RUN...")],
+                                                       "figure.", metavar="RUN")],
     out: Annotated[Path | None, typer.Option(help="Folder for the figures and report.html "
                                                   "(default: RUN/report for one run, report/ "
                                                   "for several).")] = None,

@@ -552,7 +552,8 @@ def _check_splittable(labels: np.ndarray, ratio: float) -> None:
     single = [name for v, name in ((0, "neg"), (1, "pos")) if counts[v] == 1]
     if single:
         raise UserError(f"{where}: each label needs 2 reviews or more, one for each side, and "
-                        f"{' and '.join(single)} has 1; add reviews")
+                        f"{' and '.join(single)} {'have' if len(single) > 1 else 'has'} 1; add "
+                        "reviews")
     if min(n_train, n_valid) < sum(1 for c in counts.values() if c):
         raise UserError(f"{where}: that leaves {n_train:,} for train and {n_valid:,} for valid, "
                         "too few for one of each label on each side; add reviews or change "
@@ -825,8 +826,9 @@ def _check_apart(source: str, out: Path) -> None:
         return
     src, dst = Path(path), out.expanduser().resolve()
     if src.is_dir() and (dst == src or src in dst.parents):
-        raise UserError(f"--out {out} is inside the source {source}: prepare would write over "
-                        "its files; give another --out")
+        where = "is the source" if dst == src else "is inside the source"
+        raise UserError(f"--out {out} {where} {source}: prepare would write over its files; "
+                        "give another --out")
     if src.is_file() and dst == src.parent and src.name in _PREPARED_NAMES:
         raise UserError(f"--out {out} holds the source {source}, which prepare would overwrite; "
                         "give another --out")
@@ -845,7 +847,8 @@ def _check_foreign(out: Path, manifest: dict | None) -> None:
     theirs = sorted(visible & _PREPARED_NAMES)
     if theirs:
         raise UserError(f"--out {out} holds {', '.join(theirs)} but is not a prepared dataset: "
-                        "prepare would overwrite them; give another --out")
+                        f"prepare would overwrite {'them' if len(theirs) > 1 else 'it'}; give "
+                        "another --out")
 
 
 _PREPARED_NAMES = {MANIFEST, VECTORS, TOKENIZER,

@@ -109,7 +109,7 @@ def refuse_taken(run: Path) -> None:
                         "choose another --run-dir")
     if names:
         raise UserError(f"{run} holds {', '.join(names)} but no run: training would overwrite "
-                        "them; choose another --run-dir")
+                        f"{'them' if len(names) > 1 else 'it'}; choose another --run-dir")
 
 
 def latest_run(root: Path = Path("runs"), report: Callable[[str], None] = lambda _m: None
@@ -214,16 +214,18 @@ def load_tokenizer(run: Path) -> Tokenizer:
     return text.load(run / TOKENIZER)
 
 
-def check_data(run: Path, data: Prepared, recorded: str | None, *, other_ok: bool = False
-               ) -> None:
+def check_data(run: Path, data: Prepared, recorded: str | None, *,
+               other_ok: bool | None = None) -> None:
     """Refuse prepared data that is not what `run` was trained on: another fingerprint
     (`recorded`, None for runs that predate fingerprints) unless `other_ok` (the user named
-    the data), or in any case another vocabulary."""
+    the data; None: no other data is ever taken, as for training on), or in any case another
+    vocabulary."""
     if recorded and data.fingerprint != recorded and not other_ok:
+        anyway = (f"name the data with --data {data.folder} to use it all the same, or "
+                  if other_ok is False else "")
         raise UserError(f"{data.folder} is not the prepared data {run} was trained on (it was "
-                        "prepared again, or is another dataset); name the data with --data "
-                        f"{data.folder} to use it all the same, or give the run's own data (a "
-                        "copy of it) with --data")
+                        f"prepared again, or is another dataset); {anyway}give the run's own "
+                        "data (a copy of it) with --data")
     if load_tokenizer(run).get_vocab() != data.tokenizer.get_vocab():
         raise UserError(f"{data.folder} was prepared with another vocabulary than {run} was "
                         "trained on; use the run's data (--data)")
