@@ -74,8 +74,7 @@ FileOption = Annotated[Path | None, typer.Option(help="Read texts from this file
                                                  "(- for standard input).")]
 RUN_HELP = "Run directory (default: the newest finished run under runs/)."
 RunOption = Annotated[Path | None, typer.Option(help=RUN_HELP)]
-ThresholdOption = Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.",
-                                                min=0.0, max=1.0)]
+ThresholdOption = Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")]
 DeviceOption = Annotated[Device, typer.Option(help="auto: CUDA if available.")]
 ThreadsOption = Annotated[int | None, typer.Option(
     "--threads", help="Compute threads (default: OMP_NUM_THREADS if set, else the cores "
@@ -285,15 +284,16 @@ def evaluate_cmd(
     label_column: Annotated[str, typer.Option(
         help="Label column of --data-file (0/1, neg/pos or negative/positive).")] = "label",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
-    threshold: Annotated[float, typer.Option(help="P(pos) at or above which a review is pos.",
-                                             min=0.0, max=1.0)] = 0.5,
+    threshold: Annotated[float, typer.Option(help="P(pos) at or above which a review is pos.")
+                         ] = 0.5,
     device: DeviceOption = Device.cpu,
     threads_: ThreadsOption = None,
 ) -> None:
     """Loss, accuracy, precision, recall, F1, confusion matrix and calibration of a run."""
     threads.configure(threads_)
-    from imdbsent.predict import evaluate_run
+    from imdbsent.predict import check_threshold, evaluate_run
 
+    check_threshold(threshold)  # before the run is looked for
     if data_file is not None and (split or data_dir):
         raise UserError(f"--data-file scores a file of its own: give it without "
                         f"{'--split' if split else '--data'}")
@@ -322,8 +322,9 @@ def predict_cmd(
 ) -> None:
     """Label texts pos or neg with the probability of pos: `label<TAB>prob_pos<TAB>text`."""
     threads.configure(threads_)
-    from imdbsent.predict import Predictor
+    from imdbsent.predict import Predictor, check_threshold
 
+    check_threshold(threshold)  # before the run is looked for
     texts = texts or []
     if not texts and file is None:
         raise UserError("nothing to predict: give texts, - for standard input, or --file PATH")
@@ -347,8 +348,9 @@ def explain_cmd(
     """Word by word, how much each moved the score (exact for nbow/nblr, integrated gradients else)."""
     threads.configure(threads_)
     from imdbsent import explain
-    from imdbsent.predict import Predictor
+    from imdbsent.predict import Predictor, check_threshold
 
+    check_threshold(threshold)  # before the run is looked for
     if not texts and file is None:
         raise UserError("nothing to explain: give texts, - for standard input, or --file PATH")
     run = _chosen_run(run)

@@ -33,6 +33,15 @@ STREAM_BATCH = 2048
 STREAM_CHARS = 16_000_000
 
 
+def check_threshold(threshold: float) -> None:
+    """Refuse a threshold that is not a probability: a TypeError for what is not a number, a
+    BadValue for a number outside [0, 1] (NaN too)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise TypeError(f"threshold is a number from 0 to 1, not {type(threshold).__name__}")
+    if not 0.0 <= threshold <= 1.0:
+        raise BadValue("threshold", f"must be between 0 and 1, not {threshold}")
+
+
 def has_words(raw: str, ids: list[int]) -> bool:
     """Whether a text is scored: it has a token and a character that is not a space, a control
     or a format character (a blank line, one of NUL or zero-width spaces, or only `<br />` tags
@@ -66,10 +75,7 @@ class Predictor:
 
     def __init__(self, run: Path, device: str = "cpu", threshold: float = 0.5) -> None:
         run = runs.check_run(run)
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-            raise TypeError(f"threshold is a number from 0 to 1, not {type(threshold).__name__}")
-        if not 0.0 <= threshold <= 1.0:
-            raise BadValue("threshold", f"must be between 0 and 1, not {threshold}")
+        check_threshold(threshold)
         self.config = runs.load_config(run)
         self.tokenizer = runs.load_tokenizer(run)
         self.device = engine.resolve_device(device)
@@ -181,8 +187,7 @@ def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = Non
                  text_column: str = "text", label_column: str = "label") -> tuple[dict, str]:
     """Metrics of a run on a prepared split or a labeled file (`score_run`) at `threshold`,
     with its `unk_rate`; returns the metrics and a description of what was scored."""
-    if not 0.0 <= threshold <= 1.0:
-        raise BadValue("threshold", f"must be between 0 and 1, not {threshold}")
+    check_threshold(threshold)
     scored = score_run(run, split=split, data_file=data_file, data_dir=data_dir, device=device,
                        text_column=text_column, label_column=label_column)
     metrics = engine.classification_metrics(scored.logits, scored.labels, threshold)
