@@ -377,7 +377,10 @@ def test_words_past_max_length_score_nothing(small_runs):
     assert any(t.score != 0.0 for t in e.tokens[:6])
     assert [t.read for t in e.tokens] == [True] * 6 + [False] * 4 and e.unread == 4
     assert [t["read"] for t in explain.as_dict(e)["tokens"]][5:7] == [True, False]
-    assert "the model read the first 6 of its 10 tokens" in explain.to_html([e], "t")
+    page = explain.to_html([e], "t")
+    assert "the model read the first 6 of its 10 tokens" in page
+    assert page.count("[the model read no further]") == 1  # before the first unread word
+    assert page.index("[the model read no further]") > page.rindex("great")
     ensemble = _explained(small_runs["ensemble"], long_text)  # nblr reads all of it
     assert any(t.score != 0.0 for t in ensemble.tokens[6:])
     assert ensemble.complete and ensemble.unread == 0
@@ -406,6 +409,30 @@ def test_offsets_point_into_the_original_text(trained_run):
     unknown = {TEXT[t.start:t.end]: t.unknown for t in e.tokens}
     assert unknown["Café"] and unknown["naïve"] and not unknown["great"] and not unknown["plot"]
     assert "".join(p for p, _ in explain.pieces(e)) == TEXT
+
+
+def test_the_terminal_sums_a_words_scores_and_the_page_warns_of_a_gap(capsys):
+    from imdbsent import console
+    text = "poor film, poor plot"
+    tokens = [explain.Token(w, s, s + len(w), score) for w, s, score in
+              [("poor", 0, -1.1), ("film", 5, 0.001), (",", 9, 0.3), ("poor", 11, -1.07),
+               ("plot", 16, 0.5)]]
+    e = explain.Explanation(text, 0.2, "neg", logit=-2.0, reference=-0.63, method="m",
+                            gap=0.0, tokens=tokens)
+    console.explanation(e)
+    said = capsys.readouterr().out
+    assert "towards pos: plot +0.50, , +0.30; towards neg: poor -2.17 (2x) (from a reference " \
+           "of -0.63; m)" in " ".join(said.split())  # film's +0.001 shows as nothing
+    assert "These scores miss the logit" not in explain.to_html([e], "t")
+    e.gap = 1.5
+    assert not e.complete
+    assert "These scores miss the logit by +1.500" in explain.to_html([e], "t")
+
+
+def test_explainer_takes_a_predictor_and_says_so_when_given_a_path(trained_run):
+    with pytest.raises(TypeError, match=r"^Explainer takes a Predictor, not PosixPath: "
+                       r"Explainer\(Predictor\(run\)\)$"):
+        explain.Explainer(trained_run)
 
 
 def test_explain_cli_formats_and_escaping(trained_run, tmp_path, capsys):

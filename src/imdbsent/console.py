@@ -26,7 +26,7 @@ from rich.text import Text
 from imdbsent.errors import OutputFailed
 
 if TYPE_CHECKING:  # not at run time: importing predict imports torch, and --help must start fast
-    from imdbsent.explain import Explanation, Token
+    from imdbsent.explain import Explanation
     from imdbsent.predict import Prediction
 
 # Text from users and files (reviews, paths, split names) must reach the terminal as it is: no
@@ -336,7 +336,8 @@ def _cell(text: str | None) -> Text:
 def explanation(e: Explanation) -> None:
     """One explanation on the terminal: label and probability, the text with each token
     coloured (green towards pos, red towards neg, brighter for a larger score; words out of the
-    vocabulary underlined), and the tokens that moved it most."""
+    vocabulary underlined), and the words that moved it most (a word's occurrences summed;
+    scores that round to 0.00 left out), from which reference."""
     from imdbsent.explain import pieces, strongest, unread_note
 
     if e.prob_pos is None:
@@ -356,15 +357,21 @@ def explanation(e: Explanation) -> None:
         line.append(_displayed(piece, 10_000), style=style.strip())
     out.print(line)
 
-    def word(t: Token) -> str:  # as written, not as the vocabulary spells it
-        return _displayed(e.text[t.start:t.end], 40) + f" {t.score:+.2f}"
+    totals: dict[str, list[float]] = {}  # each word as written (case aside): its scores
+    for t in e.tokens:
+        totals.setdefault(_displayed(e.text[t.start:t.end], 40).casefold(), []).append(t.score)
+    shown = [(w, sum(s), len(s)) for w, s in totals.items() if abs(sum(s)) >= 0.005]  # +0.00
 
-    ranked = sorted(e.tokens, key=lambda t: t.score)
-    most = [word(t) for t in reversed(ranked[-3:]) if t.score > 0]
-    least = [word(t) for t in ranked[:3] if t.score < 0]
+    def word(w: str, score: float, times: int) -> str:
+        return f"{w} {score:+.2f}" + (f" ({times}x)" if times > 1 else "")
+
+    ranked = sorted(shown, key=lambda x: x[1])
+    most = [word(*x) for x in reversed(ranked[-3:]) if x[1] > 0]
+    least = [word(*x) for x in ranked[:3] if x[1] < 0]
     gap = "" if e.complete else f"; the scores miss the logit by {e.gap:+.3f}"
     out.print(Text(f"      towards pos: {', '.join(most) or '-'}; towards neg: "
-                   f"{', '.join(least) or '-'} ({e.method}{gap}){unread_note(e)}"), style="dim")
+                   f"{', '.join(least) or '-'} (from a reference of {e.reference:+.2f}; "
+                   f"{e.method}{gap}){unread_note(e)}"), style="dim")
 
 
 def write_predictions(batches: Iterable[list[Prediction]], fmt: str) -> None:

@@ -73,6 +73,9 @@ class Explainer:
     """Explanations from a run's model, scored through the same model code as `predict`."""
 
     def __init__(self, predictor: Predictor) -> None:
+        if not isinstance(predictor, Predictor):  # a run's path, say: refused now, not later
+            raise TypeError(f"Explainer takes a Predictor, not {type(predictor).__name__}: "
+                            "Explainer(Predictor(run))")
         self.predictor = predictor
 
     def explain(self, raw: str) -> Explanation:
@@ -237,22 +240,31 @@ def to_html(explanations: list[Explanation], title: str) -> str:
                             f'<p class="text">{html.escape(e.text)}</p></section>')
             continue
         top = strongest(e)
-        spans = []
+        spans, reading = [], True
         for piece, token in pieces(e):
             if token is None:
                 spans.append(html.escape(piece))
                 continue
+            if reading and not token.read:  # where the model stopped reading
+                reading = False
+                spans.append('<span class="stop">[the model read no further]</span> ')
             alpha = min(1.0, abs(token.score) / top) * 0.6
             rgb = "0,150,0" if token.score > 0 else "200,0,0"
             note = (f"{token.score:+.4f}" + (" (unknown word)" if token.unknown else "")
                     + ("" if token.read else " (not read: past the model's max_length)"))
-            spans.append(f'<span style="background:rgba({rgb},{alpha:.3f})" '
-                         f'title="{html.escape(note)}">{html.escape(piece)}</span>')
+            kind = ' class="unk"' if token.unknown else ""
+            style = f"background:rgba({rgb},{alpha:.3f})" if token.read else "color:#999"
+            spans.append(f'<span{kind} style="{style}" title="{html.escape(note)}">'
+                         f'{html.escape(piece)}</span>')
         verdict = (f"{e.label} &middot; P(pos) {e.prob_pos:.4f} &middot; logit {e.logit:+.3f} = reference "
                    f"{e.reference:+.3f} + tokens {e.logit - e.reference - e.gap:+.3f}"
                    f"{f' (gap {e.gap:+.4f})' if abs(e.gap) >= 5e-5 else ''} &middot; "
                    f"{html.escape(e.method or '')}{html.escape(unread_note(e))}")
-        sections.append(f'<section><p class="verdict">{verdict}</p>'
+        warning = "" if e.complete else (
+            f'<p class="warn">These scores miss the logit by {e.gap:+.3f}: integrated gradients '
+            "did not add up along the path (a recurrent model's state can jump), so read them "
+            "as a rough ranking of the words, not as how much each moved the score.</p>")
+        sections.append(f'<section><p class="verdict">{verdict}</p>{warning}'
                         f'<p class="text">{"".join(spans)}</p></section>')
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -261,11 +273,18 @@ def to_html(explanations: list[Explanation], title: str) -> str:
             'pushed towards pos, <span class="neg">red</span> towards neg, darker for more '
             "(within each text: the strongest word of a text is always darkest); hover or tap a "
             "word for its score (logit units). A word pair's or triple's score is shared "
-            'equally by its words.</p>' + "".join(sections) + "</body></html>\n")
+            "equally by its words. The reference is the model's logit for a text of the same "
+            "length with nothing in it (every word's embedding zero, for integrated gradients; "
+            "no n-gram, for the exact scores): each score is how far that word moved the logit "
+            'from there. <span class="unk">Dotted underline</span>: a word the vocabulary lacks '
+            "(read as &lt;unk&gt;); grey: past the model's max_length, never read.</p>"
+            + "".join(sections) + "</body></html>\n")
 
 
 _CSS = ("body{font:16px/1.6 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
         "overflow-wrap:anywhere}"
         "section{border-top:1px solid #ddd;padding:.5rem 0}.verdict{color:#555;font-size:14px}"
         ".text{white-space:pre-wrap}.legend{color:#555}.pos{background:rgba(0,150,0,.5)}"
-        ".neg{background:rgba(200,0,0,.5)}")
+        ".neg{background:rgba(200,0,0,.5)}.unk{text-decoration:underline dotted}"
+        ".warn{background:#fff3cd;border-left:4px solid #e0a800;padding:.3rem .6rem;"
+        "font-size:14px}.stop{color:#999;font-size:13px;font-style:italic}")
