@@ -247,6 +247,7 @@ def test_report_writes_every_figure_and_a_page_that_needs_nothing_else(trained_r
     assert 'name = &quot;gru&quot;' in page and 'name = &quot;ensemble&quot;' in page  # configs
     assert "hidden_dim = " in page and "filter_sizes" not in page  # only what gru reads
     assert page.count("<td>finished</td>") == 2  # each run's status, as imdbsent runs says it
+    assert page.count("<p>scored on ") == 2 and "[test]</p>" in page  # what the figures are of
     assert 'name="viewport"' in page and "ECE: expected calibration error" in page  # read on a
     # phone, and the columns said
 
@@ -294,7 +295,7 @@ def test_the_reliability_diagram_sizes_each_bin_by_its_reviews():
     probs = torch.tensor([0.05] * 90 + [0.55] * 9 + [0.95])
     labels = torch.tensor([0.0] * 90 + [1.0] * 5 + [0.0] * 4 + [1.0])
     metrics = engine.classification_metrics(torch.logit(probs), labels)
-    scores = report.Scores("r", Path("r"), {}, probs.numpy(), labels.numpy(), metrics, "")
+    scores = report.Scores("r", Path("r"), {}, probs.numpy(), labels.numpy(), metrics, "", "")
     fig = report._reliability(report._pyplot(), [scores], "t")
     (points,) = fig.axes[0].collections
     assert np.allclose(points.get_offsets(), [[0.05, 0.0], [0.55, 5 / 9], [0.95, 1.0]])

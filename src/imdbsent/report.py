@@ -40,6 +40,7 @@ class Scores:
     labels: np.ndarray
     metrics: dict[str, Any]
     config: str  # as TOML, without the [model] fields its model ignores
+    scored: str  # the prepared data and split its figures are of
 
 
 def load(run: Path, name: str, device: str = "cpu", data_dir: Path | None = None) -> Scores:
@@ -62,7 +63,7 @@ def load(run: Path, name: str, device: str = "cpu", data_dir: Path | None = None
     metrics["roc_auc"] = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
     metrics["average_precision"] = float(np.sum(np.diff(recall, prepend=0.0) * precision))
     return Scores(name, run, curves, probs, truth, metrics,
-                  runs.load_config(run).to_toml(used=True))
+                  runs.load_config(run).to_toml(used=True), scored.what)
 
 
 def torch_to_numpy(t: Any) -> np.ndarray:
@@ -241,16 +242,16 @@ def _square(plt: Any, title: str, lines: list[tuple[Any, Any, str]], xlabel: str
 def _histogram(plt: Any, scores: list[Scores], title: str) -> Any:
     fig, axes = _figure(plt, title, len(scores))
     bins = np.linspace(0, 1, 21)
-    for ax, s in zip(axes, scores):  # outlines in a colour-blind-safe pair, not bars that mix
-        for value, label, color in ((0.0, "true neg", "tab:orange"), (1.0, "true pos",
-                                                                      "tab:blue")):
+    for ax, s in zip(axes, scores):  # outlines, not bars that mix; black, dashed or solid,
+        # since the other figures give each run a colour
+        for value, label, style in ((0.0, "true neg", "--"), (1.0, "true pos", "-")):
             ax.hist(s.probs[s.labels == value], bins=bins, histtype="step", linewidth=2,
-                    label=label, color=color)
+                    label=label, color="black", linestyle=style)
         ax.set_yscale("log")  # the few confident mistakes at either end stay visible
         ax.set_xlabel("P(pos)")
         ax.set_ylabel("reviews (log scale)")
         ax.set_title(_label(s.name), fontsize="medium")
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper center")  # over the middle, which holds fewest
     top = max(ax.get_ylim()[1] for ax in axes)
     for ax in axes:
         ax.set_ylim(top=top)  # one scale for every run, to compare them
@@ -284,7 +285,8 @@ def to_html(scores: list[Scores], figures: list[Path]) -> str:
         images.append(f'<figure><img alt="{e(TITLES[path.stem])}" '
                       f'src="data:image/png;base64,{data}"><figcaption>{e(TITLES[path.stem])}'
                       "</figcaption></figure>")
-    configs = "".join(f"<h3>{e(s.name)}</h3><pre>{e(s.config)}</pre>" for s in scores)
+    configs = "".join(f"<h3>{e(s.name)}</h3><p>scored on {e(s.scored)}</p><pre>{e(s.config)}"
+                      "</pre>" for s in scores)
     title = "imdbsent report: " + ", ".join(s.name for s in scores)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
