@@ -405,3 +405,19 @@ def test_adversarial_and_virtual_adversarial_training_on_two_processes(prepared_
     assert done.returncode == 0, done.stderr
     assert runs.load_config(run).train.virtual_adversarial == 1.0
     assert runs.read_metrics(run)[-1]["test_acc"] > 0.8
+
+
+def test_nproc_refuses_what_resume_or_an_ensemble_cannot_take_before_starting(
+        trained_run, prepared_dir, tmp_path, capsys):
+    """Checked once, by the launcher: each rank refusing on its own ended in status 143 and a
+    'terminated' line from the rank that torchrun then stopped."""
+    assert run_cli(["train", "--nproc", "2", "--resume", str(trained_run), "--lr", "0.1"]) == 1
+    assert capsys.readouterr().err == ("imdbsent: error: --lr: a resumed run keeps its recipe "
+                                       "(only --epochs, --device, --data can change); start a "
+                                       "new run to change the rest\n")
+    recipe = tmp_path / "ensemble.toml"
+    recipe.write_text(f'version = 1\ndata = "{prepared_dir}"\n[model]\nname = "ensemble"\n'
+                      'members = ["gru", "nblr"]\n')
+    assert run_cli(["train", "--nproc", "2", "--config", str(recipe), "--lr", "0.1"]) == 1
+    assert capsys.readouterr().err == ("imdbsent: error: --lr: an ensemble trains each member "
+                                       "by its own recipe; change the member recipes instead\n")

@@ -213,12 +213,12 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
     from imdbsent import launch, runs, training
 
     if resume is not None:
-        cfg = config.load(runs.check_run(resume) / runs.CONFIG, overrides, written=True)
-        if cfg.train.world_size != nproc:
-            raise UserError(f"--nproc {nproc}: {resume} was trained by {cfg.train.world_size} "
+        old, cfg = training.planned_resume(runs.check_run(resume), overrides)
+        if old.train.world_size != nproc:
+            raise UserError(f"--nproc {nproc}: {resume} was trained by {old.train.world_size} "
                             f"process(es); resume it with as many")
     else:
-        cfg = config.load(recipe, overrides)
+        cfg = training.planned_start(recipe, overrides)
     training.prepared_for(cfg)
     launch.share_threads(nproc, threads_)
     forwarded = []
@@ -574,10 +574,11 @@ def _run(argv: list[str] | None) -> None:
         if not exc.format_message().strip():  # bare `imdbsent`: its help is what it says
             sys.exit(code)
         _fail(f"{_usage_message(exc)} (see {_command_path(exc, argv)} --help)", code)
-    except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted", 130)
-    except Terminated:
-        _fail("terminated", 143)
+    except (KeyboardInterrupt, typer.Abort, Terminated) as exc:  # said by rank 0 alone
+        code = 143 if isinstance(exc, Terminated) else 130
+        if not _is_main():
+            sys.exit(code)
+        _fail("terminated" if code == 143 else "interrupted", code)
     except OutputFailed as exc:
         if exc.message:
             _fail(exc.message, exc.code)

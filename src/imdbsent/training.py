@@ -26,9 +26,10 @@ T = TypeVar("T")
 
 @dataclass
 class Interrupted(Exception):
-    """Training stopped by Ctrl-C (`code` 130), SIGTERM (143), or its standard output gone
-    (141 for a reader that went away, 1 for a full disk, said in `cause`); `run` is None when
-    nothing was kept (no epoch had finished)."""
+    """Training stopped by Ctrl-C (`code` 130), SIGTERM (143), its standard output gone (141
+    for a reader that went away, 1 for a full disk), or another process of a distributed
+    training lost (1), said in `cause`; `run` is None when nothing was kept (no epoch had
+    finished)."""
 
     run: Path | None
     epochs_done: int
@@ -65,11 +66,7 @@ def start(recipe: str | None, overrides: dict[str, Any], reporter: engine.Report
     """Train a recipe (with command-line `overrides`, dotted keys) into a new run directory:
     `run_dir`, or a fresh `root/<model>-<time>`. Under torchrun, every rank calls this; a
     collective step that waits more than `timeout` seconds for another rank fails."""
-    cfg = config.load(recipe, overrides)
-    cfg.recipe = cfg.recipe or Path(recipe or "default").stem
-    if cfg.model.name == "ensemble":
-        _refuse(cfg, overrides, config.ENSEMBLE_OWN, "an ensemble trains each member by its "
-                "own recipe; change the member recipes instead")
+    cfg = planned_start(recipe, overrides)
     prepared = prepared_for(cfg)
     with _session(cfg, timeout) as world, ExitStack() as lock:
         cfg.train.world_size = world.size
@@ -102,18 +99,7 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
     Under torchrun every rank reads the run's config (on other machines too: the run directory
     must be shared with them); rank 0 alone reads the checkpoints and writes."""
     run = runs.check_run(run)
-    old = runs.load_config(run)
-    if overrides.get("data"):  # recorded whole: a path relative to here means nothing elsewhere
-        overrides = {**overrides, "data": str(Path(overrides["data"]).resolve())}
-    else:
-        runs.data_folder(run, old.data)
-    cfg = config.load(run / runs.CONFIG, overrides, written=True)
-    if cfg.model.name == "ensemble" and all(map(runs.tested, [run, *runs.members(run)])):
-        raise UserError(f"{run} has finished: its members were trained and it was tested")
-    own = tuple(k for k in RESUMABLE if cfg.model.name != "ensemble" or k in config.ENSEMBLE_OWN)
-    _refuse(cfg, {k: v for k, v in overrides.items() if _get(old, k) != _get(cfg, k)}, own,
-            "a resumed run keeps its recipe (only " + ", ".join(config.flag(k) for k in own)
-            + " can change); start a new run to change the rest")
+    old, cfg = planned_resume(run, overrides)
     prepared = prepared_for(cfg)
     with _session(cfg, timeout) as world, ExitStack() as lock:
         if world.size != old.train.world_size:  # the same on every rank: rank 0 says it
@@ -180,29 +166,61 @@ def _world_size_advice(run: Path, trained: int, now: int) -> str:
 
 
 def _interruptible(run: Path, work: Callable[[], T]) -> T:
-    """Run `work()`, turning Ctrl-C, SIGTERM and a standard output that went away (`| head`)
-    into `Interrupted` with the run's state, and a lost distributed peer into one line."""
-    main = distributed.world().main
+    """Run `work()`, turning Ctrl-C, SIGTERM, a standard output that went away (`| head`) and
+    a lost distributed peer (status 1) into `Interrupted` with the run's state: rank 0 says
+    what was kept and how to resume, the other ranks stop quietly."""
     try:
         return work()
     except (KeyboardInterrupt, Terminated, OutputFailed) as exc:
         code, cause = (exc.code, exc.message) if isinstance(exc, OutputFailed) else (
             143 if isinstance(exc, Terminated) else 130, "")
-        if not main:
-            raise Interrupted(None, 0, code, quiet=True) from None
-        if not runs.has_progress(run):
-            raise Interrupted(None, 0, code, cause=cause) from None
-        runs.reconcile_all(run)  # stopped between a checkpoint and its line: the line too
-        raise Interrupted(run, len(runs.epoch_records(run)), code,
-                          processes=distributed.world().size, cause=cause) from None
+        raise _interrupted(run, code, cause) from None
     except Exception as exc:
         lost = distributed.lost_contact(exc)
         if lost is None:
             raise
-        if main and runs.has_progress(run):
-            lost.args = (f"{lost}; the run keeps its finished epochs: resume it with as many "
-                         f"processes ({distributed.world().size}), --resume {run}",)
-        raise lost from None
+        raise _interrupted(run, 1, str(lost)) from None
+
+
+def _interrupted(run: Path, code: int, cause: str) -> Interrupted:
+    """How a run stopped: quiet on ranks other than 0; else its finished epochs, if any."""
+    if not distributed.world().main:
+        return Interrupted(None, 0, code, quiet=True)
+    if not runs.has_progress(run):
+        return Interrupted(None, 0, code, cause=cause)
+    runs.reconcile_all(run)  # stopped between a checkpoint and its line: the line too
+    return Interrupted(run, len(runs.epoch_records(run)), code,
+                       processes=distributed.world().size, cause=cause)
+
+
+def planned_start(recipe: str | None, overrides: dict[str, Any]) -> config.Config:
+    """The config a new run of `recipe` with `overrides` trains, or the refusal of what it
+    cannot take (checked before any process starts, by `train --nproc` too)."""
+    cfg = config.load(recipe, overrides)
+    cfg.recipe = cfg.recipe or Path(recipe or "default").stem
+    if cfg.model.name == "ensemble":
+        _refuse(cfg, overrides, config.ENSEMBLE_OWN, "an ensemble trains each member by its "
+                "own recipe; change the member recipes instead")
+    return cfg
+
+
+def planned_resume(run: Path, overrides: dict[str, Any]) -> tuple[config.Config, config.Config]:
+    """`run`'s config as it was and as its resumption with `overrides` trains it, or the
+    refusal of what a resumed run cannot change, of a finished ensemble, of data moved away
+    (checked before any process starts, by `train --nproc` too)."""
+    old = runs.load_config(run)
+    if overrides.get("data"):  # recorded whole: a path relative to here means nothing elsewhere
+        overrides = {**overrides, "data": str(Path(overrides["data"]).resolve())}
+    else:
+        runs.data_folder(run, old.data)
+    cfg = config.load(run / runs.CONFIG, overrides, written=True)
+    if cfg.model.name == "ensemble" and all(map(runs.tested, [run, *runs.members(run)])):
+        raise UserError(f"{run} has finished: its members were trained and it was tested")
+    own = tuple(k for k in RESUMABLE if cfg.model.name != "ensemble" or k in config.ENSEMBLE_OWN)
+    _refuse(cfg, {k: v for k, v in overrides.items() if _get(old, k) != _get(cfg, k)}, own,
+            "a resumed run keeps its recipe (only " + ", ".join(config.flag(k) for k in own)
+            + " can change); start a new run to change the rest")
+    return old, cfg
 
 
 def _refuse(cfg: config.Config, overrides: dict[str, Any], allowed: tuple[str, ...], why: str
