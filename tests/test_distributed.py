@@ -125,6 +125,9 @@ def test_the_launcher_names_the_rank_that_was_killed():
     # rank 0 lost contact and exited in the same second as rank 1 was killed: rank 1 is named
     same_second = launch.outcome({0: failure(1, 5), 1: failure(-9, 5, pid=43)})
     assert same_second.code == 137 and "rank 1 (pid 43)" in same_second.message
+    # rank 0 gave up on a hung rank 1 (it said so), which torchrun killed 30 s later
+    hung = launch.outcome({0: failure(1, 5), 1: failure(-9, 35, pid=44)})
+    assert hung == launch.Outcome(1)
 
 
 def test_a_stopped_launcher_stops_every_child_left_running():

@@ -106,11 +106,14 @@ def _signal(pid: int, sig: int) -> None:
 
 def outcome(failures: dict[int, Any]) -> Outcome:
     """The exit status and line for torchrun's failed processes (rank: ProcessFailure): the
-    first to fail is named when a signal ended it; else the ranks printed their own line."""
-    def cause(item: tuple[int, Any]) -> tuple[bool, bool, int, int]:
-        rank, failure = item  # not a rank that was stopped (SIGTERM, SIGINT); a signal's
-        stopped = -failure.exitcode in (signal.SIGTERM, signal.SIGINT)  # death before an
-        return (stopped, failure.exitcode >= 0, failure.timestamp, rank)  # exit (same second)
+    first to fail is named when a signal ended it; else the ranks printed their own line. A
+    rank that torchrun killed afterwards (a hung one, 30 s after another gave up) is not the
+    first."""
+    def cause(item: tuple[int, Any]) -> tuple[bool, int, bool, int]:
+        rank, failure = item  # not a rank that was stopped (SIGTERM, SIGINT); the earliest
+        stopped = -failure.exitcode in (signal.SIGTERM, signal.SIGINT)  # (timestamps are in
+        return (stopped, failure.timestamp, failure.exitcode >= 0, rank)  # seconds: within one,
+        # a signal's death before an exit)
 
     rank, first = min(failures.items(), key=cause)
     if first.exitcode < 0:
