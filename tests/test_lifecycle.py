@@ -248,7 +248,10 @@ def test_data_prepared_again_is_refused_by_resume_evaluate_and_the_final_test(
         _stop_at_metrics_of_epoch(patch, 2, KeyboardInterrupt())
         with pytest.raises(training.Interrupted):
             training.start(str(cfg), {}, Quiet(), run_dir=run)
+    assert runs.describe(run)["status"] == "interrupted"
     data.prepare(args, folder, force=True)  # the same arguments, but a new dataset
+    assert runs.describe(run)["status"] == ("interrupted (its data was prepared again: resume "
+                                            "needs the data it trained on)")
     with pytest.raises(UserError, match="is not the prepared data .* was trained on .*; give "
                        "the run's own data") as refused:
         training.resume(run, {}, Quiet())

@@ -741,6 +741,13 @@ def make_batch(data: Encoded, idx: np.ndarray, max_length: int | None = None,
     )
 
 
+def fingerprint_of(folder: Path) -> str | None:
+    """The fingerprint of the prepared data in `folder` now (`Prepared.fingerprint`), or None
+    where there is none."""
+    raw = _read_manifest_bytes(Path(folder))
+    return None if raw is None else _fingerprint(raw)
+
+
 def _fingerprint(manifest_bytes: bytes) -> str:
     return "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
 

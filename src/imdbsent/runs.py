@@ -443,10 +443,25 @@ def describe(run: Path) -> dict[str, Any]:
         unusable = unusable or _missing_file(run)
         row["status"] = _broken(run, unusable) if unusable else "finished"
     elif has_progress(run):
-        row["status"] = "interrupted"
+        row["status"] = "interrupted" + _stale(run, cfg)
     else:
         row["status"] = "failed before epoch 1"
     return row
+
+
+def _stale(run: Path, cfg: configs.Config) -> str:
+    """Why an interrupted run cannot be resumed as it is: the data it records was prepared
+    again (resume refuses other data); "" when it can, or when its data is not here to tell."""
+    from imdbsent.data import fingerprint_of  # here: data is the layer below, for its types
+
+    try:
+        recorded = recorded_fingerprint(run)
+    except UserError:  # a damaged checkpoint: resume says so
+        return ""
+    now = fingerprint_of(Path(cfg.data))
+    if recorded is None or now is None or now == recorded:
+        return ""
+    return " (its data was prepared again: resume needs the data it trained on)"
 
 
 def _broken(run: Path, why: str) -> str:
