@@ -77,6 +77,16 @@ def test_a_damaged_metrics_file_is_named_in_one_line_by_every_command(trained_ru
     assert metrics.read_bytes() == before  # refused, never rewritten
 
 
+def test_runs_and_the_latest_run_agree_on_runs_started_within_one_second(trained_run,
+                                                                         tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    _copy(trained_run, folder, "b-earlier", 1_000_000.25)  # the row shows whole seconds: its
+    _copy(trained_run, folder, "a-later", 1_000_000.75)  # name would break the tie otherwise
+    assert [r["name"] for r in runs.list_runs(folder)] == ["a-later", "b-earlier"]
+    assert runs.latest_run(folder).name == "a-later"
+
+
 def test_runs_lists_every_state_newest_first_and_survives_a_broken_one(trained_run, tmp_path,
                                                                        capsys):
     folder = tmp_path / "runs"

@@ -489,9 +489,10 @@ class _Prefixed(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data, self.head = (self.head, b"") if self.head else (
-            self.fh.read1(len(buffer)) if hasattr(self.fh, "read1") else
-            self.fh.read(len(buffer)), b"")
+        if self.head:
+            data, self.head = self.head, b""
+        else:  # read1: no more than one read, so a live stream's lines are not held back
+            data = (self.fh.read1 if hasattr(self.fh, "read1") else self.fh.read)(len(buffer))
         buffer[:len(data)] = data
         return len(data)
 

@@ -127,7 +127,7 @@ class Config:
             lines += ["", f"[{table}]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in getattr(self, table).__dict__.items()
                       if not used or table == "train" or k == "name"
-                      or k in MODEL_FIELDS.get(self.model.name, (k,))]
+                      or k in MODEL_FIELDS[self.model.name]]
         return "\n".join(lines) + "\n"
 
 

@@ -395,15 +395,20 @@ def list_runs(folder: Path) -> list[dict[str, Any]]:
     if (folder / CONFIG).is_file():  # a run itself, not a folder of them
         return [describe(folder)]
     found = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    rows = [(describe(p), p.name) for p in found]  # each config read once, by describe
-    rows.sort(key=lambda r: (datetime.fromisoformat(r[0]["started"]).timestamp(), r[1]),
-              reverse=True)
-    return [row for row, _name in rows]
+    rows = [(_described(p), p.name) for p in found]  # each config read once
+    rows.sort(key=lambda r: (r[0][1], r[1]), reverse=True)  # as latest_run orders them
+    return [row for (row, _started_at), _name in rows]
 
 
 def describe(run: Path) -> dict[str, Any]:
     """What a run is and how far it got: a row of `imdbsent runs` (fields LISTED). Reads only,
     and never raises: a run that cannot be read says what is wrong in its status."""
+    return _described(run)[0]
+
+
+def _described(run: Path) -> tuple[dict[str, Any], float]:
+    """`describe`'s row, and when the run started (`_started`: to order rows as `latest_run`
+    does, to the fraction of a second the row's time leaves out)."""
     row: dict[str, Any] = dict.fromkeys(LISTED)
     row["name"] = run.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     try:
@@ -428,7 +433,7 @@ def describe(run: Path) -> dict[str, Any]:
     except Exception as exc:  # any of them: this row says what is wrong, the listing goes on
         row["status"] = _broken(run, str(exc).splitlines()[0] if str(exc) else
                                 type(exc).__name__)
-        return row
+        return row, started
     unusable = None  # why a finished run cannot predict
     try:
         row["parameters"] = _parameters(run) if (run / BEST).is_file() else None
@@ -446,7 +451,7 @@ def describe(run: Path) -> dict[str, Any]:
         row["status"] = "interrupted" + _stale(run, cfg)
     else:
         row["status"] = "failed before epoch 1"
-    return row
+    return row, started
 
 
 def _stale(run: Path, cfg: configs.Config) -> str:
