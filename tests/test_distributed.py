@@ -130,6 +130,31 @@ def test_the_launcher_names_the_rank_that_was_killed():
     assert hung == launch.Outcome(1)
 
 
+@pytest.mark.parametrize("rank0_said", [True, False])
+def test_an_interrupt_is_said_once_by_rank_0_or_else_by_the_launcher(monkeypatch, rank0_said):
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    marker = []
+
+    def interrupted(_args) -> None:  # the ranks as torchrun starts them: the same environment
+        marker.append(Path(os.environ[launch.SAID]))
+        if rank0_said:
+            subprocess.run([sys.executable, "-c", "from imdbsent import launch; "
+                            "launch.say_stopped()"], check=True)
+        raise SignalException("stopped", signal.SIGINT)
+
+    monkeypatch.setattr(torchrun, "run", interrupted)
+    monkeypatch.setattr(launch, "stop_children", lambda _sig: None)
+    result = launch.run(2, ["--epochs", "1"])
+    assert result.code == 130
+    if rank0_said:
+        assert result.message == ""
+    else:
+        assert result.message.startswith("interrupted before rank 0 could say what was kept")
+    assert launch.SAID not in os.environ and not marker[0].parent.exists()  # nothing left
+
+
 def test_a_stopped_launcher_stops_every_child_left_running():
     quits = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal("
@@ -242,7 +267,7 @@ def test_nproc_train_interrupt_resume_and_evaluate(prepared_dir, trained_run, tm
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err.decode()
     assert f"resume with: imdbsent train --nproc 2 --resume {run}" in err.decode()
-    assert b"Traceback" not in err
+    assert b"Traceback" not in err and b"before rank 0 could say" not in err  # said once
 
     resumed = run_exe(["train", "--resume", str(run), "--nproc", "2"])
     assert resumed.returncode == 0, resumed.stderr

@@ -22,7 +22,7 @@ from typing import Annotated, Any, AnyStr, BinaryIO
 
 import typer
 
-from imdbsent import __version__, config, console, threads
+from imdbsent import __version__, config, console, launch, threads
 from imdbsent.config import HUB_DEFAULT
 from imdbsent.errors import BadValue, OutputFailed, Shared, Terminated, UserError
 
@@ -199,6 +199,7 @@ def train_cmd(
         view.close()
         if str(exc):
             console.log(str(exc))
+            launch.say_stopped()
         raise typer.Exit(exc.code) from None
     if _is_main():
         console.log(f"run saved in {result.run}")
@@ -210,7 +211,7 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
     torchrun, and exit with their status."""
     if "WORLD_SIZE" in os.environ:
         raise UserError("--nproc: this process was already started by torchrun; drop --nproc")
-    from imdbsent import launch, runs, training
+    from imdbsent import runs, training
 
     if resume is not None:
         old, cfg = training.planned_resume(runs.check_run(resume), overrides)
@@ -579,6 +580,7 @@ def _run(argv: list[str] | None) -> None:
         code = 143 if isinstance(exc, Terminated) else 130
         if not _is_main():
             sys.exit(code)
+        launch.say_stopped()
         _fail("terminated" if code == 143 else "interrupted", code)
     except OutputFailed as exc:
         if exc.message:

@@ -5,16 +5,19 @@ with the same arguments; then one exit status and, where a process failed, one l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from imdbsent import threads
 
-INTERRUPTED = (130, 143)  # Ctrl-C, SIGTERM: rank 0 has said how to resume
+INTERRUPTED = (130, 143)  # Ctrl-C, SIGTERM: rank 0 says what was kept, if it lived to
+SAID = "IMDBSENT_SAID"  # a file rank 0 makes once it has said why it stopped
 # How long stopped ranks may take to end before they are killed (torchrun's own default is 30
 # s): a rank blocked in a collective with one that has already ended never sees the signal, and
 # one that has it ends within a second; a kill loses nothing that is written (atomic writes).
@@ -51,14 +54,30 @@ def run(nproc: int, train_args: list[str]) -> Outcome:
     os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_SECONDS))
     args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc), "--max-restarts",
                                 "0", "-m", "imdbsent", "train", *train_args])
-    try:
-        torchrun.run(args)
-    except SignalException as exc:  # the launcher was stopped; it stopped every rank, but for
-        stop_children(exc.sigval)  # a signal while it was starting them: then it had none
-        return Outcome(130 if exc.sigval == signal.SIGINT else 143)
-    except ChildFailedError as exc:
-        return outcome(exc.failures)
-    return Outcome(0)
+    with tempfile.TemporaryDirectory(prefix="imdbsent-launch-") as folder:
+        said = os.environ[SAID] = os.path.join(folder, "said")  # the ranks inherit it
+        try:
+            torchrun.run(args)
+        except SignalException as exc:  # the launcher was stopped; it stopped every rank, but
+            stop_children(exc.sigval)  # for a signal while it was starting them: none then
+            result = Outcome(130 if exc.sigval == signal.SIGINT else 143)
+        except ChildFailedError as exc:
+            result = outcome(exc.failures)
+        else:
+            result = Outcome(0)
+        finally:
+            del os.environ[SAID]
+        if result.code in INTERRUPTED and not result.message and not os.path.exists(said):
+            result.message = ("interrupted before rank 0 could say what was kept (the ranks "
+                              "were starting, or one was killed); imdbsent runs lists the runs")
+    return result
+
+
+def say_stopped() -> None:
+    """Mark, for the launcher of this rank 0, that it has said why it stopped."""
+    if path := os.environ.get(SAID):
+        with contextlib.suppress(OSError):
+            open(path, "a").close()
 
 
 def stop_children(sig: int, grace: float = SHUTDOWN_SECONDS) -> None:
