@@ -411,6 +411,15 @@ def test_bare_imdbsent_shows_its_help_and_no_empty_error(capsys):
     assert "Usage: imdbsent [OPTIONS] COMMAND" in out and err == ""
 
 
+def test_help_shows_no_value_for_a_switch(capsys):
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    for command in [[], *([name] for name in commands)]:
+        assert run_cli([*command, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "Usage:" in out and "<bool>" not in out, command
+        assert command != ["prepare"] or "--force" in out and "--no-unsupervised" in out
+
+
 def test_read_lines_drops_a_byte_order_mark_that_starts_any_line():
     from imdbsent.cli import read_lines
     joined = "\ufeffgreat film\n".encode() + "\ufeffawful mess\n".encode()  # cat a.txt b.txt

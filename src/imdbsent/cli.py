@@ -29,8 +29,28 @@ from imdbsent.errors import BadValue, OutputFailed, Shared, Terminated, UserErro
 # torch, datasets and the modules over them are imported by the commands that need them, so
 # `imdbsent --help` and `--version` start at once.
 
+
+def _switches_bare(params: list) -> list:
+    """typer 0.29 writes `<bool>` in the help beside a switch (--help, --json, --force) as if
+    it took a value; an empty metavar shows none."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx: Any) -> list:
+        return _switches_bare(super().get_params(ctx))
+
+
+class _Command(typer.core.TyperCommand):
+    def get_params(self, ctx: Any) -> list:
+        return _switches_bare(super().get_params(ctx))
+
+
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    cls=_Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Sentiment analysis of movie reviews: the IMDB RNN tutorial, reproduced and improved.")
 
 MAX_LINE_BYTES = 1 << 20  # predict cuts longer input lines to their first MiB (bounded memory)
@@ -81,7 +101,7 @@ ThreadsOption = Annotated[int | None, typer.Option(
     "other processes leave idle, re-checked while computing).")]
 
 
-@app.command()
+@app.command(cls=_Command)
 def prepare(
     source: Annotated[str, typer.Option(help="Hub dataset name, or a local copy: a folder of "
                                         "Parquet/CSV/JSONL files named by split, an aclImdb/ "
@@ -132,7 +152,7 @@ def prepare(
     console.prepare_summary(manifest, out, built)
 
 
-@app.command("train")
+@app.command("train", cls=_Command)
 def train_cmd(
     ctx: typer.Context,
     config_name: Annotated[str | None, typer.Option(
@@ -233,7 +253,7 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
     raise typer.Exit(outcome.code)
 
 
-@app.command("runs")
+@app.command("runs", cls=_Command)
 def runs_cmd(
     folder: Annotated[Path, typer.Argument(help="Folder of run directories (or one run).")] = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as one JSON array.")
@@ -249,7 +269,7 @@ def runs_cmd(
         console.runs_table(rows, runs.LISTED)
 
 
-@app.command("report")
+@app.command("report", cls=_Command)
 def report_cmd(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories; several share each "
                                                        "figure.", metavar="RUN")],
@@ -272,7 +292,7 @@ def report_cmd(
         console.result(str(path))
 
 
-@app.command("evaluate")
+@app.command("evaluate", cls=_Command)
 def evaluate_cmd(
     run: Annotated[Path | None, typer.Argument(help=RUN_HELP)] = None,
     split: Annotated[Split | None, typer.Option(help="Split of the prepared dataset "
@@ -308,7 +328,7 @@ def evaluate_cmd(
         console.metrics_table(metrics, f"{run} on {title}")
 
 
-@app.command("predict")
+@app.command("predict", cls=_Command)
 def predict_cmd(
     texts: TextsArgument = None,
     file: FileOption = None,
@@ -334,7 +354,7 @@ def predict_cmd(
     console.write_predictions(predictor.stream(_inputs(texts, file), batch_size), chosen)
 
 
-@app.command("explain")
+@app.command("explain", cls=_Command)
 def explain_cmd(
     texts: TextsArgument = None,
     file: FileOption = None,
