@@ -10,6 +10,7 @@ import io
 import json
 import os
 import queue
+import re
 import signal
 import stat
 import sys
@@ -609,9 +610,17 @@ def _run(argv: list[str] | None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+_BOUNDS = {"greater than or equal to": "at least", "less than or equal to": "at most",
+           "greater than": "more than", "less than": "less than"}
+
+
 def _usage_message(exc: typer.exceptions.TyperException) -> str:
-    """click's message without what its validators add ("Value error, ") or its last period."""
-    return exc.format_message().replace("Value error, ", "").rstrip(".")
+    """click's message without what its validators add ("Value error, ") or its last period;
+    a value out of a flag's range said as imdbsent's own checks say it ("--nproc must be at
+    least 1")."""
+    message = exc.format_message().replace("Value error, ", "").rstrip(".")
+    return re.sub(r"^Invalid value for '(--[\w-]+)': Input should be (" + "|".join(_BOUNDS)
+                  + r") (\S+)$", lambda m: f"{m[1]} must be {_BOUNDS[m[2]]} {m[3]}", message)
 
 
 def _command_path(exc: typer.exceptions.TyperException, argv: list[str] | None) -> str:
