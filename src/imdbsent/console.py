@@ -282,8 +282,9 @@ def metrics_table(metrics: dict[str, Any], title: str) -> None:
 
 
 def _number(value: float) -> str:
-    """A metric for a pipe: an integer as it is, a float to 6 significant digits."""
-    return str(value) if isinstance(value, int) else f"{value:.6g}"
+    """A metric for a pipe: an integer as it is, a float to 6 decimals (as `runs` and
+    `predict` write theirs)."""
+    return str(value) if isinstance(value, int) else str(round(value, 6))
 
 
 def runs_table(rows: list[dict[str, Any]], columns: Iterable[str]) -> None:
