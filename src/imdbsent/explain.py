@@ -5,10 +5,11 @@
   however often it occurs; NBOW: its embedding's projection, over the number of features),
   and an n-gram's term is shared equally by its words.
 - The recurrent and convolutional models get integrated gradients (Sundararajan et al., 2017)
-  on the embeddings, from a reference of all-zero embeddings: the gradient averaged over STEPS
-  points on the straight path, times the embedding. By the completeness axiom the scores sum
-  to the logit minus the reference's logit; the midpoint rule leaves a gap that `gap` reports
-  (checked in the tests to be under COMPLETENESS_TOLERANCE).
+  on the embeddings, along the straight path from a reference text: the same length, every
+  word unknown (`<unk>`'s embedding at each token). By the completeness axiom the scores sum to
+  the logit minus the reference's logit; the gradients are taken at the midpoints of the
+  path's intervals, halved where they miss, and what is left is `gap` (`complete` when it is
+  within COMPLETENESS_TOLERANCE). A word the vocabulary lacks scores 0: it is the reference.
 - A calibrated model scales the scores by 1/T; an ensemble sums its members' scores weighted by
   its stacker.
 
@@ -27,7 +28,8 @@ from torch import nn
 from imdbsent import models, text
 from imdbsent.predict import Predictor, has_words
 
-STEPS = 64  # points on the integrated-gradients path (midpoint rule)
+STEPS = 64  # equal intervals that the integrated-gradients path starts from (midpoint rule)
+BUDGET = 512  # gradients at most for one text, the path's intervals halved where they miss
 COMPLETENESS_TOLERANCE = 0.05  # |gap| allowed, in logit units, relative to max(1, |logit - ref|)
 
 
@@ -79,9 +81,8 @@ class Explainer:
         self.predictor = predictor
 
     def explain(self, raw: str) -> Explanation:
-        """One text's explanation; tokens past the model's max_length are listed, unread. When
-        integrated gradients leave a gap over the tolerance, the path is taken again with 4x
-        the steps; `complete` says whether that sufficed."""
+        """One text's explanation; tokens past the model's max_length are listed, unread;
+        `complete` says whether integrated gradients' scores add up to the logit."""
         p = self.predictor
         encoding = p.tokenizer.encode(text.clean_surrogates(raw[:text.MAX_CHARS]),
                                       add_special_tokens=False)
@@ -91,37 +92,34 @@ class Explainer:
         with torch.no_grad():
             logit = p.model(ids, torch.tensor([ids.shape[1]])).double().item()
         prob = float(torch.sigmoid(torch.tensor(logit, dtype=torch.float64)))
-        for steps in (STEPS, 4 * STEPS):
-            scores, reference, method = attribute(p.model, ids, steps)
-            read = scores.tolist()[:len(encoding.ids)]
-            tokens = [Token(tok, start, end, score, i == text.UNK_ID, k < len(read))
-                      for k, (tok, i, (start, end), score) in enumerate(zip(
-                          encoding.tokens, encoding.ids, encoding.offsets,
-                          read + [0.0] * (len(encoding.ids) - len(read))))]
-            e = Explanation(raw, prob, "pos" if prob >= p.threshold else "neg", logit,
-                            reference, method, logit - reference - sum(read), tokens)
-            if e.complete:
-                break
-        return e
+        scores, reference, method = attribute(p.model, ids)
+        read = scores.tolist()[:len(encoding.ids)]
+        tokens = [Token(tok, start, end, score, i == text.UNK_ID, k < len(read))
+                  for k, (tok, i, (start, end), score) in enumerate(zip(
+                      encoding.tokens, encoding.ids, encoding.offsets,
+                      read + [0.0] * (len(encoding.ids) - len(read))))]
+        return Explanation(raw, prob, "pos" if prob >= p.threshold else "neg", logit,
+                           reference, method, logit - reference - sum(read), tokens)
 
 
-def attribute(model: nn.Module, ids: torch.Tensor, steps: int = STEPS
+def attribute(model: nn.Module, ids: torch.Tensor, budget: int = BUDGET
               ) -> tuple[torch.Tensor, float, str]:
     """Each token's score [T] for one text `ids` [1, T], the reference logit, and the method."""
     if isinstance(model, models.Calibrated):
-        scores, reference, method = attribute(model.model, ids, steps)
+        scores, reference, method = attribute(model.model, ids, budget)
         return scores / model.temperature, reference / model.temperature + model.bias, method
     if isinstance(model, models.Ensemble):
         total, reference = torch.zeros(ids.shape[1], dtype=torch.float64), model.bias.item()
         for member, limit, weight in zip(model.members, model.max_lengths, model.weight.tolist()):
             seen = ids[:, :limit] if limit else ids
-            scores, ref, _ = attribute(member, seen, steps)
+            scores, ref, _ = attribute(member, seen, budget)
             total[:seen.shape[1]] += weight * scores
             reference += weight * ref
         return total, reference, "ensemble (members weighted by the stacker)"
     if isinstance(model, models.NBLR | models.NBOW):
         return *linear_scores(model, ids), "exact (linear in its n-grams)"
-    return *integrated_gradients(model, ids, steps), f"integrated gradients ({steps} steps)"
+    scores, reference, used = integrated_gradients(model, ids, budget=budget)
+    return scores, reference, f"integrated gradients ({used} points)"
 
 
 def linear_scores(model: models.NBLR | models.NBOW, ids: torch.Tensor
@@ -163,31 +161,83 @@ def _spans(length: int, count: int, n: int) -> tuple[torch.Tensor, torch.Tensor]
     return torch.cat(starts)[:count], torch.cat(widths)[:count]
 
 
-def integrated_gradients(model: nn.Module, ids: torch.Tensor, steps: int = STEPS
-                         ) -> tuple[torch.Tensor, float]:
-    """Integrated gradients on the embedding output, from all-zero embeddings: token scores
-    [T] and the reference's logit. (cuDNN's RNNs have no backward pass in eval mode, so it is
-    off here; on the CPU that changes nothing.)"""
-    length = ids.shape[1]
-    lengths = torch.tensor([length])
-    if isinstance(model, models.CNN) and length < model.widest:  # as its forward pads it
-        ids = nn.functional.pad(ids, (0, model.widest - length), value=text.PAD_ID)
-    batch_dim = 1 if isinstance(model, models.RNN) else 0  # the tutorial's RNN is time-first
-    with torch.no_grad():
-        embedded = model.embedding(ids.t() if batch_dim else ids)  # [1, T, D] or [T, 1, D]
-    shape = [1] * embedded.dim()
-    shape[batch_dim] = steps
-    alphas = (torch.arange(steps, dtype=embedded.dtype, device=ids.device) + 0.5) / steps
-    path = (alphas.view(shape) * embedded).requires_grad_(True)  # the batch: one per step
-    with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False), \
-            models.output_hooked(model.embedding, lambda _output: path):
-        logits = model(ids.expand(steps, -1), lengths.expand(steps))
-        (grads,) = torch.autograd.grad(logits.sum(), path)
-    zeros = torch.zeros_like(embedded)
-    with torch.no_grad(), models.output_hooked(model.embedding, lambda _output: zeros):
-        reference = model(ids, lengths).item()
-    scores = (grads.mean(dim=batch_dim, keepdim=True) * embedded).sum(dim=-1).reshape(-1)
-    return scores[:length].double().cpu(), reference
+class Path:
+    """The straight path of a model's embeddings, alpha from 0 to 1, from the reference text
+    (the same length, every word unknown: `<unk>`'s embedding at each token, padding kept) to
+    the text `ids` [1, T].
+
+    Not from all-zero embeddings: along that path a recurrent model's state can flip between
+    two neighbouring float32 inputs (a jump of 6 logits at one point), which no sum of
+    gradients sees; from `<unk>` the model reads input as it does in training all the way.
+    (cuDNN's RNNs have no backward pass in eval mode, so it is off here; on the CPU that
+    changes nothing.)"""
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor) -> None:
+        if isinstance(model, models.CNN) and ids.shape[1] < model.widest:  # as forward pads it
+            ids = nn.functional.pad(ids, (0, model.widest - ids.shape[1]), value=text.PAD_ID)
+        self.model, self.ids, self.lengths = model, ids, torch.tensor([ids.shape[1]])
+        self.batch_dim = 1 if isinstance(model, models.RNN) else 0  # the tutorial's: time-first
+        unknown = torch.where(ids == text.PAD_ID, text.PAD_ID, text.UNK_ID)
+        with torch.no_grad():  # [1, T, D], or [T, 1, D] time-first
+            self.start = model.embedding(unknown.t() if self.batch_dim else unknown)
+            self.change = model.embedding(ids.t() if self.batch_dim else ids) - self.start
+
+    def __call__(self, alphas: torch.Tensor, grad: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The logits at the points `alphas` [k] and, with `grad`, the gradient times the
+        change of the embeddings, a token [k, T] (float64, on the CPU)."""
+        shape = [1] * self.change.dim()
+        shape[self.batch_dim] = len(alphas)
+        path = (self.start + alphas.to(self.change).view(shape) * self.change
+                ).requires_grad_(grad)
+        with torch.set_grad_enabled(grad), torch.backends.cudnn.flags(enabled=False), \
+                models.output_hooked(self.model.embedding, lambda _output: path):
+            logits = self.model(self.ids.expand(len(alphas), -1),
+                                self.lengths.expand(len(alphas)))
+            if not grad:
+                return logits.double().cpu(), None
+            (grads,) = torch.autograd.grad(logits.sum(), path)
+        terms = (grads * self.change).sum(dim=-1)
+        return (logits.detach().double().cpu(),
+                (terms.t() if self.batch_dim else terms).double().cpu())
+
+
+def integrated_gradients(model: nn.Module, ids: torch.Tensor, steps: int = STEPS,
+                         budget: int = BUDGET) -> tuple[torch.Tensor, float, int]:
+    """Integrated gradients along `Path`: token scores [T], the reference's logit, and how
+    many gradients were taken.
+
+    The path starts as `steps` equal intervals, each scored by the gradient at its midpoint.
+    The logit at both ends of an interval is known, so is what its scores miss of the logit's
+    change over it; while the misses add up to more than half the tolerance, the intervals
+    that miss most are halved, up to `budget` gradients in all (`budget == steps`: equal
+    steps only)."""
+    at = Path(model, ids)
+    edges = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    logits, _ = at(edges)
+    lo, hi, f_lo, f_hi = edges[:-1], edges[1:], logits[:-1], logits[1:]
+    f_mid, terms = at((lo + hi) / 2, grad=True)
+    scored = terms * (hi - lo)[:, None]  # each interval's token scores [intervals, T]
+    tolerance = COMPLETENESS_TOLERANCE * max(1.0, abs(logits[-1] - logits[0]).item()) / 2
+    used = steps
+    while used + 2 <= budget:
+        misses = ((f_hi - f_lo) - scored.sum(dim=1)).abs()
+        if misses.sum() <= tolerance:
+            break
+        worst = misses.argsort(descending=True)[:min(steps, budget - used) // 2]
+        worst = worst[misses[worst] > tolerance / len(misses)]  # the largest always is
+        keep = torch.ones(len(lo), dtype=torch.bool)
+        keep[worst] = False
+        mid = (lo[worst] + hi[worst]) / 2
+        f_q, t_q = at(torch.cat([(lo[worst] + mid) / 2, (mid + hi[worst]) / 2]), grad=True)
+        used += 2 * len(worst)
+        lo, hi, f_lo, f_hi = (torch.cat([lo[keep], lo[worst], mid]),
+                              torch.cat([hi[keep], mid, hi[worst]]),
+                              torch.cat([f_lo[keep], f_lo[worst], f_mid[worst]]),
+                              torch.cat([f_hi[keep], f_mid[worst], f_hi[worst]]))
+        f_mid = torch.cat([f_mid[keep], f_q])
+        scored = torch.cat([scored[keep], t_q * (hi - lo)[-2 * len(worst):, None]])
+    return scored.sum(dim=0)[:ids.shape[1]], logits[0].item(), used
 
 
 def as_dict(e: Explanation) -> dict:
@@ -273,11 +323,12 @@ def to_html(explanations: list[Explanation], title: str) -> str:
             'pushed towards pos, <span class="neg">red</span> towards neg, darker for more '
             "(within each text: the strongest word of a text is always darkest); hover or tap a "
             "word for its score (logit units). A word pair's or triple's score is shared "
-            "equally by its words. The reference is the model's logit for a text of the same "
-            "length with nothing in it (every word's embedding zero, for integrated gradients; "
-            "no n-gram, for the exact scores): each score is how far that word moved the logit "
-            'from there. <span class="unk">Dotted underline</span>: a word the vocabulary lacks '
-            "(read as &lt;unk&gt;); grey: past the model's max_length, never read.</p>"
+            "equally by its words. The reference is the model's logit for the same text with "
+            "every word unknown (for integrated gradients; for the exact scores: with no "
+            "n-gram): each score is how far that word moved the logit from there. "
+            '<span class="unk">Dotted underline</span>: a word the vocabulary lacks (read as '
+            "&lt;unk&gt;, so 0 for integrated gradients); grey: past the model's max_length, "
+            "never read.</p>"
             + "".join(sections) + "</body></html>\n")
 
 
