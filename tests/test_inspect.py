@@ -20,6 +20,7 @@ import torch
 from conftest import hold_lock, run_cli, set_started, small_recipe
 from imdbsent import explain, runs
 from imdbsent.predict import Predictor
+from imdbsent.text import MAX_CHARS
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
@@ -394,6 +395,11 @@ def test_integrated_gradients_start_from_the_same_text_all_unknown(small_runs, t
     assert e.reference == pytest.approx(math.log(unknown / (1 - unknown)), abs=1e-4)
     assert [t.unknown for t in e.tokens] == [False, True, False, False]
     assert e.tokens[1].score == 0.0 and all(t.score != 0.0 for t in e.tokens if not t.unknown)
+    # one word, shorter than the CNN's widest filter (3): padded for it, its length its own
+    e = _explained(run, "great")
+    unknown = Predictor(run).predict(["qzxa"])[0].prob_pos
+    assert e.reference == pytest.approx(math.log(unknown / (1 - unknown)), abs=1e-4)
+    assert e.complete
 
 
 class _Step(torch.nn.Module):
@@ -477,6 +483,39 @@ def test_the_terminal_sums_a_words_scores_and_the_page_warns_of_a_gap(capsys):
     e.gap = 1.5
     assert not e.complete
     assert "These scores miss the logit by +1.500" in explain.to_html([e], "t")
+    # a word's occurrences past max_length were never read: not counted; a reference that
+    # rounds to zero shows no sign of its own
+    e.tokens[3].read, e.tokens[4].read, e.reference = False, False, -0.001
+    console.explanation(e)
+    said = " ".join(capsys.readouterr().out.split())
+    assert "towards neg: poor -1.10 (from a reference of +0.00; m;" in said
+    assert explain.Explanation("", None, None).complete is None  # skipped: as JSON lines say
+
+
+def test_a_text_longer_than_predict_reads_is_said_cut(trained_run):
+    long_text = "great film " * 10_000  # 110,000 characters, 20,000 tokens
+    e = _explained(trained_run, long_text)
+    assert e.tokens[-1].end <= MAX_CHARS < len(long_text)
+    assert explain.unread_note(e).endswith(
+        f"; only its first {MAX_CHARS:,} characters were read, as predict reads them")
+    assert e.prob_pos == pytest.approx(Predictor(trained_run).predict([long_text])[0].prob_pos,
+                                       abs=1e-6)
+
+
+def test_an_ensemble_says_how_each_member_was_scored(small_runs):
+    e = _explained(small_runs["ensemble"], "great " * 4 + "boring " * 6)  # cnn reads 6
+    assert re.fullmatch(r"ensemble, members weighted by the stacker: integrated gradients "
+                        r"\(\d+ points\) on its first 6 tokens; exact \(linear in its n-grams\)",
+                        e.method), e.method
+
+
+def test_explain_takes_one_text_as_str(trained_run):
+    explainer = explain.Explainer(Predictor(trained_run))
+    with pytest.raises(TypeError, match="^Explainer.explain takes one text as str, not bytes: "
+                                        "decode it first$"):
+        explainer.explain(b"great film")
+    with pytest.raises(TypeError, match="^Explainer.explain takes one text as str, not list$"):
+        explainer.explain(["great film"])
 
 
 def test_explainer_takes_a_predictor_and_says_so_when_given_a_path(trained_run):

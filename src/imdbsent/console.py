@@ -359,7 +359,7 @@ def explanation(e: Explanation) -> None:
     out.print(line)
 
     totals: dict[str, list[float]] = {}  # each word as written (case aside): its scores
-    for t in e.tokens:
+    for t in (t for t in e.tokens if t.read):  # an occurrence never read moved nothing
         totals.setdefault(_displayed(e.text[t.start:t.end], 40).casefold(), []).append(t.score)
     shown = [(w, sum(s), len(s)) for w, s in totals.items() if abs(sum(s)) >= 0.005]  # +0.00
 
@@ -371,7 +371,7 @@ def explanation(e: Explanation) -> None:
     least = [word(*x) for x in ranked[:3] if x[1] < 0]
     gap = "" if e.complete else f"; the scores miss the logit by {e.gap:+.3f}"
     out.print(Text(f"      towards pos: {', '.join(most) or '-'}; towards neg: "
-                   f"{', '.join(least) or '-'} (from a reference of {e.reference:+.2f}; "
+                   f"{', '.join(least) or '-'} (from a reference of {round(e.reference, 2) + 0.0:+.2f}; "
                    f"{e.method}{gap}){unread_note(e)}"), style="dim")
 
 

@@ -65,8 +65,11 @@ class Explanation:
         return sum(not t.read for t in self.tokens)
 
     @property
-    def complete(self) -> bool:
-        """Whether the scores add up to the logit within COMPLETENESS_TOLERANCE."""
+    def complete(self) -> bool | None:
+        """Whether the scores add up to the logit within COMPLETENESS_TOLERANCE (None for a
+        skipped text, which has none)."""
+        if self.prob_pos is None:
+            return None
         return self.gap is None or abs(self.gap) <= COMPLETENESS_TOLERANCE * max(
             1.0, abs(self.logit - self.reference))
 
@@ -83,6 +86,10 @@ class Explainer:
     def explain(self, raw: str) -> Explanation:
         """One text's explanation; tokens past the model's max_length are listed, unread;
         `complete` says whether integrated gradients' scores add up to the logit."""
+        if not isinstance(raw, str):
+            raise TypeError(f"Explainer.explain takes one text as str, not "
+                            f"{type(raw).__name__}" + (": decode it first" if isinstance(
+                                raw, bytes | bytearray) else ""))
         p = self.predictor
         encoding = p.tokenizer.encode(text.clean_surrogates(raw[:text.MAX_CHARS]),
                                       add_special_tokens=False)
@@ -110,12 +117,15 @@ def attribute(model: nn.Module, ids: torch.Tensor, budget: int = BUDGET
         return scores / model.temperature, reference / model.temperature + model.bias, method
     if isinstance(model, models.Ensemble):
         total, reference = torch.zeros(ids.shape[1], dtype=torch.float64), model.bias.item()
+        methods = []
         for member, limit, weight in zip(model.members, model.max_lengths, model.weight.tolist()):
             seen = ids[:, :limit] if limit else ids
-            scores, ref, _ = attribute(member, seen, budget)
+            scores, ref, method = attribute(member, seen, budget)
             total[:seen.shape[1]] += weight * scores
             reference += weight * ref
-        return total, reference, "ensemble (members weighted by the stacker)"
+            methods.append(method + (f" on its first {limit:,} tokens"
+                                     if seen.shape[1] < ids.shape[1] else ""))
+        return total, reference, f"ensemble, members weighted by the stacker: {'; '.join(methods)}"
     if isinstance(model, models.NBLR | models.NBOW):
         return *linear_scores(model, ids), "exact (linear in its n-grams)"
     scores, reference, used = integrated_gradients(model, ids, budget=budget)
@@ -173,9 +183,10 @@ class Path:
     changes nothing.)"""
 
     def __init__(self, model: nn.Module, ids: torch.Tensor) -> None:
+        self.lengths = torch.tensor([ids.shape[1]])  # the text's own, whatever pads it
         if isinstance(model, models.CNN) and ids.shape[1] < model.widest:  # as forward pads it
             ids = nn.functional.pad(ids, (0, model.widest - ids.shape[1]), value=text.PAD_ID)
-        self.model, self.ids, self.lengths = model, ids, torch.tensor([ids.shape[1]])
+        self.model, self.ids = model, ids
         self.batch_dim = 1 if isinstance(model, models.RNN) else 0  # the tutorial's: time-first
         unknown = torch.where(ids == text.PAD_ID, text.PAD_ID, text.UNK_ID)
         with torch.no_grad():  # [1, T, D], or [T, 1, D] time-first
@@ -270,8 +281,10 @@ def pieces(e: Explanation) -> list[tuple[str, Token | None]]:
 
 def unread_note(e: Explanation) -> str:
     """What a long text's explanation leaves out, said where its scores are shown."""
+    cut = (f"; only its first {text.MAX_CHARS:,} characters were read, as predict reads them"
+           if len(e.text) > text.MAX_CHARS else "")
     return (f"; the model read the first {len(e.tokens) - e.unread:,} of its {len(e.tokens):,} "
-            "tokens (max_length)" if e.unread else "")
+            f"tokens (max_length){cut}" if e.unread else cut)
 
 
 def strongest(e: Explanation) -> float:
@@ -312,7 +325,8 @@ def to_html(explanations: list[Explanation], title: str) -> str:
                    f"{html.escape(e.method or '')}{html.escape(unread_note(e))}")
         warning = "" if e.complete else (
             f'<p class="warn">These scores miss the logit by {e.gap:+.3f}: integrated gradients '
-            "did not add up along the path (a recurrent model's state can jump), so read them "
+            "did not add up along the path (the model's output changes too steeply somewhere "
+            "on it), so read them "
             "as a rough ranking of the words, not as how much each moved the score.</p>")
         sections.append(f'<section><p class="verdict">{verdict}</p>{warning}'
                         f'<p class="text">{"".join(spans)}</p></section>')
