@@ -509,6 +509,23 @@ def test_an_ensemble_says_how_each_member_was_scored(small_runs):
                         e.method), e.method
 
 
+def test_an_interrupted_page_keeps_the_texts_explained(trained_run, monkeypatch, capsys):
+    explained = explain.Explainer.explain
+
+    def explain_until_the_third(self, raw):
+        if raw == "third":
+            raise KeyboardInterrupt  # Ctrl-C while the third text is explained
+        return explained(self, raw)
+
+    monkeypatch.setattr(explain.Explainer, "explain", explain_until_the_third)
+    assert run_cli(["explain", "--run", str(trained_run), "--format", "html", "great film",
+                    "dull", "third", "fourth"]) == 130
+    page = capsys.readouterr().out
+    assert page.count("<section>") == 2 and "fourth" not in page
+    assert "Stopped early: the texts after these 2 were not explained." in page
+    assert page.rstrip().endswith("</body></html>")
+
+
 def test_explain_takes_one_text_as_str(trained_run):
     explainer = explain.Explainer(Predictor(trained_run))
     with pytest.raises(TypeError, match="^Explainer.explain takes one text as str, not bytes: "

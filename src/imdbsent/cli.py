@@ -379,8 +379,16 @@ def explain_cmd(
     explainer = explain.Explainer(Predictor(run, device.value, threshold))
     results = (explainer.explain(t) for t in _inputs(texts or [], file) if t is not None)
     chosen = fmt.value if fmt else ("terminal" if console.out.is_terminal else "jsonl")
-    if chosen == "html":
-        console.result(explain.to_html(list(results), f"imdbsent explain: {run}"))
+    if chosen == "html":  # one page, at the end; stopped, the texts explained so far
+        done, ending = [], ""
+        try:
+            for e in results:
+                done.append(e)
+        except BaseException:  # Ctrl-C, SIGTERM, an input that fails to read on the way
+            ending = f"Stopped early: the texts after these {len(done):,} were not explained."
+            raise
+        finally:
+            console.result(explain.to_html(done, f"imdbsent explain: {run}", ending))
     elif chosen == "jsonl":
         for e in results:
             console.result(json.dumps(explain.as_dict(e)))

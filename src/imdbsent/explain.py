@@ -292,10 +292,11 @@ def strongest(e: Explanation) -> float:
     return max([abs(t.score) for t in e.tokens] + [1e-12])
 
 
-def to_html(explanations: list[Explanation], title: str) -> str:
+def to_html(explanations: list[Explanation], title: str, ending: str = "") -> str:
     """One self-contained page: each text with its tokens highlighted (green towards pos, red
     towards neg, stronger colour for a larger share of the text's largest score), its
-    probability, and the score of each token on hover. Every piece of text is escaped."""
+    probability, and the score of each token on hover, then `ending` (a note, if any). Every
+    piece of text is escaped."""
     sections = []
     for e in explanations:
         if e.prob_pos is None:
@@ -343,7 +344,9 @@ def to_html(explanations: list[Explanation], title: str) -> str:
             '<span class="unk">Dotted underline</span>: a word the vocabulary lacks (read as '
             "&lt;unk&gt;, so 0 for integrated gradients); grey: past the model's max_length, "
             "never read.</p>"
-            + "".join(sections) + "</body></html>\n")
+            + "".join(sections)
+            + (f'<p class="warn">{html.escape(ending)}</p>' if ending else "")
+            + "</body></html>\n")
 
 
 _CSS = ("body{font:16px/1.6 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
