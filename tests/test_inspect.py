@@ -477,7 +477,7 @@ def test_the_terminal_sums_a_words_scores_and_the_page_warns_of_a_gap(capsys):
                             gap=0.0, tokens=tokens)
     console.explanation(e)
     said = capsys.readouterr().out
-    assert "towards pos: plot +0.50, , +0.30; towards neg: poor -2.17 (2x) (from a reference " \
+    assert "towards pos: plot +0.50, \",\" +0.30; towards neg: poor -2.17 (2x) (from a reference " \
            "of -0.63; m)" in " ".join(said.split())  # film's +0.001 shows as nothing
     assert "These scores miss the logit" not in explain.to_html([e], "t")
     e.gap = 1.5

@@ -363,8 +363,9 @@ def explanation(e: Explanation) -> None:
         totals.setdefault(_displayed(e.text[t.start:t.end], 40).casefold(), []).append(t.score)
     shown = [(w, sum(s), len(s)) for w, s in totals.items() if abs(sum(s)) >= 0.005]  # +0.00
 
-    def word(w: str, score: float, times: int) -> str:
-        return f"{w} {score:+.2f}" + (f" ({times}x)" if times > 1 else "")
+    def word(w: str, score: float, times: int) -> str:  # punctuation quoted: `"," +0.27`
+        shown = w if any(c.isalnum() for c in w) else f'"{w}"'
+        return f"{shown} {score:+.2f}" + (f" ({times}x)" if times > 1 else "")
 
     ranked = sorted(shown, key=lambda x: x[1])
     most = [word(*x) for x in reversed(ranked[-3:]) if x[1] > 0]
