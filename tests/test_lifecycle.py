@@ -312,11 +312,14 @@ def test_a_train_that_fails_before_its_first_epoch_leaves_nothing(source_dir, tm
     assert not (tmp_path / "stopped").exists()
 
 
-def test_a_sigterm_that_a_library_swallows_still_stops_the_training(prepared_dir, tmp_path,
-                                                                   monkeypatch, capsys):
+@pytest.mark.parametrize("sig, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_that_a_library_swallows_still_stops_the_training(prepared_dir, tmp_path,
+                                                                   monkeypatch, capsys, sig,
+                                                                   status):
     """pyarrow's first to_numpy imports pandas, and an exception raised within that import
-    (as the SIGTERM handler raises Terminated) never comes out: a run killed then trained on
-    to the end (exit 0). The handler's `pending` mark stops it at the next batch."""
+    (as the SIGTERM handler raises Terminated, the SIGINT one KeyboardInterrupt) never comes
+    out: a run killed then, or a rank of `--nproc` stopped by torchrun, trained on to the end
+    (exit 0). The handler's `Pending` mark stops it at the next batch."""
     import signal
     import time
 
@@ -324,7 +327,7 @@ def test_a_sigterm_that_a_library_swallows_still_stops_the_training(prepared_dir
 
     def swallowing(self, name):  # as pyarrow's import of pandas, while the signal comes
         try:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, sig))
             time.sleep(0.5)  # the handler runs here, in the main thread
         except BaseException:
             pass
@@ -333,7 +336,7 @@ def test_a_sigterm_that_a_library_swallows_still_stops_the_training(prepared_dir
     monkeypatch.setattr(data.Prepared, "split", swallowing)
     cfg = tmp_path / "c.toml"
     cfg.write_text(SMALL_GRU.format(data=prepared_dir))
-    assert run_cli(["train", "--config", str(cfg), "--run-dir", str(tmp_path / "r")]) == 143
+    assert run_cli(["train", "--config", str(cfg), "--run-dir", str(tmp_path / "r")]) == status
     assert "interrupted before the first epoch finished; nothing was kept" in \
         capsys.readouterr().err
     assert not (tmp_path / "r").exists()

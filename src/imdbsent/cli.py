@@ -25,7 +25,7 @@ import typer
 
 from imdbsent import __version__, config, console, launch, threads
 from imdbsent.config import HUB_DEFAULT
-from imdbsent.errors import BadValue, OutputFailed, Shared, Terminated, UserError
+from imdbsent.errors import BadValue, OutputFailed, Pending, Shared, Terminated, UserError
 
 # torch, datasets and the modules over them are imported by the commands that need them, so
 # `imdbsent --help` and `--version` start at once.
@@ -547,8 +547,9 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors and interruptions end as one line and an exit code."""
-    Terminated.pending = False  # (a test's earlier command in this process)
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    Pending.raised = None  # (a test's earlier command in this process)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_pending)
     size = os.environ.get("WORLD_SIZE", "1")
     worker = size.isdigit() and int(size) > 1
     code: int | str | None = 1
@@ -563,6 +564,7 @@ def main(argv: list[str] | None = None) -> None:
         raise
     finally:  # exiting: a SIGTERM now (torchrun stopping its ranks) just ends the process,
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a traceback from an atexit hook
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if worker or _reading_stdin():
             _leave_at_once(code)
 
@@ -659,6 +661,7 @@ def _rank_prefix() -> str:
     return "" if _is_main() else f"rank {os.environ['RANK']}: "
 
 
-def _raise_terminated(_signum: int, _frame: object) -> None:
-    Terminated.pending = True
-    raise Terminated()
+def _raise_pending(signum: int, _frame: object) -> None:
+    """SIGINT and SIGTERM: raised, and kept as `Pending` for a library that swallows it."""
+    Pending.raised = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    raise Pending.raised()

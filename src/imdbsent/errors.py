@@ -20,11 +20,16 @@ class BadValue(UserError):
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread (by the CLI's handler) so that work stops as it does
     for Ctrl-C: a BaseException, as KeyboardInterrupt is, so that no library's `except
-    Exception` (torch's profiler import has one) swallows it and trains on. The handler also
-    sets `pending`, and each step of work (`threads.balanced`) raises it again: pyarrow's lazy
-    import of pandas, on a first `to_numpy`, swallows any exception raised within it."""
+    Exception` (torch's profiler import has one) swallows it and trains on."""
 
-    pending = False
+
+class Pending:
+    """The interruption that the CLI's signal handlers raised (KeyboardInterrupt for SIGINT,
+    Terminated for SIGTERM), kept so that each step of work (`threads.balanced`) raises it
+    again: pyarrow's lazy import of pandas, on a first `to_numpy`, swallows any exception
+    raised within it, and a rank of `train --nproc` stopped then trained on to the end."""
+
+    raised: type[BaseException] | None = None
 
 
 class Shared(UserError):

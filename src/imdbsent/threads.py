@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from imdbsent.errors import BadValue, Terminated
+from imdbsent.errors import BadValue, Pending
 
 T = TypeVar("T")
 
@@ -160,9 +160,9 @@ def balance() -> int:
 
 def balanced(items: Iterable[T]) -> Iterator[T]:
     """`items`, calling balance() before each one: `for batch in threads.balanced(batches):`;
-    a SIGTERM that a library swallowed (`Terminated.pending`) stops the work here."""
+    a Ctrl-C or SIGTERM that a library swallowed (`Pending`) stops the work here."""
     for item in items:
-        if Terminated.pending:
-            raise Terminated()
+        if Pending.raised is not None:
+            raise Pending.raised()
         balance()
         yield item
