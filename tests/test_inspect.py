@@ -403,27 +403,41 @@ def test_integrated_gradients_start_from_the_same_text_all_unknown(small_runs, t
 
 
 class _Step(torch.nn.Module):
-    """A logit that climbs by 8 within a few thousandths of the path, near alpha = 0.5013."""
+    """A logit that climbs by 8 as z = x1 + 2 x2, summed over the tokens, passes 1.5039: on the
+    path to ids [2, 3] (x = [1, 0] and [0, 1], from <unk>'s [0, 0]) within a few thousandths
+    of alpha = 0.5013 at `steepness` 2,000, between two float32 points at 1e9."""
 
-    def __init__(self) -> None:
+    def __init__(self, steepness: float = 2000.0) -> None:
         super().__init__()
-        self.embedding = torch.nn.Embedding(3, 2, padding_idx=0)
+        self.steepness = steepness
+        self.embedding = torch.nn.Embedding(4, 2, padding_idx=0)
         with torch.no_grad():
-            self.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]))
+            self.embedding.weight.copy_(torch.tensor([[0.0, 0], [0, 0], [1, 0], [0, 1]]))
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(ids).sum(dim=(1, 2)) / 2  # alpha, on the path from <unk> (id 1)
-        return 8 * torch.sigmoid(2000 * (x - 0.5013))
+        z = (self.embedding(ids) @ torch.tensor([1.0, 2.0])).sum(dim=1)
+        return 8 * torch.sigmoid(self.steepness * (z - 1.5039))
 
 
 def test_integrated_gradients_halve_the_path_where_equal_steps_miss():
-    ids = torch.tensor([[2]])
-    logit = _Step()(ids, torch.tensor([1])).item()
+    ids, lengths = torch.tensor([[2, 3]]), torch.tensor([2])
+    change = _Step()(ids, lengths).item() - _Step()(torch.tensor([[1, 1]]), lengths).item()
     scores, reference, used = explain.integrated_gradients(_Step(), ids, steps=64, budget=64)
-    assert used == 64 and abs(logit - reference - scores.sum().item()) > 1.0  # equal steps
+    assert used == 64 and abs(change - scores.sum().item()) > 1.0  # equal steps miss the climb
     scores, reference, used = explain.integrated_gradients(_Step(), ids, steps=64, budget=512)
     assert 64 < used <= 512
-    assert abs(logit - reference - scores.sum().item()) <= explain.COMPLETENESS_TOLERANCE * 8
+    # z depends on the tokens through x1 + 2 x2 alone: a third of the change is the first's
+    assert scores.tolist() == pytest.approx([change / 3, 2 * change / 3],
+                                            abs=explain.COMPLETENESS_TOLERANCE * 8)
+
+
+def test_integrated_gradients_stop_halving_what_float32_cannot_resolve():
+    ids = torch.tensor([[2, 3]])
+    scores, _, used = explain.integrated_gradients(_Step(1e9), ids, steps=64, budget=512)
+    assert used < 64 + 2 * 25  # about 14 halvings of the one interval, then it gives up
+    assert abs(scores.sum().item()) < 8 - 1  # and says so through the gap it leaves
+    with pytest.raises(ValueError, match="steps >= 2 and budget >= steps"):
+        explain.integrated_gradients(_Step(), ids, steps=64, budget=32)
 
 
 def test_words_past_max_length_score_nothing(small_runs):
@@ -497,7 +511,7 @@ def test_a_text_longer_than_predict_reads_is_said_cut(trained_run):
     e = _explained(trained_run, long_text)
     assert e.tokens[-1].end <= MAX_CHARS < len(long_text)
     assert explain.unread_note(e).endswith(
-        f"; only its first {MAX_CHARS:,} characters were read, as predict reads them")
+        f"; only its first {MAX_CHARS:,} characters were tokenized, as predict's are")
     assert e.prob_pos == pytest.approx(Predictor(trained_run).predict([long_text])[0].prob_pos,
                                        abs=1e-6)
 
@@ -522,7 +536,7 @@ def test_an_interrupted_page_keeps_the_texts_explained(trained_run, monkeypatch,
                     "dull", "third", "fourth"]) == 130
     page = capsys.readouterr().out
     assert page.count("<section>") == 2 and "fourth" not in page
-    assert "Stopped early: the texts after these 2 were not explained." in page
+    assert "Stopped early: the texts after the 2 above were not explained." in page
     assert page.rstrip().endswith("</body></html>")
 
 

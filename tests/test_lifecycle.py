@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL_GRU, run_cli
-from imdbsent import data, engine, runs, training
+from imdbsent import data, engine, runs, threads, training
 from imdbsent.errors import UserError
 
 SMALL_COSINE = SMALL_GRU.replace('optimizer = "adam"', 'optimizer = "adam"\nschedule = "cosine"')
@@ -340,9 +340,11 @@ def test_a_signal_that_a_library_swallows_still_stops_the_training(prepared_dir,
     assert "interrupted before the first epoch finished; nothing was kept" in \
         capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+    assert list(threads.balanced([1])) == [1]  # the mark does not outlive its command,
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # nor the handler
     monkeypatch.setattr(data.Prepared, "split", real)
     assert run_cli(["train", "--config", str(cfg), "--epochs", "1", "--run-dir",
-                    str(tmp_path / "next")]) == 0  # the mark does not outlive its command
+                    str(tmp_path / "next")]) == 0
 
 
 def test_every_run_file_gets_the_umasks_permissions(trained_run):

@@ -6,6 +6,7 @@ Every user error ends as one line on standard error and a non-zero exit, never a
 from __future__ import annotations
 
 import codecs
+import contextlib
 import io
 import json
 import os
@@ -31,23 +32,24 @@ from imdbsent.errors import BadValue, OutputFailed, Pending, Shared, Terminated,
 # `imdbsent --help` and `--version` start at once.
 
 
-def _switches_bare(params: list) -> list:
+class _BareSwitches:
     """typer 0.29 writes `<bool>` in the help beside a switch (--help, --json, --force) as if
     it took a value; an empty metavar shows none."""
-    for param in params:
-        if getattr(param, "is_flag", False) and param.metavar is None:
-            param.metavar = ""
-    return params
+
+    def get_params(self, ctx: typer.Context) -> list:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
 
 
-class _Group(typer.core.TyperGroup):
-    def get_params(self, ctx: Any) -> list:
-        return _switches_bare(super().get_params(ctx))
+class _Group(_BareSwitches, typer.core.TyperGroup):
+    pass
 
 
-class _Command(typer.core.TyperCommand):
-    def get_params(self, ctx: Any) -> list:
-        return _switches_bare(super().get_params(ctx))
+class _Command(_BareSwitches, typer.core.TyperCommand):
+    pass
 
 
 app = typer.Typer(
@@ -380,15 +382,17 @@ def explain_cmd(
     results = (explainer.explain(t) for t in _inputs(texts or [], file) if t is not None)
     chosen = fmt.value if fmt else ("terminal" if console.out.is_terminal else "jsonl")
     if chosen == "html":  # one page, at the end; stopped, the texts explained so far
-        done, ending = [], ""
+        done: list = []
+        title = f"imdbsent explain: {run}"
         try:
             for e in results:
                 done.append(e)
         except BaseException:  # Ctrl-C, SIGTERM, an input that fails to read on the way
-            ending = f"Stopped early: the texts after these {len(done):,} were not explained."
+            with contextlib.suppress(OutputFailed):  # what stopped it is said, not this
+                console.result(explain.to_html(done, title, "Stopped early: the texts after "
+                                               f"the {len(done):,} above were not explained."))
             raise
-        finally:
-            console.result(explain.to_html(done, f"imdbsent explain: {run}", ending))
+        console.result(explain.to_html(done, title))
     elif chosen == "jsonl":
         for e in results:
             console.result(json.dumps(explain.as_dict(e)))
@@ -547,9 +551,7 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors and interruptions end as one line and an exit code."""
-    Pending.raised = None  # (a test's earlier command in this process)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _raise_pending)
+    handlers = {sig: signal.signal(sig, _raise_pending) for sig in (signal.SIGINT, signal.SIGTERM)}
     size = os.environ.get("WORLD_SIZE", "1")
     worker = size.isdigit() and int(size) > 1
     code: int | str | None = 1
@@ -562,9 +564,10 @@ def main(argv: list[str] | None = None) -> None:
         if worker:  # said here: _leave_at_once skips Python's own report
             traceback.print_exc()
         raise
-    finally:  # exiting: a SIGTERM now (torchrun stopping its ranks) just ends the process,
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a traceback from an atexit hook
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    finally:  # the handlers of before (SIGTERM's default: torchrun stopping its ranks now
+        Pending.raised = None  # just ends them, no traceback from an atexit hook), no mark
+        for sig, handler in handlers.items():  # (None: not set from Python)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         if worker or _reading_stdin():
             _leave_at_once(code)
 

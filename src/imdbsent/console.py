@@ -337,8 +337,8 @@ def _cell(text: str | None) -> Text:
 def explanation(e: Explanation) -> None:
     """One explanation on the terminal: label and probability, the text with each token
     coloured (green towards pos, red towards neg, brighter for a larger score; words out of the
-    vocabulary underlined), and the words that moved it most (a word's occurrences summed;
-    scores that round to 0.00 left out), from which reference."""
+    vocabulary underlined), and the words that moved it most (the occurrences of a word that
+    the model read summed; scores that round to 0.00 left out), from which reference."""
     from imdbsent.explain import pieces, strongest, unread_note
 
     if e.prob_pos is None:
@@ -364,8 +364,8 @@ def explanation(e: Explanation) -> None:
     shown = [(w, sum(s), len(s)) for w, s in totals.items() if abs(sum(s)) >= 0.005]  # +0.00
 
     def word(w: str, score: float, times: int) -> str:  # punctuation quoted: `"," +0.27`
-        shown = w if any(c.isalnum() for c in w) else f'"{w}"'
-        return f"{shown} {score:+.2f}" + (f" ({times}x)" if times > 1 else "")
+        written = w if any(c.isalnum() for c in w) else f'"{w}"'
+        return f"{written} {score:+.2f}" + (f" ({times}x)" if times > 1 else "")
 
     ranked = sorted(shown, key=lambda x: x[1])
     most = [word(*x) for x in reversed(ranked[-3:]) if x[1] > 0]

@@ -13,8 +13,9 @@
 - A calibrated model scales the scores by 1/T; an ensemble sums its members' scores weighted by
   its stacker.
 
-In every case `reference + sum(scores) == logit` (exactly for the linear models). Scores are in
-logit units: positive pushes towards pos. Tokens past the model's `max_length` score 0.
+In every case `reference + sum(scores) + gap == logit` (`gap` 0 up to float32 rounding for the
+linear models). Scores are in logit units: positive pushes towards pos. Tokens past the model's
+`max_length` score 0.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from imdbsent.predict import Predictor, has_words
 
 STEPS = 64  # equal intervals that the integrated-gradients path starts from (midpoint rule)
 BUDGET = 512  # gradients at most for one text, the path's intervals halved where they miss
+NARROWEST = 1e-6  # of the path: an interval no narrower is not halved (float32 alphas)
 COMPLETENESS_TOLERANCE = 0.05  # |gap| allowed, in logit units, relative to max(1, |logit - ref|)
 
 
@@ -222,7 +224,10 @@ def integrated_gradients(model: nn.Module, ids: torch.Tensor, steps: int = STEPS
     The logit at both ends of an interval is known, so is what its scores miss of the logit's
     change over it; while the misses add up to more than half the tolerance, the intervals
     that miss most are halved, up to `budget` gradients in all (`budget == steps`: equal
-    steps only)."""
+    steps only), but none narrower than NARROWEST: float32 cannot tell its points apart."""
+    if steps < 2 or budget < steps:
+        raise ValueError(f"integrated gradients need steps >= 2 and budget >= steps, not "
+                         f"{steps} and {budget}")
     at = Path(model, ids)
     edges = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     logits, _ = at(edges)
@@ -235,19 +240,23 @@ def integrated_gradients(model: nn.Module, ids: torch.Tensor, steps: int = STEPS
         misses = ((f_hi - f_lo) - scored.sum(dim=1)).abs()
         if misses.sum() <= tolerance:
             break
-        worst = misses.argsort(descending=True)[:min(steps, budget - used) // 2]
-        worst = worst[misses[worst] > tolerance / len(misses)]  # the largest always is
+        splittable = (misses > tolerance / len(misses)) & (hi - lo > NARROWEST)  # NaN: never
+        worst = [k for k in misses.argsort(descending=True).tolist() if splittable[k]]
+        worst = torch.tensor(worst[:min(steps, budget - used) // 2], dtype=torch.long)
+        if not len(worst):
+            break
         keep = torch.ones(len(lo), dtype=torch.bool)
         keep[worst] = False
         mid = (lo[worst] + hi[worst]) / 2
         f_q, t_q = at(torch.cat([(lo[worst] + mid) / 2, (mid + hi[worst]) / 2]), grad=True)
         used += 2 * len(worst)
+        widths = torch.cat([mid - lo[worst], hi[worst] - mid])
         lo, hi, f_lo, f_hi = (torch.cat([lo[keep], lo[worst], mid]),
                               torch.cat([hi[keep], mid, hi[worst]]),
                               torch.cat([f_lo[keep], f_lo[worst], f_mid[worst]]),
                               torch.cat([f_hi[keep], f_mid[worst], f_hi[worst]]))
         f_mid = torch.cat([f_mid[keep], f_q])
-        scored = torch.cat([scored[keep], t_q * (hi - lo)[-2 * len(worst):, None]])
+        scored = torch.cat([scored[keep], t_q * widths[:, None]])
     return scored.sum(dim=0)[:ids.shape[1]], logits[0].item(), used
 
 
@@ -281,7 +290,7 @@ def pieces(e: Explanation) -> list[tuple[str, Token | None]]:
 
 def unread_note(e: Explanation) -> str:
     """What a long text's explanation leaves out, said where its scores are shown."""
-    cut = (f"; only its first {text.MAX_CHARS:,} characters were read, as predict reads them"
+    cut = (f"; only its first {text.MAX_CHARS:,} characters were tokenized, as predict's are"
            if len(e.text) > text.MAX_CHARS else "")
     return (f"; the model read the first {len(e.tokens) - e.unread:,} of its {len(e.tokens):,} "
             f"tokens (max_length){cut}" if e.unread else cut)
@@ -321,7 +330,7 @@ def to_html(explanations: list[Explanation], title: str, ending: str = "") -> st
             spans.append(f'<span{kind} style="{style}" title="{html.escape(note)}">'
                          f'{html.escape(piece)}</span>')
         verdict = (f"{e.label} &middot; P(pos) {e.prob_pos:.4f} &middot; logit {e.logit:+.3f} = reference "
-                   f"{e.reference:+.3f} + tokens {e.logit - e.reference - e.gap:+.3f}"
+                   f"{round(e.reference, 3) + 0.0:+.3f} + tokens {e.logit - e.reference - e.gap:+.3f}"
                    f"{f' (gap {e.gap:+.4f})' if abs(e.gap) >= 5e-5 else ''} &middot; "
                    f"{html.escape(e.method or '')}{html.escape(unread_note(e))}")
         warning = "" if e.complete else (
