@@ -381,6 +381,92 @@ def test_ctrl_c_while_python_dash_m_imports_ends_quietly_with_130():
     assert res.returncode == 130 and res.stderr == b""  # no KeyboardInterrupt traceback
 
 
+def test_a_ctrl_c_is_said_in_one_line_by_every_command(trained_run, monkeypatch, capsys):
+    import os
+    import signal
+    import time
+
+    from imdbsent.predict import Predictor
+
+    def stopped(self, texts):  # a Ctrl-C: typer turns its KeyboardInterrupt into a silent 130
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+    monkeypatch.setattr(Predictor, "predict", stopped)
+    assert run_cli(["predict", "--run", str(trained_run), "great film"]) == 130
+    assert capsys.readouterr().err == "imdbsent: error: interrupted\n"
+
+
+@pytest.mark.parametrize("sig, code, said", [("SIGINT", 130, "interrupted"),
+                                             ("SIGTERM", 143, "terminated")])
+def test_a_signal_swallowed_until_the_command_ended_still_ends_it(trained_run, monkeypatch,
+                                                                  capsys, sig, code, said):
+    """A Ctrl-C or SIGTERM while torch imports numpy is dropped by torch's C code; a command
+    with no batch after it (`imdbsent runs`) finished and exited 0, as if never stopped."""
+    import os
+    import signal
+
+    real = runs.list_runs
+
+    def swallowing(folder):
+        try:
+            os.kill(os.getpid(), getattr(signal, sig))
+            signal.sigtimedwait([], 0.1) if hasattr(signal, "sigtimedwait") else None
+        except BaseException:
+            pass
+        return real(folder)
+
+    monkeypatch.setattr(runs, "list_runs", swallowing)
+    assert run_cli(["runs", str(trained_run.parent)]) == code
+    assert capsys.readouterr().err == f"imdbsent: error: {said}\n"
+
+
+def test_an_ignored_ctrl_c_stays_ignored(trained_run, monkeypatch, capsys):
+    """`imdbsent train ... &` in a script starts with SIGINT ignored, and should keep it so."""
+    import signal
+
+    seen = []
+    real = runs.list_runs
+    monkeypatch.setattr(runs, "list_runs", lambda folder: seen.append(
+        signal.getsignal(signal.SIGINT)) or real(folder))
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert run_cli(["runs", str(trained_run.parent)]) == 0
+        assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_swallowed_signal_ends_a_wait_on_idle_standard_input(monkeypatch):
+    import os
+    import threading
+
+    from imdbsent.cli import STDIN_READER, live_lines
+    from imdbsent.errors import Pending, Terminated
+    read_end, write_end = os.pipe()  # a pipe that never speaks: `sleep 30 | imdbsent predict -`
+    monkeypatch.setattr(Pending, "raised", Terminated)
+    raised = []
+
+    def wait(fh) -> None:  # in a thread of its own, so that a wait for ever fails the test
+        try:
+            for _ in live_lines(fh, pause=0.05):
+                pass
+        except Terminated as exc:
+            raised.append(exc)
+
+    with os.fdopen(read_end, "rb") as fh:
+        waiting = threading.Thread(target=wait, args=(fh,), daemon=True)
+        waiting.start()
+        waiting.join(timeout=10)
+        stopped_in_time = not waiting.is_alive()
+        os.close(write_end)  # the reader thread sees the end and lets go of the file
+        waiting.join(timeout=5)
+        for thread in threading.enumerate():
+            if thread.name == STDIN_READER:
+                thread.join(timeout=5)
+    assert stopped_in_time and raised
+
+
 def test_predict_and_evaluate_of_a_prepared_split_never_import_datasets(trained_run):
     import subprocess
     import sys

@@ -149,6 +149,7 @@ def prepare(
                 else f"no dataset was made in {out}")
         console.log(f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'terminated'}: "
                     f"{kept}")
+        _said_stop()
         raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 143) from None
     finally:
         view.close()
@@ -222,7 +223,7 @@ def train_cmd(
         view.close()
         if str(exc):
             console.log(str(exc))
-            launch.say_stopped()
+            _said_stop()
         raise typer.Exit(exc.code) from None
     if _is_main():
         console.log(f"run saved in {result.run}")
@@ -389,8 +390,10 @@ def explain_cmd(
                 done.append(e)
         except BaseException:  # Ctrl-C, SIGTERM, an input that fails to read on the way
             with contextlib.suppress(OutputFailed):  # what stopped it is said, not this
-                console.result(explain.to_html(done, title, "Stopped early: the texts after "
-                                               f"the {len(done):,} above were not explained."))
+                console.result(explain.to_html(done, title, f"Stopped early: the texts after "
+                                               f"the {len(done):,} above were not explained."
+                                               if done else "Stopped before any text was "
+                                               "explained."))
             raise
         console.result(explain.to_html(done, title))
     elif chosen == "jsonl":
@@ -477,6 +480,8 @@ def live_lines(fh: BinaryIO, pause: float = PAUSE_SECONDS) -> Iterator[str | Non
         try:  # never an untimed wait: a Ctrl-C that the kernel hands to the reader thread
             item = lines.get(timeout=pause)  # would not wake it, and it would wait forever
         except queue.Empty:
+            if Pending.raised is not None:  # one that a library swallowed: no batch comes
+                raise Pending.raised() from None
             if not paused:
                 paused = True
                 yield None
@@ -551,7 +556,10 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors and interruptions end as one line and an exit code."""
-    handlers = {sig: signal.signal(sig, _raise_pending) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, handler in handlers.items():  # an ignored one stays ignored (`imdbsent train &`
+        if handler is not signal.SIG_IGN:  # in a script ignores Ctrl-C)
+            signal.signal(sig, _raise_pending)
     size = os.environ.get("WORLD_SIZE", "1")
     worker = size.isdigit() and int(size) > 1
     code: int | str | None = 1
@@ -564,8 +572,9 @@ def main(argv: list[str] | None = None) -> None:
         if worker:  # said here: _leave_at_once skips Python's own report
             traceback.print_exc()
         raise
-    finally:  # the handlers of before (SIGTERM's default: torchrun stopping its ranks now
-        Pending.raised = None  # just ends them, no traceback from an atexit hook), no mark
+    finally:  # the handlers found (for a rank, SIGTERM's default: torchrun stopping it as it
+        # exits ends it, with no traceback from an atexit hook), and no mark left
+        Pending.raised, Pending.said = None, False
         for sig, handler in handlers.items():  # (None: not set from Python)
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         if worker or _reading_stdin():
@@ -597,6 +606,9 @@ def _run(argv: list[str] | None) -> None:
     try:
         with console.guarded_stdout():
             code = app(args=argv, prog_name="imdbsent", standalone_mode=False)
+        if Pending.raised is not None and not Pending.said:  # typer's silent 130 for a Ctrl-C;
+            raise Pending.raised()  # one swallowed (torch's import of numpy drops it) that no
+        # batch raised again before the work ended
     except Shared:
         sys.exit(1)  # another rank's error: rank 0 has said it
     except BadValue as exc:  # a usage error, as click's own: named by the flag, status 2
@@ -610,17 +622,34 @@ def _run(argv: list[str] | None) -> None:
         if not exc.format_message().strip():  # bare `imdbsent`: its help is what it says
             sys.exit(code)
         _fail(f"{_usage_message(exc)} (see {_command_path(exc, argv)} --help)", code)
-    except (KeyboardInterrupt, typer.Abort, Terminated) as exc:  # said by rank 0 alone
-        code = 143 if isinstance(exc, Terminated) else 130
-        if not _is_main():
-            sys.exit(code)
-        launch.say_stopped()
-        _fail("terminated" if code == 143 else "interrupted", code)
+    except (KeyboardInterrupt, typer.Abort, Terminated) as exc:
+        _stopped(Terminated if isinstance(exc, Terminated) else KeyboardInterrupt)
     except OutputFailed as exc:
         if exc.message:
             _fail(exc.message, exc.code)
         sys.exit(exc.code)
+    except Exception:
+        if Pending.raised is None or Pending.said:
+            raise
+        _stopped(Pending.raised)  # what a swallowed signal broke on its way (a half import)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _stopped(signal_raised: type[BaseException]) -> None:
+    """Exit as a Ctrl-C (130) or SIGTERM (143) that no command has said: one line, by rank 0
+    alone."""
+    code = 143 if signal_raised is Terminated else 130
+    if not _is_main():
+        sys.exit(code)
+    _said_stop()
+    _fail("terminated" if code == 143 else "interrupted", code)
+
+
+def _said_stop() -> None:
+    """Mark that this command has said how it stopped (for `_run`, and for the launcher of a
+    rank 0)."""
+    Pending.said = True
+    launch.say_stopped()
 
 
 _BOUNDS = {"greater than or equal to": "at least", "less than or equal to": "at most",

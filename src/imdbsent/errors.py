@@ -27,9 +27,11 @@ class Pending:
     """The interruption that the CLI's signal handlers raised (KeyboardInterrupt for SIGINT,
     Terminated for SIGTERM), kept so that each step of work (`threads.balanced`) raises it
     again: pyarrow's lazy import of pandas, on a first `to_numpy`, swallows any exception
-    raised within it, and a rank of `train --nproc` stopped then trained on to the end."""
+    raised within it, and a rank of `train --nproc` stopped then trained on to the end.
+    `said`: the command has said how it stopped (train and prepare say what was kept)."""
 
     raised: type[BaseException] | None = None
+    said = False
 
 
 class Shared(UserError):
