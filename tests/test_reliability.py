@@ -377,7 +377,7 @@ def test_predict_scores_a_paused_stream_at_once_not_when_a_batch_is_full(trained
 
 
 @pytest.mark.parametrize("command, signum, code, said", [
-    ("predict", signal.SIGINT, 130, b""),  # Ctrl-C: quiet, as Unix tools end
+    ("predict", signal.SIGINT, 130, b"imdbsent: error: interrupted\n"),  # said, as SIGTERM
     ("explain", signal.SIGTERM, 143, b"imdbsent: error: terminated\n"),
 ])
 def test_a_signal_ends_a_live_stream_with_its_status_not_a_crash(trained_run, command, signum,
