@@ -41,6 +41,8 @@ class Scores:
     metrics: dict[str, Any]
     config: str  # as TOML, without the [model] fields its model ignores
     scored: str  # the prepared data and split its figures are of
+    model: str  # and its status, as `imdbsent runs` shows them
+    status: str
 
 
 def load(run: Path, name: str, device: str = "cpu", data_dir: Path | None = None) -> Scores:
@@ -62,8 +64,10 @@ def load(run: Path, name: str, device: str = "cpu", data_dir: Path | None = None
     recall, precision = pr(probs, truth)
     metrics["roc_auc"] = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
     metrics["average_precision"] = float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    row = runs.describe(run)
     return Scores(name, run, curves, probs, truth, metrics,
-                  runs.load_config(run).to_toml(used=True), scored.what)
+                  runs.load_config(run).to_toml(used=True), scored.what, row["model"],
+                  row["status"])
 
 
 def torch_to_numpy(t: Any) -> np.ndarray:
@@ -273,7 +277,7 @@ def to_html(scores: list[Scores], figures: list[Path]) -> str:
     for s in scores:
         m = s.metrics
         epochs = sum(len(r) for r in s.curves.values())
-        cells = [s.name, runs.load_config(s.run).model.name, runs.describe(s.run)["status"],
+        cells = [s.name, s.model, s.status,
                  f"{m['accuracy']:.2%}",
                  f"{m['loss']:.4f}", f"{m['precision']:.2%}", f"{m['recall']:.2%}",
                  f"{m['f1']:.2%}", f"{m['roc_auc']:.4f}", f"{m['average_precision']:.4f}",
