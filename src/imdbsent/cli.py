@@ -480,8 +480,7 @@ def live_lines(fh: BinaryIO, pause: float = PAUSE_SECONDS) -> Iterator[str | Non
         try:  # never an untimed wait: a Ctrl-C that the kernel hands to the reader thread
             item = lines.get(timeout=pause)  # would not wake it, and it would wait forever
         except queue.Empty:
-            if Pending.raised is not None:  # one that a library swallowed: no batch comes
-                raise Pending.raised() from None
+            Pending.raise_again()  # one that a library swallowed: no batch comes to raise it
             if not paused:
                 paused = True
                 yield None
@@ -606,9 +605,8 @@ def _run(argv: list[str] | None) -> None:
     try:
         with console.guarded_stdout():
             code = app(args=argv, prog_name="imdbsent", standalone_mode=False)
-        if Pending.raised is not None and not Pending.said:  # typer's silent 130 for a Ctrl-C;
-            raise Pending.raised()  # one swallowed (torch's import of numpy drops it) that no
-        # batch raised again before the work ended
+        if not Pending.said:  # typer's silent 130 for a Ctrl-C; one swallowed (torch's import
+            Pending.raise_again()  # of numpy drops it) that no batch raised before the end
     except Shared:
         sys.exit(1)  # another rank's error: rank 0 has said it
     except BadValue as exc:  # a usage error, as click's own: named by the flag, status 2

@@ -339,7 +339,7 @@ def explanation(e: Explanation) -> None:
     coloured (green towards pos, red towards neg, brighter for a larger score; words out of the
     vocabulary underlined), and the words that moved it most (the occurrences of a word that
     the model read summed; scores that round to 0.00 left out), from which reference."""
-    from imdbsent.explain import pieces, strongest, unread_note
+    from imdbsent.explain import pieces, signed, strongest, unread_note
 
     if e.prob_pos is None:
         out.print(Text("skip  " + _displayed(e.text, 10_000)))
@@ -372,7 +372,7 @@ def explanation(e: Explanation) -> None:
     least = [word(*x) for x in ranked[:3] if x[1] < 0]
     gap = "" if e.complete else f"; the scores miss the logit by {e.gap:+.3f}"
     out.print(Text(f"      towards pos: {', '.join(most) or '-'}; towards neg: "
-                   f"{', '.join(least) or '-'} (from a reference of {round(e.reference, 2) + 0.0:+.2f}; "
+                   f"{', '.join(least) or '-'} (from a reference of {signed(e.reference, 2)}; "
                    f"{e.method}{gap}){unread_note(e)}"), style="dim")
 
 

@@ -33,6 +33,13 @@ class Pending:
     raised: type[BaseException] | None = None
     said = False
 
+    @classmethod
+    def raise_again(cls) -> None:
+        """Raise the interruption kept, if any (where work goes on after a library swallowed
+        it)."""
+        if cls.raised is not None:
+            raise cls.raised()
+
 
 class Shared(UserError):
     """Rank 0's user error, received by another rank of a distributed training: every rank

@@ -296,6 +296,12 @@ def unread_note(e: Explanation) -> str:
             f"tokens (max_length){cut}" if e.unread else cut)
 
 
+def signed(value: float, decimals: int) -> str:
+    """`value` with its sign to `decimals` places, a value that rounds to zero as +0.00 (not
+    -0.00)."""
+    return f"{round(value, decimals) + 0.0:+.{decimals}f}"
+
+
 def strongest(e: Explanation) -> float:
     """The largest |score| of an explanation (at least a tiny positive number)."""
     return max([abs(t.score) for t in e.tokens] + [1e-12])
@@ -330,14 +336,14 @@ def to_html(explanations: list[Explanation], title: str, ending: str = "") -> st
             spans.append(f'<span{kind} style="{style}" title="{html.escape(note)}">'
                          f'{html.escape(piece)}</span>')
         verdict = (f"{e.label} &middot; P(pos) {e.prob_pos:.4f} &middot; logit {e.logit:+.3f} = reference "
-                   f"{round(e.reference, 3) + 0.0:+.3f} + tokens {e.logit - e.reference - e.gap:+.3f}"
+                   f"{signed(e.reference, 3)} + tokens {e.logit - e.reference - e.gap:+.3f}"
                    f"{f' (gap {e.gap:+.4f})' if abs(e.gap) >= 5e-5 else ''} &middot; "
                    f"{html.escape(e.method or '')}{html.escape(unread_note(e))}")
         warning = "" if e.complete else (
             f'<p class="warn">These scores miss the logit by {e.gap:+.3f}: integrated gradients '
             "did not add up along the path (the model's output changes too steeply somewhere "
-            "on it), so read them "
-            "as a rough ranking of the words, not as how much each moved the score.</p>")
+            "on it), so read them as a rough ranking of the words, not as how much each moved "
+            "the score.</p>")
         sections.append(f'<section><p class="verdict">{verdict}</p>{warning}'
                         f'<p class="text">{"".join(spans)}</p></section>')
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -162,7 +162,6 @@ def balanced(items: Iterable[T]) -> Iterator[T]:
     """`items`, calling balance() before each one: `for batch in threads.balanced(batches):`;
     a Ctrl-C or SIGTERM that a library swallowed (`Pending`) stops the work here."""
     for item in items:
-        if Pending.raised is not None:
-            raise Pending.raised()
+        Pending.raise_again()
         balance()
         yield item
