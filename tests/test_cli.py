@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import re
 import shutil
 
 import pytest
@@ -500,12 +501,13 @@ def test_bare_imdbsent_shows_its_help_and_no_empty_error(capsys):
     assert "Usage: imdbsent [OPTIONS] COMMAND" in out and err == ""
 
 
-def test_help_shows_no_value_for_a_switch(capsys):
+def test_help_shows_no_value_for_a_switch_and_plain_types(capsys):
     commands = [c.name or c.callback.__name__ for c in app.registered_commands]
     for command in [[], *([name] for name in commands)]:
         assert run_cli([*command, "--help"]) == 0
         out = capsys.readouterr().out
         assert "Usage:" in out and "<bool>" not in out, command
+        assert not re.search(r"<list|range>|<[A-Z][a-z]+>", out), command  # <path>, <int> [x>=1]
         assert command != ["prepare"] or "--force" in out and "--no-unsupervised" in out
 
 

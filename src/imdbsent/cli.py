@@ -32,15 +32,25 @@ from imdbsent.errors import BadValue, OutputFailed, Pending, Shared, Terminated,
 # `imdbsent --help` and `--version` start at once.
 
 
+def _plain_type(label: str | None) -> str | None:
+    """`<list[Path]>` -> `<path>`, `<int range>` -> `<int>`: the help already shows the `...`
+    of several values and the range's bounds (`[x>=1]`) beside the type."""
+    return label and re.sub(r"list\[(.*)\]| range", r"\1", label).lower()
+
+
 class _BareSwitches:
     """typer 0.29 writes `<bool>` in the help beside a switch (--help, --json, --force) as if
-    it took a value; an empty metavar shows none."""
+    it took a value (an empty metavar shows none), and Python's type names for lists and
+    ranges (`<list[Path]>`, `<float range>`) where a plain `<path>` or `<float>` reads better."""
 
     def get_params(self, ctx: typer.Context) -> list:
         params = super().get_params(ctx)  # type: ignore[misc]
         for param in params:
             if getattr(param, "is_flag", False) and param.metavar is None:
                 param.metavar = ""
+            elif hasattr(param, "display_type_rich") and "display_type_rich" not in vars(param):
+                shown = param.display_type_rich
+                param.display_type_rich = lambda ctx, shown=shown: _plain_type(shown(ctx))
         return params
 
 
