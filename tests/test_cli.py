@@ -225,10 +225,12 @@ def test_python_dash_m_runs_the_cli():
                               "--help)"),  # click gives no context: found on the line
     (["evaluate", "--split", "train"], "Invalid value for '--split': 'train' is not one of "
                                        "'test', 'valid' (see imdbsent evaluate --help)"),
-    (["train", "--epochs", "many"], "Invalid value for '--epochs'"),
+    (["train", "--epochs", "many"], "--epochs must be an integer, not 'many' (see"),
+    (["train", "--lr", "fast"], "--lr must be a number, not 'fast' (see"),
     (["train", "--config", "nope"], "no recipe named 'nope'"),
     (["train", "--threads", "0"], "--threads must be a whole number of at least 1, not 0"),
-    (["train", "--virtual-adversarial", "-1"], "--virtual-adversarial must be at least 0 (see"),
+    (["train", "--virtual-adversarial", "-1"], "--virtual-adversarial must be at least 0, not -1 "
+                                               "(see"),
     (["train", "--model", "nblr", "--vectors", "none", "--adversarial", "1", "--data",
       "{prepared}"],
      "--adversarial needs a model with a word embedding (rnn, lstm, gru, cnn), not nblr"),
@@ -240,9 +242,9 @@ def test_python_dash_m_runs_the_cli():
     (["predict", "hi"], "no runs in runs/"),
     (["prepare", "--source", "./missing"], "./missing: no such file or folder"),
     (["prepare", "--split-ratio", "1.5", "--source", "."], "--split-ratio must be between 0 and 1"),
-    (["predict", "--batch-size", "0", "hi"], "--batch-size must be at least 1 (see imdbsent "
-                                             "predict --help)"),  # a typer range, as ours
-    (["train", "--nproc", "0"], "--nproc must be at least 1 (see"),
+    (["predict", "--batch-size", "0", "hi"], "--batch-size must be at least 1, not 0 (see "
+                                             "imdbsent predict --help)"),  # a typer range, as ours
+    (["train", "--nproc", "0"], "--nproc must be at least 1, not 0 (see"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsys, args, message,
                                                     prepared_dir):

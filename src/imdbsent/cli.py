@@ -662,15 +662,25 @@ def _said_stop() -> None:
 
 _BOUNDS = {"greater than or equal to": "at least", "less than or equal to": "at most",
            "greater than": "more than", "less than": "less than"}
+_KINDS = {"a valid integer": "an integer", "a valid number": "a number"}
 
 
 def _usage_message(exc: typer.exceptions.TyperException) -> str:
     """click's message without what its validators add ("Value error, ") or its last period;
-    a value out of a flag's range said as imdbsent's own checks say it ("--nproc must be at
-    least 1")."""
+    a flag's value out of range or of the wrong kind said as imdbsent's own checks say it
+    ("--nproc must be at least 1, not 0", "--lr must be a number, not 'abc'"; the value given
+    is in the validator's error, which typer chains)."""
     message = exc.format_message().replace("Value error, ", "").rstrip(".")
-    return re.sub(r"^Invalid value for '(--[\w-]+)': Input should be (" + "|".join(_BOUNDS)
-                  + r") (\S+)$", lambda m: f"{m[1]} must be {_BOUNDS[m[2]]} {m[3]}", message)
+    match = re.fullmatch(r"Invalid value for '(--[\w-]+)': Input should be (.+?)"
+                         r"(?:, unable to parse .*)?", message)
+    bound = match and re.fullmatch(f"({'|'.join(_BOUNDS)}) (\\S+)", match[2])
+    errors = getattr(exc.__cause__, "errors", list)()
+    if match is None or not (bound or match[2] in _KINDS) or len(errors) != 1:
+        return message
+    given = errors[0].get("input")
+    if bound:
+        return f"{match[1]} must be {_BOUNDS[bound[1]]} {bound[2]}, not {given}"
+    return f"{match[1]} must be {_KINDS[match[2]]}, not {given!r}"
 
 
 def _command_path(exc: typer.exceptions.TyperException, argv: list[str] | None) -> str:
