@@ -238,7 +238,8 @@ def test_python_dash_m_runs_the_cli():
      "--vectors needs a model with word embeddings (nblr has none: --vectors none)"),
     (["evaluate", "no/such/run"], "no/such/run: no such run directory"),
     (["predict", "--run", "no/such/run", "hi"], "no such run directory"),
-    (["predict"], "nothing to predict"),
+    (["predict"], "nothing to predict: give texts, - for standard input, or --file PATH (see "
+                  "imdbsent predict --help)"),
     (["predict", "hi"], "no runs in runs/"),
     (["prepare", "--source", "./missing"], "./missing: no such file or folder"),
     (["prepare", "--split-ratio", "1.5", "--source", "."], "--split-ratio must be between 0 and 1"),
@@ -264,6 +265,8 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsy
     (["predict", "--threshold", "1.5", "hi"], 2),  # before the run that is missing: 1
     (["predict", "--batch-size", "0", "hi"], 2),
     (["predict", "hi"], 1),
+    (["predict"], 2),  # nothing to predict: a usage error
+    (["explain"], 2),
     (["prepare", "--source", "./missing"], 1),
 ])
 def test_a_usage_error_exits_2_and_any_other_error_1(tmp_path, monkeypatch, capsys, args,
@@ -272,7 +275,7 @@ def test_a_usage_error_exits_2_and_any_other_error_1(tmp_path, monkeypatch, caps
     assert run_cli(args) == status
     err = capsys.readouterr().err
     assert err.startswith("imdbsent: error: ") and err.count("\n") == 1
-    assert status == 1 or args[1] in err  # a usage error names the flag
+    assert status == 1 or [*args, "--help"][1] in err  # a usage error names the flag or help
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
 
 

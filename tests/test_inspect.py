@@ -577,5 +577,5 @@ def test_explain_cli_formats_and_escaping(trained_run, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert hostile in shown and "towards pos" in shown
 
-    assert run_cli(["explain", "--run", str(trained_run)]) == 1
+    assert run_cli(["explain", "--run", str(trained_run)]) == 2  # a usage error
     assert "nothing to explain" in capsys.readouterr().err

@@ -26,7 +26,7 @@ import typer
 
 from imdbsent import __version__, config, console, launch, threads
 from imdbsent.config import HUB_DEFAULT
-from imdbsent.errors import BadValue, OutputFailed, Pending, Shared, Terminated, UserError
+from imdbsent.errors import BadValue, OutputFailed, Pending, Shared, Terminated, Usage, UserError
 
 # torch, datasets and the modules over them are imported by the commands that need them, so
 # `imdbsent --help` and `--version` start at once.
@@ -362,7 +362,7 @@ def predict_cmd(
     check_threshold(threshold)  # before the run is looked for
     texts = texts or []
     if not texts and file is None:
-        raise UserError("nothing to predict: give texts, - for standard input, or --file PATH")
+        raise Usage("nothing to predict: give texts, - for standard input, or --file PATH")
     predictor = Predictor(_chosen_run(run), device.value, threshold)
     chosen = (fmt.value if fmt else ("table" if console.out.is_terminal else "tsv"))
     console.write_predictions(predictor.stream(_inputs(texts, file), batch_size), chosen)
@@ -387,7 +387,7 @@ def explain_cmd(
 
     check_threshold(threshold)  # before the run is looked for
     if not texts and file is None:
-        raise UserError("nothing to explain: give texts, - for standard input, or --file PATH")
+        raise Usage("nothing to explain: give texts, - for standard input, or --file PATH")
     run = _chosen_run(run)
     explainer = explain.Explainer(Predictor(run, device.value, threshold))
     results = (explainer.explain(t) for t in _inputs(texts or [], file) if t is not None)
@@ -621,6 +621,8 @@ def _run(argv: list[str] | None) -> None:
         sys.exit(1)  # another rank's error: rank 0 has said it
     except BadValue as exc:  # a usage error, as click's own: named by the flag, status 2
         _fail(f"{_rank_prefix()}{config.flag(exc.name)} {exc.problem}", 2)
+    except Usage as exc:
+        _fail(f"{exc} (see {_command_path(exc, argv)} --help)", 2)
     except UserError as exc:
         _fail(_rank_prefix() + str(exc), 1)
     except typer.Exit as exc:
@@ -683,7 +685,7 @@ def _usage_message(exc: typer.exceptions.TyperException) -> str:
     return f"{match[1]} must be {_KINDS[match[2]]}, not {given!r}"
 
 
-def _command_path(exc: typer.exceptions.TyperException, argv: list[str] | None) -> str:
+def _command_path(exc: Exception, argv: list[str] | None) -> str:
     """`imdbsent COMMAND` of the command the usage error is in (click gives no context for a
     flag that lacks its value: the first word of the line that names a command), else
     `imdbsent`."""

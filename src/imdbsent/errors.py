@@ -7,6 +7,11 @@ class UserError(Exception):
     """Something the user can fix: a missing file, a bad value, bad input. Never a bug."""
 
 
+class Usage(UserError):
+    """A command given too little to do anything (`imdbsent predict` with no texts): a usage
+    error, status 2 and a pointer to the command's help, as click's own."""
+
+
 class BadValue(UserError):
     """A parameter's value out of its range, named as the library spells it (`split_ratio`,
     `train.epochs`); the command line names its flag instead and exits 2, as click does for a
