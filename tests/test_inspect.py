@@ -19,6 +19,7 @@ import torch
 
 from conftest import hold_lock, run_cli, set_started, small_recipe
 from imdbsent import explain, runs
+from imdbsent.errors import Terminated
 from imdbsent.predict import Predictor
 from imdbsent.text import MAX_CHARS
 
@@ -281,6 +282,29 @@ def test_report_on_one_run_writes_into_the_run(trained_run, tmp_path, capsys):
     assert run_cli(["report", str(run)]) == 0
     assert (run / "report" / "report.html").is_file()
     assert runs.describe(run)["status"] == "finished"  # the run itself untouched
+
+
+@pytest.mark.parametrize("stop, status, word", [(KeyboardInterrupt, 130, "interrupted"),
+                                               (Terminated, 143, "terminated")])
+def test_a_report_stopped_part_way_says_what_it_left(trained_run, tmp_path, monkeypatch, capsys,
+                                                     stop, status, word):
+    pytest.importorskip("matplotlib")
+    from imdbsent import report
+
+    second = list(report.TITLES)[1]
+
+    def stopped(*_args: object) -> None:
+        raise stop()
+
+    monkeypatch.setitem(report.DRAW, second, stopped)
+    out = tmp_path / "r"
+    assert run_cli(["report", str(trained_run), "--out", str(out)]) == status
+    captured = capsys.readouterr()
+    first = out / f"{list(report.TITLES)[0]}.png"
+    assert captured.out.split() == [str(first)] and first.is_file()
+    assert captured.err == (f"{word}: 1 of {len(report.TITLES)} figures written (above), "
+                            f"no {out / 'report.html'}\n")
+    assert sorted(p.name for p in out.iterdir()) == [first.name]  # no half-written file
 
 
 def test_report_of_a_run_without_a_model_is_one_line(trained_run, tmp_path, capsys):

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, AnyStr, BinaryIO
+from typing import Annotated, Any, AnyStr, BinaryIO, NoReturn
 
 import typer
 
@@ -157,10 +157,7 @@ def prepare(
         kept = (f"{out} holds the dataset prepared before, as it was" if data.is_prepared(out)
                 else f"{out} no longer holds a whole dataset: prepare it again" if had
                 else f"no dataset was made in {out}")
-        console.log(f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'terminated'}: "
-                    f"{kept}")
-        _said_stop()
-        raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 143) from None
+        _stop_saying(exc, kept)
     finally:
         view.close()
     console.prepare_summary(manifest, out, built)
@@ -302,8 +299,16 @@ def report_cmd(
     folder = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
     for run in run_dirs:
         runs.say_unfinished(runs.check_run(run), console.log)
-    for path in report.make(run_dirs, folder, device.value, data_dir):
-        console.result(str(path))
+    figures = 0
+    try:
+        for path in report.make(run_dirs, folder, device.value, data_dir):
+            console.result(str(path))
+            figures += 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        if figures:  # stopped before any figure: the plain one line
+            _stop_saying(exc, f"{figures} of {len(report.TITLES)} figures written (above), "
+                              f"no {folder / 'report.html'}")
+        raise
 
 
 @app.command("evaluate", cls=_Command)
@@ -653,6 +658,14 @@ def _stopped(signal_raised: type[BaseException]) -> None:
         sys.exit(code)
     _said_stop()
     _fail("terminated" if code == 143 else "interrupted", code)
+
+
+def _stop_saying(exc: KeyboardInterrupt | Terminated, kept: str) -> NoReturn:
+    """End a command stopped by Ctrl-C or SIGTERM with one line that says what it kept."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    console.log(f"{'interrupted' if interrupted else 'terminated'}: {kept}")
+    _said_stop()
+    raise typer.Exit(130 if interrupted else 143) from None
 
 
 def _said_stop() -> None:

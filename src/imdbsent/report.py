@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,10 @@ def _cumulative(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def make(run_dirs: list[Path], out: Path, device: str = "cpu", data_dir: Path | None = None
-         ) -> list[Path]:
+         ) -> Iterator[Path]:
     """Write every figure and report.html for `run_dirs` into `out` (scored on `data_dir`'s
-    test split, default each run's own); the paths written."""
+    test split, default each run's own); each path as it is written, so that a report stopped
+    part way has said which figures it left."""
     plt = _pyplot()
     names = _names(run_dirs)
     scores = [load(r, n, device, data_dir) for r, n in zip(run_dirs, names)]
@@ -118,9 +120,10 @@ def make(run_dirs: list[Path], out: Path, device: str = "cpu", data_dir: Path | 
         finally:
             plt.close(fig)
         written.append(path)
+        yield path
     page = out / "report.html"
     atomic_write_text(page, to_html(scores, written))
-    return [*written, page]
+    yield page
 
 
 def _pyplot() -> Any:
