@@ -98,6 +98,18 @@ def test_predict_file_dash_is_standard_input_after_the_texts(trained_run):
         "superb", "awful boring mess"]
 
 
+def test_predict_reads_every_file_given_in_order_standard_input_among_them(trained_run,
+                                                                          tmp_path):
+    (tmp_path / "a.txt").write_text("first file\n")
+    (tmp_path / "b.txt").write_text("second file\n")
+    res = run_exe(["predict", "--run", str(trained_run), "--file", str(tmp_path / "a.txt"),
+                   "--file", "-", "an argument", "--file", str(tmp_path / "b.txt")],
+                  input=b"from standard input\n")
+    assert res.returncode == 0, res.stderr
+    assert [r.split("\t")[2] for r in res.stdout.decode().splitlines()] == [
+        "an argument", "first file", "from standard input", "second file"]
+
+
 def test_predict_from_stdin_in_every_format(trained_run):
     lines = ["great wonderful film", "", "awful, boring\tmess", "   ", "superb", "<br /><br/>"]
     stdin = "\n".join(lines).encode() + b"\n"
@@ -264,6 +276,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsy
     (["train", "--threads", "0"], 2),
     (["predict", "--threshold", "1.5", "hi"], 2),  # before the run that is missing: 1
     (["predict", "--batch-size", "0", "hi"], 2),
+    (["evaluate", "--data-file", "a.csv", "--data-file", "b.csv"], 2),  # not the last alone
     (["predict", "hi"], 1),
     (["predict"], 2),  # nothing to predict: a usage error
     (["explain"], 2),

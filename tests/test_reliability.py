@@ -472,8 +472,9 @@ def test_output_or_input_that_cannot_be_used_is_one_line(trained_run, redirect, 
 
 
 def test_a_missing_file_is_refused_before_any_row_is_printed(trained_run, tmp_path):
+    (tmp_path / "there.txt").write_text("a file that is there\n")
     res = run_exe(["predict", "--run", str(trained_run), "--batch-size", "1", "great film",
-                   "--file", str(tmp_path / "missing.txt")])
+                   "--file", str(tmp_path / "there.txt"), "--file", str(tmp_path / "missing.txt")])
     assert res.returncode == 1 and res.stdout == b""
     assert res.stderr.decode() == f"imdbsent: error: {tmp_path / 'missing.txt'}: No such file " \
                                   "or directory\n"

@@ -103,8 +103,9 @@ class Format(str, Enum):
 
 TextsArgument = Annotated[list[str] | None, typer.Argument(
     help="Texts; - reads standard input, one text per line.")]
-FileOption = Annotated[Path | None, typer.Option(help="Read texts from this file, one a line "
-                                                 "(- for standard input).")]
+FileOption = Annotated[list[Path] | None, typer.Option(
+    "--file", help="Read texts from this file, one a line (- for standard input); repeat it for several, "
+    "read in order.")]
 RUN_HELP = "Run directory (default: the newest finished run under runs/)."
 RunOption = Annotated[Path | None, typer.Option(help=RUN_HELP)]
 ThresholdOption = Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")]
@@ -316,8 +317,8 @@ def evaluate_cmd(
     run: Annotated[Path | None, typer.Argument(help=RUN_HELP)] = None,
     split: Annotated[Split | None, typer.Option(help="Split of the prepared dataset "
                                                 "(default: test).")] = None,
-    data_file: Annotated[Path | None, typer.Option(help="Score this labeled CSV/JSONL/"
-                                                      "Parquet file instead.")] = None,
+    data_files: Annotated[list[Path] | None, typer.Option(
+        "--data-file", help="Score this labeled CSV/JSONL/Parquet file instead.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder "
                                                      "(default: the run's).")] = None,
     text_column: Annotated[str, typer.Option(help="Text column of --data-file.")] = "text",
@@ -334,6 +335,9 @@ def evaluate_cmd(
     from imdbsent.predict import check_threshold, evaluate_run
 
     check_threshold(threshold)  # before the run is looked for
+    if len(data_files or []) > 1:  # click would keep the last one, and say nothing
+        raise BadValue("data_file", "takes one file: evaluate each with its own command")
+    data_file = data_files[0] if data_files else None
     if data_file is not None and (split or data_dir):
         raise UserError(f"--data-file scores a file of its own: give it without "
                         f"{'--split' if split else '--data'}")
@@ -350,7 +354,7 @@ def evaluate_cmd(
 @app.command("predict", cls=_Command)
 def predict_cmd(
     texts: TextsArgument = None,
-    file: FileOption = None,
+    files: FileOption = None,
     run: RunOption = None,
     fmt: Annotated[Format | None, typer.Option("--format", help="tsv (default when piped), "
                                                   "jsonl, csv, or table (on a terminal).")] = None,
@@ -366,17 +370,17 @@ def predict_cmd(
 
     check_threshold(threshold)  # before the run is looked for
     texts = texts or []
-    if not texts and file is None:
+    if not texts and not files:
         raise Usage("nothing to predict: give texts, - for standard input, or --file PATH")
     predictor = Predictor(_chosen_run(run), device.value, threshold)
     chosen = (fmt.value if fmt else ("table" if console.out.is_terminal else "tsv"))
-    console.write_predictions(predictor.stream(_inputs(texts, file), batch_size), chosen)
+    console.write_predictions(predictor.stream(_inputs(texts, files), batch_size), chosen)
 
 
 @app.command("explain", cls=_Command)
 def explain_cmd(
     texts: TextsArgument = None,
-    file: FileOption = None,
+    files: FileOption = None,
     run: RunOption = None,
     fmt: Annotated[ExplainFormat | None, typer.Option(
         "--format", help="terminal (coloured words; the default on a terminal), jsonl (tokens, "
@@ -391,11 +395,11 @@ def explain_cmd(
     from imdbsent.predict import Predictor, check_threshold
 
     check_threshold(threshold)  # before the run is looked for
-    if not texts and file is None:
+    if not texts and not files:
         raise Usage("nothing to explain: give texts, - for standard input, or --file PATH")
     run = _chosen_run(run)
     explainer = explain.Explainer(Predictor(run, device.value, threshold))
-    results = (explainer.explain(t) for t in _inputs(texts or [], file) if t is not None)
+    results = (explainer.explain(t) for t in _inputs(texts or [], files) if t is not None)
     chosen = fmt.value if fmt else ("terminal" if console.out.is_terminal else "jsonl")
     if chosen == "html":  # one page, at the end; stopped, the texts explained so far
         done: list = []
@@ -430,31 +434,36 @@ def _chosen_run(run: Path | None) -> Path:
     return run
 
 
-def _inputs(texts: list[str], file: Path | None) -> Iterator[str | None]:
-    """Texts from the arguments in order, `-` standing for standard input, then --file. The
-    file is opened here, so that a missing one is refused before anything is printed."""
-    fh = None
-    if file is not None and str(file) == "-":  # --file - : standard input, after the texts
-        texts, file = [*texts, "-"], None
-    if file is not None:
+def _inputs(texts: list[str], files: list[Path] | None) -> Iterator[str | None]:
+    """Texts from the arguments in order, `-` standing for standard input, then each --file
+    in the order given (`--file -`: standard input). The files are opened here, so that a
+    missing one is refused before anything is printed."""
+    opened: list[BinaryIO | None] = []  # None: standard input
+    for file in files or []:
         try:
-            fh = open(file, "rb")
+            opened.append(None if str(file) == "-" else open(file, "rb"))
         except OSError as exc:
+            for fh in opened:
+                if fh is not None:
+                    fh.close()
             raise UserError(f"{file}: {exc.strerror}") from None
-    if "-" in texts and sys.stdin is None:
+    if ("-" in texts or None in opened) and sys.stdin is None:
         raise UserError("- reads standard input, but it is closed")
-    return _texts(texts, fh)
+    return _texts(texts, opened)
 
 
-def _texts(texts: list[str], fh: BinaryIO | None) -> Iterator[str | None]:
+def _texts(texts: list[str], files: list[BinaryIO | None]) -> Iterator[str | None]:
     for t in texts:
         if t == "-":
             yield from _reading("standard input", live_lines(sys.stdin.buffer))
         else:  # bytes that were not UTF-8 reach Python as lone surrogates: replaced, as in files
             yield t.encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
-    if fh is not None:
-        with fh:
-            yield from _reading(fh.name, read_lines(fh))
+    for fh in files:
+        if fh is None:
+            yield from _reading("standard input", live_lines(sys.stdin.buffer))
+        else:
+            with fh:
+                yield from _reading(fh.name, read_lines(fh))
 
 
 def _reading(name: str, lines: Iterator[str | None]) -> Iterator[str | None]:
