@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import SMALL_GRU, make_reviews, run_cli, run_exe, set_started
 from imdbsent import config, runs, text, training
 from imdbsent.cli import app
-from imdbsent.errors import Terminated
+from imdbsent.errors import Terminated, UserError
 
 runner = CliRunner()
 
@@ -527,6 +527,18 @@ def test_help_shows_no_value_for_a_switch_and_plain_types(capsys):
         assert "Usage:" in out and "<bool>" not in out, command
         assert not re.search(r"<list|range>|<[A-Z][a-z]+>", out), command  # <path>, <int> [x>=1]
         assert command != ["prepare"] or "--force" in out and "--no-unsupervised" in out
+
+
+def test_an_error_message_of_several_lines_is_said_in_one(monkeypatch, capsys):
+    from imdbsent import cli
+
+    def chosen(_run: object) -> None:
+        raise UserError("a library's message:\n- first reason\n\n- second reason")
+
+    monkeypatch.setattr(cli, "_chosen_run", chosen)
+    assert run_cli(["predict", "hi"]) == 1
+    assert capsys.readouterr().err == ("imdbsent: error: a library's message: - first reason "
+                                       "- second reason\n")
 
 
 def test_read_lines_drops_a_byte_order_mark_that_starts_any_line():

@@ -721,6 +721,8 @@ def _command_path(exc: Exception, argv: list[str] | None) -> str:
 
 
 def _fail(message: str, code: int) -> None:
+    """One line on standard error, even where a library's message spans several."""
+    message = " ".join(line.strip() for line in message.splitlines() if line.strip())
     console.err.print(f"imdbsent: error: {message}", markup=False, soft_wrap=True)
     sys.exit(code)
 

@@ -371,7 +371,8 @@ def _tar_members(path: Path) -> Iterator[tuple[str, bytes]]:
                 if member.isfile() and _ACL_MEMBER.search(member.name):
                     yield member.name, tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise UserError(f"{path}: not a readable tar archive ({exc})") from None
+        why = str(exc).splitlines()[0].rstrip(":")  # tarfile lists each method it tried
+        raise UserError(f"{path}: not a readable tar archive ({why})") from None
 
 
 def _spool_acl(members: Iterator[tuple[str, bytes]], where: str, unsupervised: bool,
