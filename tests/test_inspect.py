@@ -155,7 +155,7 @@ def test_runs_of_a_missing_folder_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("damage", ["none", "best removed", "best cut short",
-                                    "tokenizer removed"])
+                                    "tokenizer removed", "tokenizer not json"])
 def test_runs_of_one_run_and_a_finished_run_that_cannot_predict(trained_run, tmp_path, capsys,
                                                                 damage):
     run = shutil.copytree(trained_run, tmp_path / "run")
@@ -165,6 +165,8 @@ def test_runs_of_one_run_and_a_finished_run_that_cannot_predict(trained_run, tmp
         os.truncate(run / runs.BEST, (run / runs.BEST).stat().st_size // 2)
     elif damage == "tokenizer removed":
         (run / "tokenizer.json").unlink()
+    elif damage == "tokenizer not json":
+        (run / "tokenizer.json").write_text("not json\n")
     assert run_cli(["runs", str(run), "--json"]) == 0  # a run itself: its own row
     [row] = json.loads(capsys.readouterr().out)
     assert row["name"] == "run" and row["test_acc"] is not None

@@ -476,10 +476,16 @@ def _broken(run: Path, why: str) -> str:
 
 def _missing_file(run: Path) -> str | None:
     """Which file that predicting needs a finished run lacks (its tokenizer, its best
-    checkpoint, an ensemble member's), if any."""
+    checkpoint, an ensemble member's), if any, or why its tokenizer cannot be read."""
     needed = [run / TOKENIZER, run / BEST, *(m / BEST for m in members(run))]
     missing = next((path for path in needed if not path.is_file()), None)
-    return f"{missing}: missing" if missing else None
+    if missing:
+        return f"{missing}: missing"
+    try:
+        text.load(run / TOKENIZER)  # a few milliseconds; a damaged one would stop predict
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 def _started(run: Path, cfg: configs.Config | None = None) -> float:
