@@ -89,6 +89,7 @@ def test_prepare_records_moved_duplicates_and_overlap_with_train(tmp_path):
     write_parquet(folder / "test.parquet", test_texts, test_labels + [1, 0, 1, 1, 0])
     unsup, _ = make_reviews(10, seed=13, labeled=False)
     write_parquet(folder / "unsupervised.parquet", unsup + in_train["text"][5:7], [-1] * 12)
+    write_parquet(folder / "validation.parquet", test_texts, test_labels + [1, 0, 1, 1, 0])
     lines = []
     manifest, _ = data.prepare(data.PrepareArgs(source=str(folder), vectors_dim=0),
                                tmp_path / "out", report=lines.append)
@@ -100,6 +101,9 @@ def test_prepare_records_moved_duplicates_and_overlap_with_train(tmp_path):
     assert len(overlap) == 2
     assert "[test]: 4 review(s) also in the train split" in overlap[0]
     assert "[unsupervised]: 2 review(s)" in overlap[1]
+    assert manifest["warnings"][0] == (
+        f"{folder}: ignored validation.parquet: files are read by split name (train, test, "
+        "unsupervised), and the validation split is made from train (--split-ratio)")
     assert [f"warning: {w}" for w in manifest["warnings"]] == \
         [line for line in lines if line.startswith("warning: ")]
     assert any(f"moved {moved} valid review(s) to train" in line for line in lines)

@@ -141,6 +141,16 @@ def test_missing_path(tmp_path):
         sources.load_source(str(tmp_path / "nowhere"))
 
 
+def test_a_folder_says_which_data_files_no_split_names(tmp_path):
+    folder = _write(tmp_path / "src", "parquet")
+    write_parquet(folder / "valid.parquet", *TRAIN)  # imdbsent makes its own validation split
+    (folder / "notes.txt").write_text("not a data file")
+    with sources.load_source(str(folder)) as source:
+        assert source.ignored == ["valid.parquet"] and set(source.splits) == {"train", "test"}
+    with sources.load_source(str(_write(tmp_path / "plain", "csv"))) as source:
+        assert source.ignored == []
+
+
 def test_folder_without_splits(tmp_path):
     with pytest.raises(UserError, match="no train/test files"):
         sources.load_source(str(tmp_path))

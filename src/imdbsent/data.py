@@ -280,6 +280,10 @@ def _build_into(args: PrepareArgs, out: Path, wanted: dict, report: Report, prog
             report(f"{args.source} has no unsupervised split: prepared without unlabeled "
                    "reviews")
         warnings = _duplicate_warnings(source.name, scans)
+        if source.ignored:
+            warnings.insert(0, f"{source.name}: ignored {', '.join(source.ignored)}: files are "
+                            "read by split name (train, test, unsupervised), and the validation "
+                            "split is made from train (--split-ratio)")
         for w in warnings:
             report(f"warning: {w}")
         train_rows, valid_rows, moved, overlap = _split(args, scans, report)

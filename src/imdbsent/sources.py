@@ -133,6 +133,7 @@ class Source:
     splits: dict[str, Split]
     fingerprint: str
     scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    ignored: list[str] = field(default_factory=list)  # a folder's data files no split names
 
     def close(self) -> None:
         if self.scratch is not None:
@@ -158,7 +159,7 @@ def load_source(
     checked as they are read. An aclImdb archive or folder is converted into a temporary folder
     in `scratch` (default: the system's)."""
     path = Path(source).expanduser()
-    tmp = None
+    tmp, ignored = None, []
     if path.exists():
         acl = path.is_dir() and _acl_root(path) is not None
         if acl or (path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar"))):
@@ -170,7 +171,8 @@ def load_source(
                 tmp.cleanup()
                 raise
         elif path.is_dir():
-            splits, fingerprint = _from_folder(path, text_column, label_column, unsupervised)
+            splits, fingerprint, ignored = _from_folder(path, text_column, label_column,
+                                                        unsupervised)
         else:
             raise UserError(
                 f"{path}: not a source imdbsent reads (a folder of Parquet/CSV/JSONL files named "
@@ -180,7 +182,8 @@ def load_source(
         raise UserError(f"{source}: no such file or folder")
     else:
         splits, fingerprint = _from_hub(source, unsupervised)
-    src = Source(name=source, splits=splits, fingerprint=fingerprint, scratch=tmp)
+    src = Source(name=source, splits=splits, fingerprint=fingerprint, scratch=tmp,
+                 ignored=ignored)
     try:
         for required in ("train", "test"):
             if required not in splits:
@@ -254,15 +257,15 @@ def _from_hub(name: str, unsupervised: bool) -> tuple[dict[str, Split], str]:
 
 
 def _from_folder(folder: Path, text_column: str, label_column: str, unsupervised: bool
-                 ) -> tuple[dict[str, Split], str]:
+                 ) -> tuple[dict[str, Split], str, list[str]]:
+    """The splits of a folder of files named by split, their fingerprint, and the data files
+    that no split names (a `valid.parquet`: imdbsent makes its own), to be said."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in LOCAL_FORMATS and p.is_file())
     splits = {}
     used: list[Path] = []
-    for split in SPLITS:
-        if split == "unsupervised" and not unsupervised:
-            continue
-        mine = [p for p in files if re.match(rf"{split}([-_.]|$)", p.stem)]
-        if not mine:
+    named = {s: [p for p in files if re.match(rf"{s}([-_.]|$)", p.stem)] for s in SPLITS}
+    for split, mine in named.items():
+        if not mine or split == "unsupervised" and not unsupervised:
             continue
         formats = {LOCAL_FORMATS[p.suffix.lower()] for p in mine}
         if len(formats) > 1:
@@ -273,8 +276,10 @@ def _from_folder(folder: Path, text_column: str, label_column: str, unsupervised
                                     split == "unsupervised")
         used += mine
     if not splits:
-        raise UserError(f"{folder}: no train/test files (.parquet, .csv or .jsonl) and no aclImdb/")
-    return splits, _hash_files(used)
+        raise UserError(f"{folder}: no train/test files (.parquet, .csv, .jsonl or .json) and "
+                        "no aclImdb/")
+    unnamed = [str(p.relative_to(folder)) for p in files if not any(p in m for m in named.values())]
+    return splits, _hash_files(used), unnamed
 
 
 def _file_split(fmt: str, paths: list[Path], where: str, text_column: str, label_column: str,
