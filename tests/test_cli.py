@@ -292,19 +292,27 @@ def test_a_usage_error_exits_2_and_any_other_error_1(tmp_path, monkeypatch, caps
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
 
 
-def test_a_recipe_meant_for_another_split_refuses_data_split_otherwise(prepared_dir, tmp_path,
-                                                                        monkeypatch, capsys):
+def test_a_recipe_meant_for_another_split_refuses_data_split_otherwise(prepared_dir, source_dir,
+                                                                        tmp_path, monkeypatch,
+                                                                        capsys):
     """`stack` trains on a 90/10 split (split_ratio = 0.9): missing data is named with the
-    flag that makes it, and data prepared 70/30 is refused before any run is made."""
+    flags that make it (those the default data was prepared with, a --source among them), and
+    data prepared 70/30 is refused before any run is made, with the flags that made it."""
     monkeypatch.chdir(tmp_path)
     assert run_cli(["train", "--config", "stack"]) == 1
     assert capsys.readouterr().err.endswith("no prepared dataset in data/imdb90: run imdbsent "
                                             "prepare --split-ratio 0.9 --out data/imdb90\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "imdb").symlink_to(prepared_dir)
+    assert run_cli(["train", "--config", "stack"]) == 1
+    assert capsys.readouterr().err.endswith(f"run imdbsent prepare --source {source_dir} "
+                                            "--split-ratio 0.9 --out data/imdb90\n")
     assert run_cli(["train", "--config", "stack", "--data", str(prepared_dir),
                     "--run-dir", "run"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "was prepared with --split-ratio 0.7, but the recipe is " \
-        "meant for 0.9: run imdbsent prepare --split-ratio 0.9 --out DIR" in err
+        f"meant for 0.9: run imdbsent prepare --source {source_dir} --split-ratio 0.9 --out " \
+        "DIR" in err
     assert not (tmp_path / "run").exists()
     small = tmp_path / "small.toml"  # a recipe whose split the data has passes
     small.write_text(SMALL_GRU.format(data=prepared_dir))

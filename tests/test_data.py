@@ -8,6 +8,7 @@ import pytest
 
 from conftest import hold_lock
 from imdbsent import data
+from imdbsent.config import HUB_DEFAULT
 from imdbsent.errors import BadValue, UserError
 
 
@@ -553,3 +554,11 @@ def test_prepare_says_when_the_source_has_no_unlabeled_reviews(source_dir, tmp_p
     data.prepare(data.PrepareArgs(source=str(source), vectors_dim=0, unsupervised=False),
                  tmp_path / "q", report=said.append)
     assert not any("no unsupervised split" in line for line in said)  # not asked for
+
+
+def test_prepare_args_say_the_flags_that_make_them(prepared_dir, source_dir):
+    args = data.PrepareArgs("my reviews/", vectors_dim=0, unsupervised=False, seed=7)
+    assert args.flags() == "--source 'my reviews/' --seed 7 --no-unsupervised --vectors-dim 0"
+    assert data.PrepareArgs(HUB_DEFAULT).flags() == ""
+    assert data.prepared_args(prepared_dir) == data.PrepareArgs(str(source_dir))
+    assert data.prepared_args(source_dir) is None  # not a prepared dataset

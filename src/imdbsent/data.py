@@ -25,6 +25,7 @@ import json
 import math
 import os
 import secrets
+import shlex
 import shutil
 import tempfile
 import time
@@ -41,7 +42,7 @@ import torch
 from tokenizers import Tokenizer
 
 from imdbsent import __version__, distributed, sources, text, vectors, word2vec
-from imdbsent.config import DATA_DEFAULT, SEED_LIMIT, flag
+from imdbsent.config import DATA_DEFAULT, HUB_DEFAULT, SEED_LIMIT, flag
 from imdbsent.errors import BadValue, UserError
 from imdbsent.fsutil import LOCK_NAME, FolderLock, atomic_write, atomic_write_text, is_locked
 from imdbsent.sources import Source, Split, load_source
@@ -90,6 +91,30 @@ class PrepareArgs:
                 ("vectors_tokens", self.vectors_tokens >= 1, "at least 1")]:
             if not ok:
                 raise BadValue(name, f"must be {rule}, not {getattr(self, name)}")
+
+    def flags(self) -> str:
+        """prepare's flags for these arguments (those off the defaults), to paste in a shell."""
+        default = PrepareArgs(HUB_DEFAULT)
+        parts = []
+        for name in (f.name for f in dataclasses.fields(self)):
+            value = getattr(self, name)
+            if value == getattr(default, name):
+                continue
+            if isinstance(value, bool):
+                parts.append(flag(name) if value else f"--no-{flag(name)[2:]}")
+            else:
+                parts += [flag(name), shlex.quote(str(value))]
+        return " ".join(parts)
+
+
+def prepared_args(folder: Path) -> PrepareArgs | None:
+    """The arguments `folder`'s dataset was prepared with, where its manifest says them."""
+    manifest = _parse_manifest(_read_manifest_bytes(Path(folder))) or {}
+    args = manifest.get("args")
+    if not isinstance(args, dict) or not isinstance(args.get("source"), str):
+        return None
+    known = {f.name for f in dataclasses.fields(PrepareArgs)}
+    return PrepareArgs(**{k: v for k, v in args.items() if k in known})
 
 
 def offsets_of(lengths: np.ndarray) -> np.ndarray:

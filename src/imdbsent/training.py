@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from imdbsent import config, data, distributed, engine, runs
+from imdbsent.config import DATA_DEFAULT, HUB_DEFAULT
 from imdbsent.errors import OutputFailed, Terminated, UserError
 
 RESUMABLE = ("train.epochs", "train.device", "data")  # what --resume may change
@@ -124,8 +125,13 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
 def prepared_for(cfg: config.Config) -> data.Prepared:
     """The recipe's prepared data, refused if it was split otherwise than the recipe's
     `split_ratio` asks (a recipe chosen for more training reviews would quietly get fewer);
-    either error says how to prepare it."""
-    flags = f"--split-ratio {cfg.split_ratio}" if cfg.split_ratio else ""
+    either error says how to prepare it: with the flags (a --source) that this data, or else
+    the default data, was prepared with, and the recipe's split."""
+    flags = ""
+    if cfg.split_ratio:
+        like = data.prepared_args(Path(cfg.data)) or data.prepared_args(Path(DATA_DEFAULT))
+        base = like or data.PrepareArgs(HUB_DEFAULT)
+        flags = replace(base, split_ratio=cfg.split_ratio).flags()
     prepared = data.load_prepared(Path(cfg.data), flags)
     made = prepared.manifest.get("args", {}).get("split_ratio")
     if cfg.split_ratio and made != cfg.split_ratio:
