@@ -332,8 +332,17 @@ def test_training_into_a_finished_run_refuses_and_keeps_it(trained_run, capsys):
     before = files()
     assert run_cli(["train", "--config", str(trained_run / "config.toml"),
                     "--run-dir", str(trained_run)]) == 1
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a finished run: choose another --run-dir\n" in capsys.readouterr().err
     assert files() == before
+
+
+def test_training_into_an_unfinished_run_says_how_to_continue_it(trained_run, tmp_path, capsys):
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    metrics = run / "metrics.jsonl"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:-1]))  # untested
+    assert run_cli(["train", "--config", str(run / "config.toml"), "--run-dir", str(run)]) == 1
+    assert capsys.readouterr().err == (f"imdbsent: error: {run} already holds a run: continue "
+                                       f"it with --resume {run}, or choose another --run-dir\n")
 
 
 def test_training_into_a_folder_of_files_named_as_a_runs_refuses_and_keeps_them(

@@ -401,8 +401,7 @@ def test_an_error_on_rank_0_is_one_line(prepared_dir, trained_run, tmp_path):
     res = run_exe(["train", "--config", str(recipe), "--run-dir", str(run), "--nproc", "2"])
     assert res.returncode == 1
     assert res.stderr.decode().strip().splitlines() == [
-        f"imdbsent: error: {run} already holds a run: continue it with --resume {run}, or "
-        "choose another --run-dir"]
+        f"imdbsent: error: {run} already holds a finished run: choose another --run-dir"]
 
 
 def test_a_hung_rank_ends_the_others_after_the_timeout(prepared_dir, tmp_path):

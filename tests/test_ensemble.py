@@ -91,7 +91,7 @@ def test_training_overrides_and_a_second_run_into_it_are_refused(ensemble_run, c
     assert "--epochs, --lr, --model: an ensemble trains each member by its own recipe" in \
         capsys.readouterr().err
     assert run_cli(["train", "--config", cfg, "--run-dir", str(ensemble_run)]) == 1
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already holds a finished run: choose another --run-dir\n" in capsys.readouterr().err
 
 
 def test_a_seed_given_to_an_ensemble_trains_every_member_with_it(ensemble_run, tmp_path,
