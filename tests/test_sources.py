@@ -82,6 +82,13 @@ def test_custom_column_names(tmp_path):
     assert train["text"] == ["nice"] and train["label"] == [1]
 
 
+@pytest.mark.parametrize("value, shown", [(None, "null"), (False, "false"), (2, "2"),
+                                          ("maybe", "'maybe'")])
+def test_a_bad_label_is_shown_as_its_file_wrote_it(value, shown):
+    with pytest.raises(UserError, match=rf"^f.json, row 2: label {shown} is not one of 0, 1"):
+        sources.normalise_labels([1, value], "f.json")
+
+
 def test_bad_label_names_file_and_row(tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()

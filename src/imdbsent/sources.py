@@ -205,8 +205,9 @@ def normalise_labels(raw: list, where: str, row_offset: int = 1) -> list[int]:
         if isinstance(value, float) and value.is_integer():
             key = str(int(value))
         if key not in LABEL_NAMES:
-            raise UserError(
-                f"{where}, row {i + row_offset}: label {value!r} is not one of 0, 1, neg, pos "
+            shown = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
+            raise UserError(  # a missing or true/false label as JSON writes it: null, false
+                f"{where}, row {i + row_offset}: label {shown} is not one of 0, 1, neg, pos "
                 "(or negative, positive)"
             )
         out.append(LABEL_NAMES[key])
