@@ -378,6 +378,17 @@ def test_prepare_rejects_bad_arguments(tmp_path, field, value):
     assert not any(tmp_path.iterdir())
 
 
+def test_prepare_refuses_a_vocabulary_of_no_words_and_keeps_what_was_there(source_dir,
+                                                                            prepared_dir, tmp_path):
+    out = shutil.copytree(prepared_dir, tmp_path / "out")
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(UserError, match=r"^no word occurs 1,000,000 times in the [\d,]+ training "
+                                        r"reviews, so the vocabulary would be empty: lower "
+                                        r"--min-freq$"):
+        data.prepare(data.PrepareArgs(str(source_dir), min_freq=1_000_000, vectors_dim=0), out)
+    assert (out / "manifest.json").read_bytes() == before
+
+
 def test_missing_prepared_dataset_says_run_prepare(tmp_path):
     with pytest.raises(UserError, match="run imdbsent prepare"):
         data.load_prepared(tmp_path)
