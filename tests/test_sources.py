@@ -9,7 +9,7 @@ import pytest
 
 from conftest import make_reviews, write_parquet
 from imdbsent import sources
-from imdbsent.errors import UserError
+from imdbsent.errors import BadValue, UserError
 
 TRAIN = make_reviews(20, seed=5)
 TEST = make_reviews(10, seed=6)
@@ -177,6 +177,32 @@ def test_unreachable_hub_names_the_local_source_option(monkeypatch):
     with pytest.raises(UserError, match="Hub for 'shared/imdb'; no local folder shared/imdb "
                        "here either; use --source PATH"):
         sources.load_source("shared/imdb")  # a relative folder mistyped
+
+
+def test_a_hub_dataset_is_read_by_the_columns_given(monkeypatch):
+    import datasets
+
+    fake = {"train": datasets.Dataset.from_dict({"review": ["good", "bad"], "stars": [1, 0]}),
+            "test": datasets.Dataset.from_dict({"review": ["fine"], "stars": ["pos"]})}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no connection check
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: fake)
+    with sources.load_source("someone/reviews", text_column="review",
+                             label_column="stars") as source:
+        train = source.splits["train"].dataset()
+    assert train["text"] == ["good", "bad"] and train["label"] == [1, 0]
+
+
+def test_columns_of_an_aclimdb_source_are_refused(tmp_path):
+    root = _as_acl(tmp_path / "acl")
+    with pytest.raises(BadValue, match="^label_column names a column of Parquet/CSV/JSONL files "
+                                       "or a Hub dataset; .* is an aclImdb source, which has none$"):
+        sources.load_source(str(root), label_column="sentiment")
+
+
+def test_a_bare_name_that_is_no_folder_says_how_hub_names_look(tmp_path):
+    with pytest.raises(UserError, match=r"^imdb: no such file or folder \(a Hub dataset is named "
+                                        r"owner/name: stanfordnlp/imdb\)$"):
+        sources.load_source("imdb")
 
 
 def test_duplicate_rows_are_reported_by_row():

@@ -33,7 +33,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from imdbsent.config import HUB_DEFAULT
-from imdbsent.errors import UserError
+from imdbsent.errors import BadValue, UserError
 
 if TYPE_CHECKING:  # not at run time: see hf_datasets
     import datasets
@@ -160,9 +160,16 @@ def load_source(
     in `scratch` (default: the system's)."""
     path = Path(source).expanduser()
     tmp, ignored = None, []
+    acl = path.is_dir() and _acl_root(path) is not None
+    tarball = path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar"))
+    named = [name for name, value, default in (("text_column", text_column, "text"),
+                                               ("label_column", label_column, "label"))
+             if value != default]
+    if named and (acl or tarball):
+        raise BadValue(named[0], f"names a column of Parquet/CSV/JSONL files or a Hub dataset; "
+                                 f"{source} is an aclImdb source, which has none")
     if path.exists():
-        acl = path.is_dir() and _acl_root(path) is not None
-        if acl or (path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar"))):
+        if acl or tarball:
             tmp = tempfile.TemporaryDirectory(prefix=".source-", dir=scratch)
             try:
                 members = _acl_folder(_acl_root(path)) if acl else _tar_members(path)
@@ -179,9 +186,10 @@ def load_source(
                 "by split, an aclImdb/ folder, or aclImdb_v1.tar.gz)"
             )
     elif _looks_like_path(source):
-        raise UserError(f"{source}: no such file or folder")
+        hub = "" if "/" in source else f" (a Hub dataset is named owner/name: {HUB_DEFAULT})"
+        raise UserError(f"{source}: no such file or folder{hub}")
     else:
-        splits, fingerprint = _from_hub(source, unsupervised)
+        splits, fingerprint = _from_hub(source, text_column, label_column, unsupervised)
     src = Source(name=source, splits=splits, fingerprint=fingerprint, scratch=tmp,
                  ignored=ignored)
     try:
@@ -230,7 +238,8 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") != 1
 
 
-def _from_hub(name: str, unsupervised: bool) -> tuple[dict[str, Split], str]:
+def _from_hub(name: str, text_column: str, label_column: str, unsupervised: bool
+              ) -> tuple[dict[str, Split], str]:
     hint = "use --source PATH for a local copy (Parquet/CSV/JSONL folder, aclImdb/ or its tarball)"
     if name != HUB_DEFAULT:  # `owner/name` on the Hub, or a mistyped relative folder
         hint = f"no local folder {name} here either; {hint}"
@@ -250,8 +259,8 @@ def _from_hub(name: str, unsupervised: bool) -> tuple[dict[str, Split], str]:
                 yield where, table.column_names, table
         return read
 
-    splits = {s: Split(f"{name}[{s}]", reader(loaded[s], f"{name}[{s}]"),
-                       unlabeled=s == "unsupervised")
+    splits = {s: Split(f"{name}[{s}]", reader(loaded[s], f"{name}[{s}]"), text_column,
+                       label_column, unlabeled=s == "unsupervised")
               for s in SPLITS if s in loaded and (unsupervised or s != "unsupervised")}
     fingerprint = "hub:" + ",".join(f"{s}={loaded[s]._fingerprint}" for s in sorted(splits))
     return splits, fingerprint
