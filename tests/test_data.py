@@ -389,6 +389,15 @@ def test_prepare_refuses_a_vocabulary_of_no_words_and_keeps_what_was_there(sourc
     assert (out / "manifest.json").read_bytes() == before
 
 
+def test_prepare_into_a_file_says_so_and_leaves_it(source_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    for out in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "imdb"):
+        with pytest.raises(UserError, match=f"^--out {out}: {tmp_path / 'notes.txt'} exists and "
+                                            "is not a folder$"):
+            data.prepare(data.PrepareArgs(str(source_dir), vectors_dim=0), out)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_missing_prepared_dataset_says_run_prepare(tmp_path):
     with pytest.raises(UserError, match="run imdbsent prepare"):
         data.load_prepared(tmp_path)

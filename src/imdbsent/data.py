@@ -252,7 +252,9 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
     try:  # first folder this makes (data/ for data/imdb in a fresh folder), if any
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create {out}: {exc.strerror or exc}") from None
+        blocked = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
+        raise UserError(f"--out {out}: {blocked} exists and is not a folder" if blocked
+                        else f"cannot create {out}: {exc.strerror or exc}") from None
     try:
         with FolderLock(out, "prepare", advice="wait for it to finish or use another --out"):
             existing = _read_manifest(out)  # what the holder before us left
