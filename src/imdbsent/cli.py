@@ -106,7 +106,8 @@ TextsArgument = Annotated[list[str] | None, typer.Argument(
 FileOption = Annotated[list[Path] | None, typer.Option(
     "--file", help="Read texts from this file, one a line (- for standard input); repeat it for several, "
     "read in order.")]
-RUN_HELP = "Run directory (default: the newest finished run under runs/)."
+RUN_HELP = ("Run directory (default: the newest finished run under runs/, else the newest "
+            "with a trained model).")
 RunOption = Annotated[Path | None, typer.Option(help=RUN_HELP)]
 ThresholdOption = Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")]
 DeviceOption = Annotated[Device, typer.Option(help="auto: CUDA if available.")]

@@ -105,7 +105,7 @@ def refuse_taken(run: Path) -> None:
     replace them; a prepared dataset's tokenizer.json, a config.toml of another program)."""
     names = sorted(name for name in RUN_FILES if (run / name).exists())
     if (run / CONFIG).is_file() and ((run / TOKENIZER).is_file() or (run / MEMBERS).is_dir()):
-        if _finished(run):  # --resume would most often refuse it (its schedule ended)
+        if _tested_quietly(run):  # --resume would most often refuse it (its schedule ended)
             raise UserError(f"{run} already holds a finished run: choose another --run-dir")
         raise UserError(f"{run} already holds a run: continue it with --resume {run}, or "
                         "choose another --run-dir")
@@ -307,14 +307,6 @@ def tested(run: Path) -> bool:
     that more epochs followed)."""
     records = read_metrics(run)
     return bool(records) and records[-1].get("split") == "test"
-
-
-def _finished(run: Path) -> bool:
-    """`tested`, where a damaged metrics.jsonl counts as unfinished (resume says what is wrong)."""
-    try:
-        return tested(run)
-    except UserError:
-        return False
 
 
 def members(run: Path) -> list[Path]:
