@@ -450,6 +450,18 @@ def test_training_piped_to_head_keeps_its_epochs_and_says_how_to_resume(prepared
     assert run_cli(["train", "--resume", str(run)]) == 0 and runs.tested(run)
 
 
+def test_training_to_a_full_disk_is_an_error_line_and_keeps_nothing(prepared_dir, tmp_path):
+    config = tmp_path / "small.toml"
+    config.write_text(SMALL_GRU.format(data=prepared_dir))
+    res = subprocess.run(["bash", "-c", f"{EXE} train --config {config} --run-dir "
+                          f"{tmp_path / 'run'} >/dev/full"], capture_output=True, timeout=300)
+    assert res.returncode == 1
+    assert res.stderr.decode().splitlines()[-1] == (
+        "imdbsent: error: cannot write the output: No space left on device: interrupted before "
+        "the first epoch finished; nothing was kept")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_closed_standard_error_ends_as_a_closed_pipe_does(tmp_path):
     """`imdbsent ... 2>&1 >/dev/null | head -0`: nothing can be said, and the status says why
     (141, as for standard output), not 1 as for a failure it could have explained."""

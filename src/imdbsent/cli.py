@@ -230,8 +230,8 @@ def train_cmd(
                                     timeout=dist_timeout)
     except training.Interrupted as exc:
         view.close()
-        if str(exc):
-            console.log(str(exc))
+        if str(exc):  # an error (a full disk, a lost rank) as every error; a signal as prepare's
+            console.log(f"imdbsent: error: {exc}" if exc.cause else str(exc))
             _said_stop()
         raise typer.Exit(exc.code) from None
     if _is_main():
