@@ -144,6 +144,13 @@ def test_runs_lists_every_state_newest_first_and_survives_a_broken_one(trained_r
     assert all(len(line.split("\t")) == len(runs.LISTED) for line in out)
 
 
+def test_runs_before_any_training_lists_none_without_an_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no runs/ yet
+    assert run_cli(["runs", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == [] and err == "no runs yet: imdbsent train writes them under runs/\n"
+
+
 def test_runs_of_a_missing_folder_is_one_line(tmp_path, capsys):
     assert run_cli(["runs", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip()

@@ -268,14 +268,19 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
 
 @app.command("runs", cls=_Command)
 def runs_cmd(
-    folder: Annotated[Path, typer.Argument(help="Folder of run directories (or one run).")] = Path("runs"),
+    folder: Annotated[Path | None, typer.Argument(
+        help="Folder of run directories (or one run; default: runs/).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as one JSON array.")
                        ] = False,
 ) -> None:
     """List the runs in a folder, newest first: model, size, progress, scores and status."""
     from imdbsent import runs
 
-    rows = runs.list_runs(folder)
+    if folder is None and not Path("runs").exists():  # a new user's first look: no error
+        console.log("no runs yet: imdbsent train writes them under runs/")
+        rows = []
+    else:
+        rows = runs.list_runs(folder or Path("runs"))
     if as_json:
         console.result(json.dumps(rows))
     else:
