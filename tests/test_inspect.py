@@ -108,6 +108,8 @@ def test_runs_lists_every_state_newest_first_and_survives_a_broken_one(trained_r
     (broken / "metrics.jsonl").write_text('{"epoch": 1, "valid_')  # cut off mid-line
     odd = _copy(trained_run, folder, "odd\tname\n[bold]", 500_000)  # the oldest
     (odd / "metrics.jsonl").write_text("[]\n")  # valid JSON, but not a record
+    (folder / "compare").mkdir()  # `imdbsent report A B --out runs/compare`: not listed
+    (folder / "compare" / "report.html").write_text("<html></html>")
 
     holder = hold_lock(training)
     try:
