@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 from datetime import datetime
@@ -22,6 +23,13 @@ POSITIVE = "great wonderful superb brilliant moving loved masterpiece charming".
 NEGATIVE = "awful boring dull terrible waste hated mess clumsy".split()
 NEUTRAL = "the film movie plot actor scene story director it was a and of this".split()
 EXE = Path(sys.executable).parent / "imdbsent"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as a terminal gives it, for the tests and the commands they start: a test run
+    started in the background (`nohup pytest &` in a script) inherits SIGINT ignored, and so
+    would every imdbsent it starts, which then, as documented, keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def make_reviews(n: int, seed: int, labeled: bool = True) -> tuple[list[str], list[int]]:
