@@ -387,8 +387,8 @@ def test_resume_refuses_data_prepared_with_another_vocabulary(trained_run, sourc
     (run / "last.safetensors").unlink()  # a run from before fingerprints: the vocabulary decides
     assert run_cli(["evaluate", str(run), "--data", str(other)]) == 1
     assert capsys.readouterr().err.endswith(  # scoring names the way to score other reviews
-        f"another vocabulary than {run} was trained on; use the run's data (--data); score other "
-        "reviews with --data-file FILE\n")
+        f"another vocabulary than {run} was trained on; use the run's data (--data); to score "
+        f"other labeled reviews: imdbsent evaluate {run} --data-file FILE\n")
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == \
         {k: v for k, v in before.items() if k != "last.safetensors"}
 

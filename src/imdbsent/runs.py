@@ -229,7 +229,8 @@ def check_data(run: Path, data: Prepared, recorded: str | None, *,
                         f"prepared again, or is another dataset); {anyway}give the run's own "
                         "data (a copy of it) with --data")
     if load_tokenizer(run).get_vocab() != data.tokenizer.get_vocab():
-        other = "" if other_ok is None else "; score other reviews with --data-file FILE"
+        other = ("" if other_ok is None else
+                 f"; to score other labeled reviews: imdbsent evaluate {run} --data-file FILE")
         raise UserError(f"{data.folder} was prepared with another vocabulary than {run} was "
                         f"trained on; use the run's data (--data){other}")
 
