@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import hold_lock
-from imdbsent import runs
+from imdbsent import runs, text
 from imdbsent.errors import UserError
 
 
@@ -139,16 +139,24 @@ def test_lock_of_a_killed_process_is_not_held_forever(tmp_path):
         pass
 
 
-def test_latest_run_passes_over_a_run_still_training_or_interrupted_and_says_so(tmp_path):
+def test_latest_run_passes_over_a_run_still_training_interrupted_or_broken_and_says_so(
+        tmp_path):
+    tokenizer = text.fit_tokenizer(["a few words"])
     for name in ("old", "new"):
         (tmp_path / name).mkdir()
         (tmp_path / name / runs.CONFIG).write_text("version = 1\n")
         (tmp_path / name / runs.BEST).write_bytes(b"")
         (tmp_path / name / runs.METRICS).write_text('{"split": "test", "test_acc": 0.9}\n')
+        text.save(tokenizer, tmp_path / name / runs.TOKENIZER)
     os.utime(tmp_path / "old" / runs.CONFIG, (1, 1))
     said = []
     assert runs.latest_run(tmp_path, report=said.append).name == "new"
     assert said == []
+    (tmp_path / "new" / runs.TOKENIZER).write_text("not json")  # `imdbsent runs`: broken
+    assert runs.latest_run(tmp_path, report=said.append).name == "old"
+    assert said == [f"passing over {tmp_path / 'new'} (broken); using {tmp_path / 'old'}"]
+    text.save(tokenizer, tmp_path / "new" / runs.TOKENIZER)
+    said.clear()
     (tmp_path / "new" / runs.METRICS).write_text('{"epoch": 1, "valid_loss": 0.5}\n')
     assert runs.latest_run(tmp_path, report=said.append).name == "old"  # new: interrupted
     assert said == [f"passing over {tmp_path / 'new'} (interrupted); using {tmp_path / 'old'}"]

@@ -116,25 +116,31 @@ def refuse_taken(run: Path) -> None:
 
 def latest_run(root: Path = Path("runs"), report: Callable[[str], None] = lambda _m: None
                ) -> Path:
-    """The most recently started run under `root` that has finished (tested), else that has a
-    model to score with (a best checkpoint), so a run that failed before its first epoch, or
-    is still in it, is passed over. Newer runs passed over (still training, or interrupted:
-    not calibrated nor tested), and a run taken unfinished, are said through `report`."""
+    """The most recently started run under `root` that has finished (tested) and can predict
+    (`imdbsent runs` does not call it broken), else that has a model to score with (a best
+    checkpoint), so a run that failed before its first epoch, or is still in it, is passed
+    over. Newer runs passed over (still training, interrupted: not calibrated nor tested, or
+    broken), and a run taken unfinished, are said through `report`."""
     found = [p.parent for p in Path(root).glob(f"*/{CONFIG}") if (p.parent / BEST).is_file()]
     if not found:
         raise UserError(f"no runs in {root}/ with a trained model: train one with imdbsent "
                         "train, or name a run directory")
     found.sort(key=lambda p: (_started(p), p.name), reverse=True)  # as `imdbsent runs` lists
     idle = [p for p in found if not is_locked(p)]
-    finished = next((p for p in idle if _tested_quietly(p)), None)
+    finished = next((p for p in idle if _tested_quietly(p) and _missing_file(p) is None), None)
     chosen = finished or (idle or found)[0]
     passed = found[:found.index(chosen)]
     if passed:
-        report("passing over " + ", ".join(
-            f"{p} ({'still training' if is_locked(p) else 'interrupted'})" for p in passed)
-            + f"; using {chosen}")
+        report("passing over " + ", ".join(f"{p} ({_passed_because(p)})" for p in passed)
+               + f"; using {chosen}")
     say_unfinished(chosen, report)
     return chosen
+
+
+def _passed_because(run: Path) -> str:
+    """Why `latest_run` passed over a newer run than the one it took."""
+    return ("still training" if is_locked(run) else "broken" if _tested_quietly(run)
+            else "interrupted")
 
 
 def say_unfinished(run: Path, report: Callable[[str], None]) -> None:
