@@ -442,34 +442,37 @@ def _chosen_run(run: Path | None) -> Path:
 
 def _inputs(texts: list[str], files: list[Path] | None) -> Iterator[str | None]:
     """Texts from the arguments in order, `-` standing for standard input, then each --file
-    in the order given (`--file -`: standard input). The files are opened here, so that a
-    missing one is refused before anything is printed."""
-    opened: list[BinaryIO | None] = []  # None: standard input
-    for file in files or []:
-        try:
-            opened.append(None if str(file) == "-" else open(file, "rb"))
-        except OSError as exc:
-            for fh in opened:
-                if fh is not None:
-                    fh.close()
-            raise UserError(f"{file}: {exc.strerror}") from None
-    if ("-" in texts or None in opened) and sys.stdin is None:
+    in the order given (`--file -`: standard input). Each file is tried here, so that one
+    that cannot be opened is refused before anything is printed, and read in its turn (one
+    open at a time, however many are given)."""
+    files = files or []
+    for file in files:
+        if str(file) != "-":
+            _open(file).close()
+    if "-" in [*texts, *map(str, files)] and sys.stdin is None:
         raise UserError("- reads standard input, but it is closed")
-    return _texts(texts, opened)
+    return _texts(texts, files)
 
 
-def _texts(texts: list[str], files: list[BinaryIO | None]) -> Iterator[str | None]:
+def _open(file: Path) -> BinaryIO:
+    try:
+        return open(file, "rb")
+    except OSError as exc:
+        raise UserError(f"{file}: {exc.strerror}") from None
+
+
+def _texts(texts: list[str], files: list[Path]) -> Iterator[str | None]:
     for t in texts:
         if t == "-":
             yield from _reading("standard input", live_lines(sys.stdin.buffer))
         else:  # bytes that were not UTF-8 reach Python as lone surrogates: replaced, as in files
             yield t.encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
-    for fh in files:
-        if fh is None:
+    for file in files:
+        if str(file) == "-":
             yield from _reading("standard input", live_lines(sys.stdin.buffer))
         else:
-            with fh:
-                yield from _reading(fh.name, read_lines(fh))
+            with _open(file) as fh:
+                yield from _reading(str(file), read_lines(fh))
 
 
 def _reading(name: str, lines: Iterator[str | None]) -> Iterator[str | None]:
