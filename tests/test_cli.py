@@ -307,6 +307,9 @@ def test_a_recipe_meant_for_another_split_refuses_data_split_otherwise(prepared_
     assert run_cli(["train", "--config", "stack"]) == 1
     assert capsys.readouterr().err.endswith(f"run imdbsent prepare --source {source_dir} "
                                             "--split-ratio 0.9 --out data/imdb90\n")
+    assert run_cli(["train", "--data", "data/other"]) == 1  # any recipe: where the data came from
+    assert capsys.readouterr().err.endswith(f"run imdbsent prepare --source {source_dir} --out "
+                                            "data/other\n")
     assert run_cli(["train", "--config", "stack", "--data", str(prepared_dir),
                     "--run-dir", "run"]) == 1
     err = capsys.readouterr().err

@@ -517,14 +517,15 @@ def sample_ids(paths: list[Path], keep: float, seed: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
 
-def load_prepared(folder: Path, flags: str = "") -> Prepared:
-    """Open a prepared dataset; a missing one says how to make it (with prepare's `flags`)."""
+def load_prepared(folder: Path, flags: Callable[[], str] = str) -> Prepared:
+    """Open a prepared dataset; a missing one says how to make it (with prepare's `flags`,
+    worked out only then)."""
     folder = Path(folder)
     raw = _read_manifest_bytes(folder)
     manifest = _parse_manifest(raw)
     if manifest is None:
         out = "" if folder == Path(DATA_DEFAULT) else f"--out {folder}"
-        command = " ".join(part for part in ("imdbsent prepare", flags, out) if part)
+        command = " ".join(part for part in ("imdbsent prepare", flags(), out) if part)
         raise UserError(f"no prepared dataset in {folder}: run {command}")
     tok = text.load(folder / TOKENIZER, fix="run imdbsent prepare --force")
     return Prepared(folder, manifest, tok, manifest_bytes=raw)

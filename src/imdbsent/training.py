@@ -125,20 +125,25 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
 def prepared_for(cfg: config.Config) -> data.Prepared:
     """The recipe's prepared data, refused if it was split otherwise than the recipe's
     `split_ratio` asks (a recipe chosen for more training reviews would quietly get fewer);
-    either error says how to prepare it: with the flags (a --source) that this data, or else
-    the default data, was prepared with, and the recipe's split."""
-    flags = ""
-    if cfg.split_ratio:
-        like = data.prepared_args(Path(cfg.data)) or data.prepared_args(Path(DATA_DEFAULT))
-        base = like or data.PrepareArgs(HUB_DEFAULT)
-        flags = replace(base, split_ratio=cfg.split_ratio).flags()
-    prepared = data.load_prepared(Path(cfg.data), flags)
+    either error says how to prepare it (`_prepare_flags`)."""
+    prepared = data.load_prepared(Path(cfg.data), lambda: _prepare_flags(cfg))
     made = prepared.manifest.get("args", {}).get("split_ratio")
     if cfg.split_ratio and made != cfg.split_ratio:
         raise UserError(f"{prepared.folder} was prepared with --split-ratio {made}, but the "
                         f"recipe is meant for {cfg.split_ratio}: run imdbsent prepare "
-                        f"{flags} --out DIR, and train with --data DIR")
+                        f"{_prepare_flags(cfg)} --out DIR, and train with --data DIR")
     return prepared
+
+
+def _prepare_flags(cfg: config.Config) -> str:
+    """prepare's flags for the recipe's data: where the data named, or else the default data,
+    came from (--source, its columns), and the recipe's split."""
+    like = data.prepared_args(Path(cfg.data)) or data.prepared_args(Path(DATA_DEFAULT))
+    args = data.PrepareArgs(HUB_DEFAULT)
+    if like is not None:
+        args = replace(args, source=like.source, text_column=like.text_column,
+                       label_column=like.label_column)
+    return replace(args, split_ratio=cfg.split_ratio or args.split_ratio).flags()
 
 
 def _session(cfg: config.Config, timeout: float) -> AbstractContextManager[distributed.World]:
