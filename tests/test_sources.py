@@ -194,9 +194,16 @@ def test_a_hub_dataset_is_read_by_the_columns_given(monkeypatch):
 
 def test_columns_of_an_aclimdb_source_are_refused(tmp_path):
     root = _as_acl(tmp_path / "acl")
-    with pytest.raises(BadValue, match="^label_column names a column of Parquet/CSV/JSONL files "
-                                       "or a Hub dataset; .* is an aclImdb source, which has none$"):
-        sources.load_source(str(root), label_column="sentiment")
+    tarball = tmp_path / "aclImdb_v1.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(root, arcname="aclImdb")
+    for source in (root, tarball):
+        with pytest.raises(BadValue, match="^label_column names a column of Parquet/CSV/JSONL "
+                                           "files or a Hub dataset; .* is an aclImdb source, "
+                                           "which has none$"):
+            sources.load_source(str(source), label_column="sentiment")
+    sources.check_columns(str(root), "text", "label")  # the defaults: nothing named
+    sources.check_columns(str(_write(tmp_path / "files", "csv")), "review", "stars")
 
 
 def test_a_bare_name_that_is_no_folder_says_how_hub_names_look(tmp_path):

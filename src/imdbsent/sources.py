@@ -160,19 +160,12 @@ def load_source(
     in `scratch` (default: the system's)."""
     path = Path(source).expanduser()
     tmp, ignored = None, []
-    acl = path.is_dir() and _acl_root(path) is not None
-    tarball = path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar"))
-    named = [name for name, value, default in (("text_column", text_column, "text"),
-                                               ("label_column", label_column, "label"))
-             if value != default]
-    if named and (acl or tarball):
-        raise BadValue(named[0], f"names a column of Parquet/CSV/JSONL files or a Hub dataset; "
-                                 f"{source} is an aclImdb source, which has none")
+    check_columns(source, text_column, label_column)
     if path.exists():
-        if acl or tarball:
+        if _is_acl(path):
             tmp = tempfile.TemporaryDirectory(prefix=".source-", dir=scratch)
             try:
-                members = _acl_folder(_acl_root(path)) if acl else _tar_members(path)
+                members = _acl_folder(_acl_root(path)) if path.is_dir() else _tar_members(path)
                 splits, fingerprint = _spool_acl(members, str(path), unsupervised, Path(tmp.name))
             except BaseException:
                 tmp.cleanup()
@@ -202,6 +195,23 @@ def load_source(
         src.close()
         raise
     return src
+
+
+def _is_acl(path: Path) -> bool:
+    """Whether `path` is an aclImdb folder (or holds one) or a tarball of it."""
+    return (path.is_dir() and _acl_root(path) is not None
+            or path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")))
+
+
+def check_columns(source: str, text_column: str, label_column: str) -> None:
+    """Refuse columns named for a source that has none (aclImdb: files of text in folders of
+    labels), where they would be ignored; before any work, as a usage error."""
+    named = [name for name, value, default in (("text_column", text_column, "text"),
+                                               ("label_column", label_column, "label"))
+             if value != default]
+    if named and _is_acl(Path(source).expanduser()):
+        raise BadValue(named[0], f"names a column of Parquet/CSV/JSONL files or a Hub dataset; "
+                                 f"{source} is an aclImdb source, which has none")
 
 
 def normalise_labels(raw: list, where: str, row_offset: int = 1) -> list[int]:
