@@ -33,9 +33,10 @@ from imdbsent.errors import BadValue, OutputFailed, Pending, Shared, Terminated,
 
 
 def _plain_type(label: str | None) -> str | None:
-    """`<list[Path]>` -> `<path>`, `<int range>` -> `<int>`: the help already shows the `...`
-    of several values and the range's bounds (`[x>=1]`) beside the type."""
-    return label and re.sub(r"list\[(.*)\]| range", r"\1", label).lower()
+    """`<list[Path]>` -> `<path>`, `<int range>` -> `<int>`: the help says where a value may
+    be given more than once, and shows a range's bounds (`[x>=1]`) beside the type."""
+    return label and re.sub(r"<list\[(\w+)\]>|<(\w+) range>",
+                            lambda m: f"<{(m[1] or m[2]).lower()}>", label)
 
 
 class _BareSwitches:
