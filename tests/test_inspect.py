@@ -316,6 +316,11 @@ def test_a_report_stopped_part_way_says_what_it_left(trained_run, tmp_path, monk
     assert captured.err == (f"{word}: 1 of {len(report.TITLES)} figures written (above), "
                             f"no {out / 'report.html'}\n")
     assert sorted(p.name for p in out.iterdir()) == [first.name]  # no half-written file
+    (out / "report.html").write_text("an earlier report")  # stopped again: that page stays
+    assert run_cli(["report", str(trained_run), "--out", str(out)]) == status
+    assert capsys.readouterr().err.endswith(f"{out / 'report.html'} as an earlier report left "
+                                            "it\n")
+    assert (out / "report.html").read_text() == "an earlier report"
 
 
 def test_report_of_a_run_without_a_model_is_one_line(trained_run, tmp_path, capsys):

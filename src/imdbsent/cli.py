@@ -232,7 +232,7 @@ def train_cmd(
     except training.Interrupted as exc:
         view.close()
         if str(exc):  # an error (a full disk, a lost rank) as every error; a signal as prepare's
-            console.log(f"imdbsent: error: {exc}" if exc.cause else str(exc))
+            (_say_error if exc.cause else console.log)(str(exc))
             _said_stop()
         raise typer.Exit(exc.code) from None
     if _is_main():
@@ -313,9 +313,11 @@ def report_cmd(
             console.result(str(path))
             figures += 1
     except (KeyboardInterrupt, Terminated) as exc:
-        if figures:  # stopped before any figure: the plain one line
+        if figures:  # (before the first: the plain one line)
+            page = folder / "report.html"
+            left = f"{page} as an earlier report left it" if page.exists() else f"no {page}"
             _stop_saying(exc, f"{figures} of {len(report.TITLES)} figures written (above), "
-                              f"no {folder / 'report.html'}")
+                              f"{left}")
         raise
 
 
@@ -731,10 +733,14 @@ def _command_path(exc: Exception, argv: list[str] | None) -> str:
 
 
 def _fail(message: str, code: int) -> None:
+    _say_error(message)
+    sys.exit(code)
+
+
+def _say_error(message: str) -> None:
     """One line on standard error, even where a library's message spans several."""
     message = " ".join(line.strip() for line in message.splitlines() if line.strip())
     console.err.print(f"imdbsent: error: {message}", markup=False, soft_wrap=True)
-    sys.exit(code)
 
 
 def _is_main() -> bool:
