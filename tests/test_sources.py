@@ -89,6 +89,15 @@ def test_a_bad_label_is_shown_as_its_file_wrote_it(value, shown):
         sources.normalise_labels([1, value], "f.json")
 
 
+def test_a_missing_text_is_named_by_row_as_its_file_wrote_it(tmp_path):
+    folder = tmp_path / "nulls"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"text": "fine", "label": 1}\n{"text": null, "label": 0}\n')
+    (folder / "test.jsonl").write_text('{"text": "good", "label": 1}\n')
+    with pytest.raises(UserError, match=r"train\.jsonl, row 2: text is null, not a string$"):
+        sources.load_source(str(folder))
+
+
 def test_bad_label_names_file_and_row(tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()

@@ -327,9 +327,10 @@ def _build_into(args: PrepareArgs, out: Path, wanted: dict, report: Report, prog
                                         partial(progress, "vocabulary", total=len(train_rows))),
                                  args.max_vocab, args.min_freq, length=len(train_rows))
         if tok.get_vocab_size() <= 2:  # <pad> and <unk> alone: every review all <unk>
-            raise UserError(f"no word occurs {args.min_freq:,} times in the {len(train_rows):,} "
-                            "training reviews, so the vocabulary would be empty: lower "
-                            "--min-freq")
+            why = (f"no word occurs {args.min_freq:,} times in" if args.min_freq > 1
+                   else "there are no words in")
+            raise UserError(f"{why} the {len(train_rows):,} training reviews, so the vocabulary "
+                            "would be empty" + (": lower --min-freq" if args.min_freq > 1 else ""))
         atomic_write(out / TOKENIZER, lambda tmp: text.save(tok, tmp))
         counts, tokens = _encode(source, scans, {"train": train_rows, "valid": valid_rows}, tok,
                                  out, report, progress)

@@ -96,7 +96,8 @@ class Split:
             texts = table.column(self.text_column).to_pylist()
             for i, t in enumerate(texts):
                 if not isinstance(t, str):
-                    raise UserError(f"{where}, row {row + i + 1}: text is {t!r}, not a string")
+                    raise UserError(f"{where}, row {row + i + 1}: text is {_as_written(t)}, "
+                                    "not a string")
             if self.unlabeled:
                 labels = np.full(len(texts), -1, dtype=np.int64)
             else:
@@ -214,6 +215,12 @@ def check_columns(source: str, text_column: str, label_column: str) -> None:
                                  f"{source} is an aclImdb source, which has none")
 
 
+def _as_written(value: object) -> str:
+    """A value of a row as its file wrote it: a missing one or a boolean as JSON does (null,
+    false), anything else as Python's repr ('maybe', 2)."""
+    return json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
+
+
 def normalise_labels(raw: list, where: str, row_offset: int = 1) -> list[int]:
     """Map 0/1, neg/pos or negative/positive labels (ints or strings, any case) to 0/1;
     anything else names file and row."""
@@ -223,11 +230,8 @@ def normalise_labels(raw: list, where: str, row_offset: int = 1) -> list[int]:
         if isinstance(value, float) and value.is_integer():
             key = str(int(value))
         if key not in LABEL_NAMES:
-            shown = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
-            raise UserError(  # a missing or true/false label as JSON writes it: null, false
-                f"{where}, row {i + row_offset}: label {shown} is not one of 0, 1, neg, pos "
-                "(or negative, positive)"
-            )
+            raise UserError(f"{where}, row {i + row_offset}: label {_as_written(value)} is not "
+                            "one of 0, 1, neg, pos (or negative, positive)")
         out.append(LABEL_NAMES[key])
     return out
 
@@ -396,7 +400,8 @@ def _tar_members(path: Path) -> Iterator[tuple[str, bytes]]:
                 if member.isfile() and _ACL_MEMBER.search(member.name):
                     yield member.name, tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
-        why = str(exc).splitlines()[0].rstrip(":")  # tarfile lists each method it tried
+        why = next(iter(str(exc).splitlines()), type(exc).__name__).rstrip(":")  # tarfile
+        # lists each compression it tried, a line each
         raise UserError(f"{path}: not a readable tar archive ({why})") from None
 
 
