@@ -104,7 +104,7 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
     prepared = prepared_for(cfg)
     with _session(cfg, timeout) as world, ExitStack() as lock:
         if world.size != old.train.world_size:  # the same on every rank: rank 0 says it
-            raise distributed.everywhere(_world_size_advice(run, old.train.world_size,
+            raise distributed.everywhere(world_size_advice(run, old.train.world_size,
                                                             world.size))
         _same_data_everywhere(prepared)
 
@@ -167,8 +167,9 @@ def _reporter(reporter: engine.Reporter) -> engine.Reporter:
     return reporter if distributed.world().main else Silent()
 
 
-def _world_size_advice(run: Path, trained: int, now: int) -> str:
-    """Why a run cannot go on with another number of processes, and the command that can."""
+def world_size_advice(run: Path, trained: int, now: int) -> str:
+    """Why a run cannot go on with another number of processes, and the command that can (as
+    torchrun's ranks and the --nproc launcher say it)."""
     how = (f"imdbsent train --resume {run}" if trained == 1
            else f"imdbsent train --nproc {trained} --resume {run} (or torchrun with "
                 f"{trained} processes in all)")
