@@ -163,7 +163,7 @@ def test_latest_run_passes_over_a_run_still_training_interrupted_or_broken_and_s
     (tmp_path / "old" / runs.METRICS).unlink()  # neither finished: the newest, with a word
     assert runs.latest_run(tmp_path, report=said.append).name == "new"
     assert said[-1] == (f"{tmp_path / 'new'} has not finished (interrupted): using its best "
-                        "checkpoint so far")
+                        "checkpoint so far, neither calibrated nor tested")
     (tmp_path / "old" / runs.METRICS).write_text('{"split": "test", "test_acc": 0.9}\n')
     said.clear()
     proc = hold_lock(tmp_path / "new")

@@ -156,7 +156,8 @@ def say_unfinished(run: Path, report: Callable[[str], None]) -> None:
     except UserError:  # a damaged metrics file: said by the command, if it reads it
         return
     if not done:
-        report(f"{run} has not finished (interrupted): using its best checkpoint so far")
+        report(f"{run} has not finished (interrupted): using its best checkpoint so far, "
+               "neither calibrated nor tested")
 
 
 def _tested_quietly(run: Path) -> bool:

@@ -42,11 +42,12 @@ class Interrupted(Exception):
     def __str__(self) -> str:
         if self.quiet:
             return ""
+        how = "terminated" if self.code == 143 else "interrupted"  # as prepare says it
         if self.run is None:
-            said = "interrupted before the first epoch finished; nothing was kept"
+            said = f"{how} before the first epoch finished; nothing was kept"
         else:
             nproc = f"--nproc {self.processes} " if self.processes > 1 else ""
-            said = (f"interrupted after {self.epochs_done} finished epoch(s); resume with: "
+            said = (f"{how} after {self.epochs_done} finished epoch(s); resume with: "
                     f"imdbsent train {nproc}--resume {self.run}")
         return f"{self.cause}: {said}" if self.cause else said
 
