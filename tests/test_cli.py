@@ -280,6 +280,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsy
     (["predict", "hi"], 1),
     (["predict"], 2),  # nothing to predict: a usage error
     (["explain"], 2),
+    (["train", "--resume", "runs/a", "--config", "default"], 2),  # flags that conflict
     (["prepare", "--source", "./missing"], 1),
 ])
 def test_a_usage_error_exits_2_and_any_other_error_1(tmp_path, monkeypatch, capsys, args,

@@ -234,9 +234,9 @@ def test_evaluate_refuses_a_data_file_with_options_it_would_ignore(trained_run, 
                                                                   extra, flag):
     (tmp_path / "f.csv").write_text("text,label\ngreat film,1\n")
     assert run_cli(["evaluate", str(trained_run), "--data-file", str(tmp_path / "f.csv"),
-                    *extra]) == 1
+                    *extra]) == 2  # a usage error, as conflicting flags are
     assert capsys.readouterr().err == (f"imdbsent: error: --data-file scores a file of its own: "
-                                       f"give it without {flag}\n")
+                                       f"give it without {flag} (see imdbsent evaluate --help)\n")
 
 
 # --- imdbsent report -------------------------------------------------------------------------

@@ -216,7 +216,7 @@ def train_cmd(
                  "train.adversarial": adversarial, "train.virtual_adversarial": virtual_adversarial,
                  "data": data_dir and str(data_dir)}
     if resume is not None and (config_name or run_dir):
-        raise UserError("--resume continues a run with its own config; drop --config/--run-dir")
+        raise Usage("--resume continues a run with its own config; drop --config/--run-dir")
     if nproc and nproc > 1:
         _launch(ctx, nproc, config_name, overrides, resume, threads_)
     threads.configure(threads_)
@@ -347,8 +347,8 @@ def evaluate_cmd(
         raise BadValue("data_file", "takes one file: evaluate each with its own command")
     data_file = data_files[0] if data_files else None
     if data_file is not None and (split or data_dir):
-        raise UserError(f"--data-file scores a file of its own: give it without "
-                        f"{'--split' if split else '--data'}")
+        raise Usage(f"--data-file scores a file of its own: give it without "
+                    f"{'--split' if split else '--data'}")
     run = _chosen_run(run)
     metrics, title = evaluate_run(run, split=(split or Split.test).value, data_file=data_file,
                                   data_dir=data_dir, threshold=threshold, device=device.value,
