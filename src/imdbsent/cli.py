@@ -105,8 +105,8 @@ class Format(str, Enum):
 TextsArgument = Annotated[list[str] | None, typer.Argument(
     help="Texts; - reads standard input, one text per line.")]
 FileOption = Annotated[list[Path] | None, typer.Option(
-    "--file", help="Read texts from this file, one a line (- for standard input); repeat it for several, "
-    "read in order.")]
+    "--file", help="Read texts from this file, one a line (- for standard input); repeat it "
+    "for several, read in order.")]
 RUN_HELP = ("Run directory (default: the newest finished run under runs/, else the newest "
             "with a trained model).")
 RunOption = Annotated[Path | None, typer.Option(help=RUN_HELP)]

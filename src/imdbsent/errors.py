@@ -8,8 +8,9 @@ class UserError(Exception):
 
 
 class Usage(UserError):
-    """A command given too little to do anything (`imdbsent predict` with no texts): a usage
-    error, status 2 and a pointer to the command's help, as click's own."""
+    """A command line that cannot run as given: nothing to read (`imdbsent predict` alone), or
+    flags that conflict. A usage error: status 2 and a pointer to the command's help, as
+    click's own."""
 
 
 class BadValue(UserError):
