@@ -46,7 +46,9 @@ def test_members_are_runs_of_their_own_and_the_ensemble_keeps_only_its_weights(e
     assert set(ckpt.weights) == {"weight", "bias"} and ckpt.meta["members"] == ["gru", "nblr"]
     stacking, test = runs.read_metrics(ensemble_run)
     assert stacking["members"] == ["gru", "nblr"] and len(stacking["weights"]) == 2
-    assert all(w > 0 for w in stacking["weights"])  # both members help on validation
+    # the members separate the synthetic validation split: Platt's targets keep the stacker
+    # from sharpening their (already calibrated) logits without end
+    assert sum(stacking["weights"]) > 0 and max(map(abs, stacking["weights"])) < 2
     assert test["split"] == "test" and test["test_acc"] > 0.9  # the synthetic data is easy
     best_member = max(runs.read_metrics(ensemble_run / "members" / n)[-1]["test_acc"]
                       for n in ("gru", "nblr"))

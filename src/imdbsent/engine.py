@@ -281,7 +281,7 @@ def out_of_fold(features: torch.Tensor, labels: torch.Tensor, seed: int, folds: 
         held = order[k::folds]
         rest = torch.ones(len(labels), dtype=torch.bool)
         rest[held] = False
-        weight, bias = models.fit_logistic(features[rest], labels[rest])
+        weight, bias = models.fit_stacker(features[rest], labels[rest])
         out[held] = features[held] @ weight + bias
     return out
 
@@ -290,15 +290,10 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     """The temperature T and bias b that minimise the log loss of sigmoid(logit / T + b) on
     held-out logits (Platt scaling: a logistic regression on the logit alone). The bias undoes
     a lean to one side that a temperature cannot (the CNN's, under-predicting pos, kept an ECE
-    of 0.055 with a temperature alone). The targets are Platt's (1999): (positives + 1) /
-    (positives + 2) and 1 / (negatives + 2), not 1 and 0, so that a validation split the model
-    separates perfectly (small data) gives a finite fit instead of an ever sharper one. (1.0,
-    0.0), no change, when the logits do not order the labels at all."""
-    labels = labels.double()
-    positives = labels.sum()
-    targets = torch.where(labels >= 0.5, (positives + 1) / (positives + 2),
-                          1 / (len(labels) - positives + 2))
-    weight, bias = models.fit_logistic(logits.double().unsqueeze(1), targets)
+    of 0.055 with a temperature alone). Platt's targets (`models.fit_stacker`) keep the fit
+    finite where the model separates the validation split perfectly. (1.0, 0.0), no change,
+    when the logits do not order the labels at all."""
+    weight, bias = models.fit_stacker(logits.double().unsqueeze(1), labels.double())
     if weight.item() <= 0:
         return 1.0, 0.0
     return 1.0 / weight.item(), bias.item()

@@ -267,7 +267,7 @@ class Ensemble(nn.Module):
 
     def fit_weights(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Fit the combination to members' logits [n, members] and 0/1 labels."""
-        weight, bias = fit_logistic(logits, labels)
+        weight, bias = fit_stacker(logits, labels)
         with torch.no_grad():
             self.weight.copy_(weight)
             self.bias.copy_(bias)
@@ -286,15 +286,12 @@ class Calibrated(nn.Module):
         return self.model(text, lengths) / self.temperature + self.bias
 
 
-def fit_logistic(x: torch.Tensor, labels: torch.Tensor, *, bias: bool = True
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logistic regression of labels in [0, 1] on features [n, k], to the minimum of the log loss
-    (L-BFGS: a handful of parameters, a few thousand examples); the weights [k] and the bias
-    (zero when `bias` is False)."""
+    (L-BFGS: a handful of parameters, a few thousand examples); the weights [k] and the bias."""
     weight = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
-    offset = torch.zeros(1, dtype=x.dtype, device=x.device, requires_grad=bias)
-    optimizer = torch.optim.LBFGS([weight, offset] if bias else [weight], max_iter=200,
-                                  line_search_fn="strong_wolfe")
+    offset = torch.zeros(1, dtype=x.dtype, device=x.device, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, offset], max_iter=200, line_search_fn="strong_wolfe")
 
     def loss() -> torch.Tensor:
         optimizer.zero_grad()
@@ -304,6 +301,17 @@ def fit_logistic(x: torch.Tensor, labels: torch.Tensor, *, bias: bool = True
 
     optimizer.step(loss)
     return weight.detach(), offset.detach()
+
+
+def fit_stacker(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fit_logistic` of held-out 0/1 labels on logits [n, k] (an ensemble's members', or one
+    model's for calibration), towards Platt's (1999) targets: (positives + 1) / (positives +
+    2) and 1 / (negatives + 2), not 1 and 0, so that logits that separate the labels perfectly
+    (small data) give a finite fit instead of an ever sharper one."""
+    positives = labels.sum()
+    targets = torch.where(labels >= 0.5, (positives + 1) / (positives + 2),
+                          1 / (len(labels) - positives + 2)).to(x.dtype)
+    return fit_logistic(x, targets)
 
 
 Builder = Callable[[int, ModelConfig], nn.Module]
