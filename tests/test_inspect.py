@@ -323,6 +323,17 @@ def test_a_report_stopped_part_way_says_what_it_left(trained_run, tmp_path, monk
     assert (out / "report.html").read_text() == "an earlier report"
 
 
+def test_report_refuses_an_out_folder_of_a_run_or_a_dataset(trained_run, prepared_dir, tmp_path,
+                                                            capsys):
+    for other in (trained_run, prepared_dir):
+        before = sorted(p.name for p in other.iterdir())
+        assert run_cli(["report", str(trained_run), "--out", str(other)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"imdbsent: error: --out {other} holds ") and err.endswith(
+            "(a run or a prepared dataset): choose another --out\n")
+        assert sorted(p.name for p in other.iterdir()) == before
+
+
 def test_report_of_a_run_without_a_model_is_one_line(trained_run, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     run = tmp_path / "unstarted"

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from imdbsent import engine, runs
+from imdbsent.data import MANIFEST
 from imdbsent.errors import UserError
 from imdbsent.fsutil import atomic_write, atomic_write_text
 from imdbsent.predict import score_run
@@ -103,6 +104,10 @@ def make(run_dirs: list[Path], out: Path, device: str = "cpu", data_dir: Path | 
     """Write every figure and report.html for `run_dirs` into `out` (scored on `data_dir`'s
     test split, default each run's own); each path as it is written, so that a report stopped
     part way has said which figures it left."""
+    theirs = [name for name in (*runs.RUN_FILES, MANIFEST) if (out / name).exists()]
+    if theirs:  # figures beside a run's or a dataset's files: found as neither, or mistaken
+        raise UserError(f"--out {out} holds {', '.join(theirs)} (a run or a prepared dataset): "
+                        "choose another --out")
     plt = _pyplot()
     names = _names(run_dirs)
     scores = [load(r, n, device, data_dir) for r, n in zip(run_dirs, names)]
