@@ -182,8 +182,8 @@ def _curves(plt: Any, scores: list[Scores], title: str) -> Any:
 
 
 def _confusion(plt: Any, scores: list[Scores], title: str) -> Any:
-    fig, axes = _figure(plt, title, len(scores))
-    for ax, s in zip(axes, scores):
+    fig, axes = _figure(plt, f"{title}\ncells: count (share of the true class)", len(scores))
+    for ax, s in zip(axes, scores):  # (said once above: beside each of several, it overlapped)
         c = s.metrics["confusion"]
         cells = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
         ax.imshow(cells, cmap="Blues")
@@ -195,8 +195,8 @@ def _confusion(plt: Any, scores: list[Scores], title: str) -> Any:
         ax.set_yticks([0, 1], ["neg", "pos"])
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{_label(s.name)}\naccuracy {s.metrics['accuracy']:.2%}\ncells: count "
-                     "(share of the true class)", fontsize="medium")
+        ax.set_title(f"{_label(s.name)}\naccuracy {s.metrics['accuracy']:.2%}",
+                     fontsize="medium")
     fig.tight_layout()
     return fig
 
