@@ -340,6 +340,15 @@ def test_training_into_a_finished_run_refuses_and_keeps_it(trained_run, capsys):
     assert files() == before
 
 
+def test_training_into_a_file_says_so_and_leaves_it(prepared_dir, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert run_cli(["train", "--data", str(prepared_dir), "--run-dir",
+                    str(tmp_path / "notes.txt")]) == 1
+    assert capsys.readouterr().err == (f"imdbsent: error: run directory {tmp_path / 'notes.txt'}: "
+                                       "it exists and is not a folder\n")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_training_into_an_unfinished_run_says_how_to_continue_it(trained_run, tmp_path, capsys):
     run = shutil.copytree(trained_run, tmp_path / "run")
     metrics = run / "metrics.jsonl"

@@ -59,6 +59,8 @@ def test_a_bad_value_from_the_command_line_is_blamed_on_it_not_on_the_recipe(tmp
     for overrides, message in [  # BadValue: the command line names each by its flag
             ({"model.name": "foo"}, "model.name must be one of"),
             ({"train.seed": -5}, "train.seed must be in"),
+            ({"train.optimizer": "rmsprop"},
+             "train.optimizer must be one of sgd, adam, adamw, not 'rmsprop'$"),
             ({"train.epochs": 0}, "train.epochs must be at least 1$"),
             ({"model.name": "ensemble"}, "model.name ensemble needs model.members: two or more"),
     ]:

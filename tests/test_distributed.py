@@ -438,13 +438,14 @@ def test_nproc_refuses_what_resume_or_an_ensemble_cannot_take_before_starting(
         trained_run, prepared_dir, tmp_path, capsys):
     """Checked once, by the launcher: each rank refusing on its own ended in status 143 and a
     'terminated' line from the rank that torchrun then stopped."""
-    assert run_cli(["train", "--nproc", "2", "--resume", str(trained_run), "--lr", "0.1"]) == 1
+    assert run_cli(["train", "--nproc", "2", "--resume", str(trained_run), "--lr", "0.1"]) == 2
     assert capsys.readouterr().err == ("imdbsent: error: --lr: a resumed run keeps its recipe "
                                        "(only --epochs, --device, --data can change); start a "
-                                       "new run to change the rest\n")
+                                       "new run to change the rest (see imdbsent train --help)\n")
     recipe = tmp_path / "ensemble.toml"
     recipe.write_text(f'version = 1\ndata = "{prepared_dir}"\n[model]\nname = "ensemble"\n'
                       'members = ["gru", "nblr"]\n')
-    assert run_cli(["train", "--nproc", "2", "--config", str(recipe), "--lr", "0.1"]) == 1
+    assert run_cli(["train", "--nproc", "2", "--config", str(recipe), "--lr", "0.1"]) == 2
     assert capsys.readouterr().err == ("imdbsent: error: --lr: an ensemble trains each member "
-                                       "by its own recipe; change the member recipes instead\n")
+                                       "by its own recipe; change the member recipes instead "
+                                       "(see imdbsent train --help)\n")

@@ -89,7 +89,7 @@ def test_resume_keeps_finished_members(ensemble_run, tmp_path):
 def test_training_overrides_and_a_second_run_into_it_are_refused(ensemble_run, capsys):
     cfg = str(ensemble_run.parent / "ens.toml")
     assert run_cli(["train", "--config", cfg, "--epochs", "3", "--lr", "0.1",
-                    "--model", "ensemble"]) == 1
+                    "--model", "ensemble"]) == 2  # flags that conflict with the recipe
     assert "--epochs, --lr, --model: an ensemble trains each member by its own recipe" in \
         capsys.readouterr().err
     assert run_cli(["train", "--config", cfg, "--run-dir", str(ensemble_run)]) == 1
@@ -133,7 +133,7 @@ def test_resume_finishes_an_unfinished_member_and_only_it(ensemble_run, tmp_path
     lines = nblr.read_text().splitlines()
     nblr.write_text("\n".join(lines[:-1]) + "\n")  # as if stopped before its test pass
     config_before = (run / "config.toml").read_bytes()
-    assert run_cli(["train", "--resume", str(run), "--seed", "99"]) == 1  # its members' seed
+    assert run_cli(["train", "--resume", str(run), "--seed", "99"]) == 2  # its members' seed
     assert (run / "config.toml").read_bytes() == config_before
     assert run_cli(["train", "--resume", str(run)]) == 0
     assert gru.read_bytes() == gru_before

@@ -88,7 +88,7 @@ def test_resume_refuses_what_it_cannot_honour_and_writes_nothing(two_epochs, tmp
                                                                  args, flags):
     run = _copy(two_epochs, tmp_path)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    assert run_cli(["train", "--resume", str(run), *args]) == 1
+    assert run_cli(["train", "--resume", str(run), *args]) == 2  # flags that conflict
     err = capsys.readouterr().err
     assert err.startswith(f"imdbsent: error: {flags}: a resumed run keeps its recipe (only "
                           "--epochs, --device, --data can change)") and err.count("\n") == 1

@@ -647,7 +647,7 @@ def _run(argv: list[str] | None) -> None:
     except BadValue as exc:  # a usage error, as click's own: named by the flag, status 2
         _fail(f"{_rank_prefix()}{config.flag(exc.name)} {exc.problem}", 2)
     except Usage as exc:
-        _fail(f"{exc} (see {_command_path(exc, argv)} --help)", 2)
+        _fail(f"{_rank_prefix()}{exc} (see {_command_path(exc, argv)} --help)", 2)
     except UserError as exc:
         _fail(_rank_prefix() + str(exc), 1)
     except typer.Exit as exc:

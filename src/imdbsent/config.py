@@ -257,8 +257,10 @@ def problem(cfg: Config) -> str | None:
     m, t = cfg.model, cfg.train
     checks = [
         (m.name in MODELS, f"model.name must be one of {', '.join(MODELS)}, not {m.name!r}"),
-        (m.pooling in POOLINGS, f"model.pooling must be one of {', '.join(POOLINGS)}"),
-        (t.optimizer in OPTIMIZERS, f"train.optimizer must be one of {', '.join(OPTIMIZERS)}"),
+        (m.pooling in POOLINGS,
+         f"model.pooling must be one of {', '.join(POOLINGS)}, not {m.pooling!r}"),
+        (t.optimizer in OPTIMIZERS,
+         f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, not {t.optimizer!r}"),
         (t.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)}"),
         (t.device in DEVICES, f"train.device must be one of {', '.join(DEVICES)}"),
         (m.embedding_dim > 0 and m.hidden_dim > 0 and m.num_layers > 0,

@@ -75,7 +75,7 @@ def make_dir(path: Path) -> bool:
         return True
     except FileExistsError:
         if not path.is_dir():
-            raise UserError(f"{path} exists and is not a directory") from None
+            raise UserError(f"run directory {path}: it exists and is not a folder") from None
         return False
     except OSError as exc:
         raise UserError(f"cannot create run directory {path}: {exc.strerror}") from None

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from imdbsent import config, data, distributed, engine, runs
 from imdbsent.config import DATA_DEFAULT, HUB_DEFAULT
-from imdbsent.errors import OutputFailed, Terminated, UserError
+from imdbsent.errors import OutputFailed, Terminated, Usage, UserError
 
 RESUMABLE = ("train.epochs", "train.device", "data")  # what --resume may change
 T = TypeVar("T")
@@ -238,10 +238,11 @@ def planned_resume(run: Path, overrides: dict[str, Any]) -> tuple[config.Config,
 
 def _refuse(cfg: config.Config, overrides: dict[str, Any], allowed: tuple[str, ...], why: str
             ) -> None:
-    """A UserError naming the flags among `overrides` (set, not in `allowed`) and `why`."""
+    """A usage error naming the flags among `overrides` (set, not in `allowed`) and `why`:
+    flags that conflict with the run or the recipe, as `--resume` with `--config` does."""
     fixed = [k for k, v in overrides.items() if v is not None and k not in allowed]
     if fixed:
-        raise UserError(", ".join(config.flag(k) for k in fixed) + ": " + why)
+        raise Usage(", ".join(config.flag(k) for k in fixed) + ": " + why)
 
 
 def _get(cfg: config.Config, dotted: str) -> Any:
