@@ -420,14 +420,18 @@ def test_version_and_help_import_neither_torch_nor_datasets(args):
     assert res.stdout.startswith(b"imdbsent 0.") if args == ["--version"] else b"Usage" in res.stdout
 
 
-def test_ctrl_c_while_python_dash_m_imports_ends_quietly_with_130():
+@pytest.mark.parametrize("entry", [
+    "runpy.run_module('imdbsent', run_name='__main__')",  # python -m imdbsent (torchrun's)
+    "from imdbsent.__main__ import run; run()",  # the imdbsent command's entry point
+])
+def test_ctrl_c_while_the_command_imports_ends_quietly_with_130(entry):
     import subprocess
     import sys
     code = ("import builtins, os, runpy, signal\nreal = builtins.__import__\n"
             "def slow(name, *args, **kwargs):\n    if name == 'imdbsent.cli':\n"
             "        os.kill(os.getpid(), signal.SIGINT)  # as torchrun forwards a Ctrl-C\n"
             "    return real(name, *args, **kwargs)\nbuiltins.__import__ = slow\n"
-            "runpy.run_module('imdbsent', run_name='__main__')\n")
+            f"{entry}\n")
     res = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True)
     assert res.returncode == 130 and res.stderr == b""  # no KeyboardInterrupt traceback
 

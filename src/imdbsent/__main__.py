@@ -1,8 +1,15 @@
-"""`python -m imdbsent`: the same as the `imdbsent` command."""
+"""`python -m imdbsent` and the `imdbsent` command (its entry point is `run`)."""
 
-try:
-    from imdbsent.cli import main
-except KeyboardInterrupt:  # Ctrl-C while importing (torchrun forwards it to every rank as it
-    raise SystemExit(130) from None  # starts them): quietly, no traceback
 
-main()
+def run() -> None:
+    """The command line; a Ctrl-C while it is still being imported (torchrun forwards it to
+    every rank as it starts them) ends it quietly with 130, never with a traceback."""
+    try:
+        from imdbsent.cli import main
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    main()
+
+
+if __name__ == "__main__":
+    run()
