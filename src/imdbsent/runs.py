@@ -425,13 +425,14 @@ def _described(run: Path) -> tuple[dict[str, Any], float]:
     row: dict[str, Any] = dict.fromkeys(LISTED)
     row["name"] = run.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     try:
-        cfg = load_config(run)
-    except Exception:  # said below, as the row's status
-        cfg = None
+        cfg, unread = load_config(run), None
+    except Exception as exc:  # said below, as the row's status
+        cfg, unread = None, exc
     started = _started(run, cfg)
     row["started"] = datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds")
     try:
-        cfg = cfg or load_config(run)
+        if unread is not None:
+            raise unread
         records = read_metrics(run)
         epochs = epoch_records(run)
         row.update(recipe=cfg.recipe or None, model=cfg.model.name,
