@@ -28,7 +28,7 @@ def stacked_accuracy(xv: torch.Tensor, yv: torch.Tensor, xt: torch.Tensor, yt: t
     """Accuracy of a logistic regression over member logits [reviews, members]: on validation
     cross-fitted (`engine.out_of_fold`), on test with the weights fitted on all of validation."""
     valid = (engine.out_of_fold(xv, yv, seed) > 0).to(yv.dtype) == yv
-    weight, bias = models.fit_stacker(xv, yv)  # as an ensemble fits it
+    weight, bias = models.fit_platt(xv, yv)  # as an ensemble fits it
     test = (xt @ weight + bias > 0).to(yt.dtype) == yt
     return valid.double().mean().item(), test.double().mean().item()
 

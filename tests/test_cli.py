@@ -420,6 +420,12 @@ def test_version_and_help_import_neither_torch_nor_datasets(args):
     assert res.stdout.startswith(b"imdbsent 0.") if args == ["--version"] else b"Usage" in res.stdout
 
 
+def test_the_imdbsent_command_enters_through_the_quiet_entry_point():
+    from importlib.metadata import entry_points
+    [command] = [e for e in entry_points(group="console_scripts") if e.name == "imdbsent"]
+    assert command.value == "imdbsent.__main__:run"  # as the test below runs it
+
+
 @pytest.mark.parametrize("entry", [
     "runpy.run_module('imdbsent', run_name='__main__')",  # python -m imdbsent (torchrun's)
     "from imdbsent.__main__ import run; run()",  # the imdbsent command's entry point

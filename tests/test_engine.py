@@ -158,21 +158,6 @@ def test_calibration_undoes_overconfidence_and_a_lean_to_one_side():
     assert engine.fit_calibration(-overconfident, labels) == (1.0, 0.0)  # nothing to scale
 
 
-def test_a_stacker_of_logits_that_separate_the_labels_stays_finite():
-    """A small validation split that the members separate perfectly: plain 0/1 targets drive
-    the weights (and the ensemble's probabilities) as far as the optimiser goes; Platt's keep
-    them as sure as the split can tell."""
-    x = torch.tensor([[-3.0, -2.0], [-1.0, -2.5], [2.0, 1.0], [3.0, 2.5]], dtype=torch.float64)
-    labels = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
-    weight, bias = models.fit_logistic(x, labels)
-    plain = torch.sigmoid(x @ weight + bias)
-    assert plain[:2].max() < 1e-3 and plain[2:].min() > 0.999
-    weight, bias = models.fit_stacker(x, labels)
-    probs = torch.sigmoid(x @ weight + bias)
-    assert probs[:2].max() < 0.5 < probs[2:].min()
-    assert 0.1 < probs.min() and probs.max() < 0.9  # near Platt's 1/4 and 3/4 for 2 and 2
-
-
 def test_out_of_fold_stacking_does_not_score_what_it_was_fitted_on():
     gen = torch.Generator().manual_seed(1)
     noise = torch.randn(200, 40, generator=gen, dtype=torch.float64)  # no signal at all

@@ -306,3 +306,20 @@ def test_a_model_ignores_every_field_that_config_says_it_ignores(cfg):
         assert getattr(cfg, key) != _CHANGED[key]
         other_shapes, other = outcome(dataclasses.replace(cfg, **{key: _CHANGED[key]}))
         assert other_shapes == shapes and torch.equal(other, logits), key
+
+
+def test_a_stacker_of_logits_that_separate_the_labels_stays_finite():
+    """A small validation split that the members separate perfectly: plain 0/1 targets drive
+    the weights (and the ensemble's probabilities) as far as the optimiser goes; Platt's keep
+    them as sure as the split can tell."""
+    x = torch.tensor([[-3.0, -2.0], [-1.0, -2.5], [2.0, 1.0], [3.0, 2.5]], dtype=torch.float64)
+    labels = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    weight, bias = models.fit_logistic(x, labels)
+    plain = torch.sigmoid(x @ weight + bias)
+    assert plain[:2].max() < 1e-3 and plain[2:].min() > 0.999
+    weight, bias = models.fit_platt(x, labels)
+    probs = torch.sigmoid(x @ weight + bias)
+    assert probs[:2].max() < 0.5 < probs[2:].min()
+    assert 0.1 < probs.min() and probs.max() < 0.9  # near Platt's 1/4 and 3/4 for 2 and 2
+    weight32, bias32 = models.fit_platt(x.float(), torch.tensor([0, 0, 1, 1]))  # int labels
+    assert weight32.dtype == torch.float32 and torch.allclose(weight32.double(), weight, atol=1e-3)

@@ -250,7 +250,7 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
     if resume is not None:
         old, cfg = training.planned_resume(runs.check_run(resume), overrides)
         if old.train.world_size != nproc:
-            raise UserError(training.world_size_advice(resume, old.train.world_size, nproc))
+            raise Usage(training.world_size_advice(resume, old.train.world_size, nproc))
     else:
         cfg = training.planned_start(recipe, overrides)
     training.prepared_for(cfg)

@@ -256,13 +256,13 @@ def problem(cfg: Config) -> str | None:
     None."""
     m, t = cfg.model, cfg.train
     checks = [
-        (m.name in MODELS, f"model.name must be one of {', '.join(MODELS)}, not {m.name!r}"),
-        (m.pooling in POOLINGS,
-         f"model.pooling must be one of {', '.join(POOLINGS)}, not {m.pooling!r}"),
-        (t.optimizer in OPTIMIZERS,
-         f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, not {t.optimizer!r}"),
-        (t.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)}"),
-        (t.device in DEVICES, f"train.device must be one of {', '.join(DEVICES)}"),
+        *((value in choices, f"{key} must be one of {', '.join(choices)}, not {value!r}")
+          for key, value, choices in (("model.name", m.name, MODELS),
+                                      ("model.pooling", m.pooling, POOLINGS),
+                                      ("train.optimizer", t.optimizer, OPTIMIZERS),
+                                      ("train.schedule", t.schedule, SCHEDULES),
+                                      ("train.device", t.device, DEVICES),
+                                      ("train.precision", t.precision, PRECISIONS))),
         (m.embedding_dim > 0 and m.hidden_dim > 0 and m.num_layers > 0,
          "model dimensions and num_layers must be positive"),
         (0.0 <= m.dropout < 1.0, "model.dropout must be in [0, 1)"),
@@ -295,7 +295,6 @@ def problem(cfg: Config) -> str | None:
         (t.max_length >= 0, "train.max_length must be 0 (all tokens) or more"),
         (0 <= t.seed < SEED_LIMIT, f"train.seed must be in 0..{SEED_LIMIT - 1}"),
         (0.0 <= t.crop <= 1.0, "train.crop is a fraction of the training reviews, in [0, 1]"),
-        (t.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
         (t.world_size >= 1, "train.world_size must be at least 1"),
         (0.0 <= cfg.split_ratio < 1.0, "split_ratio is a share of the train split, in [0, 1)"),
     ]

@@ -874,7 +874,7 @@ def _check_apart(source: str, out: Path) -> None:
         where = "is the source" if dst == src else "is inside the source"
         raise UserError(f"--out {out} {where} {source}: prepare would write over its files; "
                         "give another --out")
-    if src.is_file() and dst == src.parent and src.name in _PREPARED_NAMES:
+    if src.is_file() and dst == src.parent and src.name in PREPARED_FILES:
         raise UserError(f"--out {out} holds the source {source}, which prepare would overwrite; "
                         "give another --out")
 
@@ -887,16 +887,16 @@ def _check_foreign(out: Path, manifest: dict | None) -> None:
     ours = manifest is not None and "args" in manifest and "splits" in manifest
     visible = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() \
         else set()
-    if ours or ((out / LOCK_NAME).exists() and visible <= _PREPARED_NAMES):
+    if ours or ((out / LOCK_NAME).exists() and visible <= PREPARED_FILES):
         return
-    theirs = sorted(visible & _PREPARED_NAMES)
+    theirs = sorted(visible & PREPARED_FILES)
     if theirs:
         raise UserError(f"--out {out} holds {', '.join(theirs)} but is not a prepared dataset: "
                         f"prepare would overwrite {'them' if len(theirs) > 1 else 'it'}; give "
                         "another --out")
 
 
-_PREPARED_NAMES = {MANIFEST, VECTORS, TOKENIZER,
+PREPARED_FILES = {MANIFEST, VECTORS, TOKENIZER,  # what a prepared dataset holds
                    *(f"{n}.parquet" for n in (*sources.SPLITS, "valid"))}
 
 

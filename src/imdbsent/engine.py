@@ -281,7 +281,7 @@ def out_of_fold(features: torch.Tensor, labels: torch.Tensor, seed: int, folds: 
         held = order[k::folds]
         rest = torch.ones(len(labels), dtype=torch.bool)
         rest[held] = False
-        weight, bias = models.fit_stacker(features[rest], labels[rest])
+        weight, bias = models.fit_platt(features[rest], labels[rest])
         out[held] = features[held] @ weight + bias
     return out
 
@@ -290,10 +290,10 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     """The temperature T and bias b that minimise the log loss of sigmoid(logit / T + b) on
     held-out logits (Platt scaling: a logistic regression on the logit alone). The bias undoes
     a lean to one side that a temperature cannot (the CNN's, under-predicting pos, kept an ECE
-    of 0.055 with a temperature alone). Platt's targets (`models.fit_stacker`) keep the fit
+    of 0.055 with a temperature alone). Platt's targets (`models.fit_platt`) keep the fit
     finite where the model separates the validation split perfectly. (1.0, 0.0), no change,
     when the logits do not order the labels at all."""
-    weight, bias = models.fit_stacker(logits.double().unsqueeze(1), labels.double())
+    weight, bias = models.fit_platt(logits.double().unsqueeze(1), labels.double())
     if weight.item() <= 0:
         return 1.0, 0.0
     return 1.0 / weight.item(), bias.item()

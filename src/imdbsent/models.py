@@ -267,7 +267,7 @@ class Ensemble(nn.Module):
 
     def fit_weights(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Fit the combination to members' logits [n, members] and 0/1 labels."""
-        weight, bias = fit_stacker(logits, labels)
+        weight, bias = fit_platt(logits, labels)
         with torch.no_grad():
             self.weight.copy_(weight)
             self.bias.copy_(bias)
@@ -303,14 +303,14 @@ def fit_logistic(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, t
     return weight.detach(), offset.detach()
 
 
-def fit_stacker(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_platt(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`fit_logistic` of held-out 0/1 labels on logits [n, k] (an ensemble's members', or one
     model's for calibration), towards Platt's (1999) targets: (positives + 1) / (positives +
     2) and 1 / (negatives + 2), not 1 and 0, so that logits that separate the labels perfectly
     (small data) give a finite fit instead of an ever sharper one."""
-    positives = labels.sum()
-    targets = torch.where(labels >= 0.5, (positives + 1) / (positives + 2),
-                          1 / (len(labels) - positives + 2)).to(x.dtype)
+    positive = (labels >= 0.5).to(x)  # on x's device and in its dtype, whatever the labels'
+    count = positive.sum()
+    targets = torch.where(positive > 0, (count + 1) / (count + 2), 1 / (len(x) - count + 2))
     return fit_logistic(x, targets)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from imdbsent import engine, runs
-from imdbsent.data import MANIFEST
+from imdbsent.data import PREPARED_FILES
 from imdbsent.errors import UserError
 from imdbsent.fsutil import atomic_write, atomic_write_text
 from imdbsent.predict import score_run
@@ -104,10 +104,7 @@ def make(run_dirs: list[Path], out: Path, device: str = "cpu", data_dir: Path | 
     """Write every figure and report.html for `run_dirs` into `out` (scored on `data_dir`'s
     test split, default each run's own); each path as it is written, so that a report stopped
     part way has said which figures it left."""
-    theirs = [name for name in (*runs.RUN_FILES, MANIFEST) if (out / name).exists()]
-    if theirs:  # figures beside a run's or a dataset's files: found as neither, or mistaken
-        raise UserError(f"--out {out} holds {', '.join(theirs)} (a run or a prepared dataset): "
-                        "choose another --out")
+    _refuse_theirs(out)
     plt = _pyplot()
     names = _names(run_dirs)
     scores = [load(r, n, device, data_dir) for r, n in zip(run_dirs, names)]
@@ -129,6 +126,19 @@ def make(run_dirs: list[Path], out: Path, device: str = "cpu", data_dir: Path | 
     page = out / "report.html"
     atomic_write_text(page, to_html(scores, written))
     yield page
+
+
+def _refuse_theirs(out: Path) -> None:
+    """Refuse an `out` that holds a run's or a prepared dataset's files: figures beside them
+    would be mistaken for theirs (and `imdbsent runs` would list the folder as a run)."""
+    try:
+        held = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot read the folder ({exc.strerror})") from None
+    theirs = sorted(held & {*runs.RUN_FILES, *PREPARED_FILES})
+    if theirs:
+        raise UserError(f"--out {out} holds {', '.join(theirs)} (a run or a prepared dataset): "
+                        "choose another --out")
 
 
 def _pyplot() -> Any:

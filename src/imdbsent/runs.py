@@ -428,7 +428,7 @@ def _described(run: Path) -> tuple[dict[str, Any], float]:
         cfg, unread = load_config(run), None
     except Exception as exc:  # said below, as the row's status
         cfg, unread = None, exc
-    started = _started(run, cfg)
+    started = _started(run, cfg) if unread is None else _first_written(run)
     row["started"] = datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds")
     try:
         if unread is not None:
@@ -509,7 +509,11 @@ def _started(run: Path, cfg: configs.Config | None = None) -> float:
     try:
         return datetime.fromisoformat((cfg or load_config(run)).started).timestamp()
     except Exception:  # no readable config, or no time in it: the listing still goes on
-        pass
+        return _first_written(run)
+
+
+def _first_written(run: Path) -> float:
+    """When a run's first file was written (its tokenizer), as far as its files' times say."""
     for path in (run / TOKENIZER, run / CONFIG, run):
         try:
             return path.stat().st_mtime
