@@ -89,22 +89,18 @@ def test_a_bad_label_is_shown_as_its_file_wrote_it(value, shown):
         sources.normalise_labels([1, value], "f.json")
 
 
-def test_a_missing_text_is_named_by_row_as_its_file_wrote_it(tmp_path):
-    folder = tmp_path / "nulls"
-    folder.mkdir()
-    (folder / "train.jsonl").write_text('{"text": "fine", "label": 1}\n{"text": null, "label": 0}\n')
-    (folder / "test.jsonl").write_text('{"text": "good", "label": 1}\n')
-    with pytest.raises(UserError, match=r"train\.jsonl, row 2: text is null, not a string$"):
-        sources.load_source(str(folder))
-
-
-def test_bad_label_names_file_and_row(tmp_path):
-    folder = tmp_path / "bad"
-    folder.mkdir()
-    (folder / "train.csv").write_text("text,label\ngood,pos\nmeh,neutral\n")
-    (folder / "test.csv").write_text("text,label\ngood,1\n")
-    with pytest.raises(UserError, match=r"train\.csv, row 2: label 'neutral' is not one of"):
-        sources.load_source(str(folder))
+@pytest.mark.parametrize("fmt, train, test, message", [
+    ("csv", "text,label\ngood,pos\nmeh,neutral\n", "text,label\ngood,1\n",
+     r"train\.csv, row 2: label 'neutral' is not one of"),
+    ("jsonl", '{"text": "fine", "label": 1}\n{"text": null, "label": 0}\n',
+     '{"text": "good", "label": 1}\n', r"train\.jsonl, row 2: text is null, not a string$"),
+])
+def test_a_bad_row_names_file_and_row_and_its_value_as_written(tmp_path, fmt, train, test,
+                                                               message):
+    (tmp_path / f"train.{fmt}").write_text(train)
+    (tmp_path / f"test.{fmt}").write_text(test)
+    with pytest.raises(UserError, match=message):
+        sources.load_source(str(tmp_path))
 
 
 def test_missing_text_column_is_named(tmp_path):
