@@ -26,7 +26,17 @@ import typer
 
 from imdbsent import __version__, config, console, launch, threads
 from imdbsent.config import HUB_DEFAULT
-from imdbsent.errors import BadValue, OutputFailed, Pending, Shared, Terminated, Usage, UserError
+from imdbsent.errors import (
+    BadValue,
+    OutputFailed,
+    Pending,
+    Shared,
+    Terminated,
+    Usage,
+    UserError,
+    stop_status,
+    stop_word,
+)
 
 # torch, datasets and the modules over them are imported by the commands that need them, so
 # `imdbsent --help` and `--version` start at once.
@@ -658,7 +668,7 @@ def _run(argv: list[str] | None) -> None:
             sys.exit(code)
         _fail(f"{_usage_message(exc)} (see {_command_path(exc, argv)} --help)", code)
     except (KeyboardInterrupt, typer.Abort, Terminated) as exc:
-        _stopped(Terminated if isinstance(exc, Terminated) else KeyboardInterrupt)
+        _stopped(type(exc))
     except OutputFailed as exc:
         if exc.message:
             _fail(exc.message, exc.code)
@@ -673,19 +683,19 @@ def _run(argv: list[str] | None) -> None:
 def _stopped(signal_raised: type[BaseException]) -> None:
     """Exit as a Ctrl-C (130) or SIGTERM (143) that no command has said: one line, by rank 0
     alone."""
-    code = 143 if signal_raised is Terminated else 130
+    code = stop_status(signal_raised)
     if not _is_main():
         sys.exit(code)
     _said_stop()
-    _fail("terminated" if code == 143 else "interrupted", code)
+    _fail(stop_word(code), code)
 
 
 def _stop_saying(exc: KeyboardInterrupt | Terminated, kept: str) -> NoReturn:
     """End a command stopped by Ctrl-C or SIGTERM with one line that says what it kept."""
-    interrupted = isinstance(exc, KeyboardInterrupt)
-    console.log(f"{'interrupted' if interrupted else 'terminated'}: {kept}")
+    code = stop_status(exc)
+    console.log(f"{stop_word(code)}: {kept}")
     _said_stop()
-    raise typer.Exit(130 if interrupted else 143) from None
+    raise typer.Exit(code) from None
 
 
 def _said_stop() -> None:

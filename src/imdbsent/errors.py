@@ -29,6 +29,19 @@ class Terminated(BaseException):
     Exception` (torch's profiler import has one) swallows it and trains on."""
 
 
+def stop_status(stop: BaseException | type[BaseException]) -> int:
+    """The exit status of a command that a signal stopped: 143 for SIGTERM (`Terminated`),
+    130 for Ctrl-C."""
+    kind = stop if isinstance(stop, type) else type(stop)
+    return 143 if issubclass(kind, Terminated) else 130
+
+
+def stop_word(status: int) -> str:
+    """How a stop with this status is said: "terminated" (SIGTERM's 143), else
+    "interrupted"."""
+    return "terminated" if status == 143 else "interrupted"
+
+
 class Pending:
     """The interruption that the CLI's signal handlers raised (KeyboardInterrupt for SIGINT,
     Terminated for SIGTERM), kept so that each step of work (`threads.balanced`) raises it

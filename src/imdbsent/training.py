@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from imdbsent import config, data, distributed, engine, runs
 from imdbsent.config import DATA_DEFAULT, HUB_DEFAULT
-from imdbsent.errors import OutputFailed, Terminated, Usage, UserError
+from imdbsent.errors import OutputFailed, Terminated, Usage, UserError, stop_status, stop_word
 
 RESUMABLE = ("train.epochs", "train.device", "data")  # what --resume may change
 T = TypeVar("T")
@@ -42,7 +42,7 @@ class Interrupted(Exception):
     def __str__(self) -> str:
         if self.quiet:
             return ""
-        how = "terminated" if self.code == 143 else "interrupted"  # as prepare says it
+        how = stop_word(self.code)  # as prepare says it
         if self.run is None:
             said = f"{how} before the first epoch finished; nothing was kept"
         else:
@@ -106,7 +106,7 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
     with _session(cfg, timeout) as world, ExitStack() as lock:
         if world.size != old.train.world_size:  # the same on every rank: rank 0 says it
             raise distributed.everywhere(world_size_advice(run, old.train.world_size,
-                                                            world.size))
+                                                           world.size))
         _same_data_everywhere(prepared)
 
         def hold() -> None:
@@ -186,7 +186,7 @@ def _interruptible(run: Path, work: Callable[[], T]) -> T:
         return work()
     except (KeyboardInterrupt, Terminated, OutputFailed) as exc:
         code, cause = (exc.code, exc.message) if isinstance(exc, OutputFailed) else (
-            143 if isinstance(exc, Terminated) else 130, "")
+            stop_status(exc), "")
         raise _interrupted(run, code, cause) from None
     except Exception as exc:
         lost = distributed.lost_contact(exc)
