@@ -21,7 +21,6 @@ Needs the `bench` extra (scikit-learn) for the reference line. Each training run
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -67,22 +66,6 @@ def run_measured(cmd: list[str], log: Path, env: dict[str, str] | None = None
         return time.time() - start, peak_mib(), code
 
 
-def throughput(run: Path, source: Path) -> dict:
-    """Reviews per second of Predictor.stream, as `imdbsent predict` scores a stream, over the
-    raw test texts (model load excluded)."""
-    import pyarrow.parquet as pq
-
-    from imdbsent.predict import Predictor
-    texts = pq.read_table(source / "test.parquet").column("text").to_pylist()
-    predictor = Predictor(run)
-    predictor.predict(texts[:512])  # warm-up
-    start = time.time()
-    for _ in predictor.stream(texts):
-        pass
-    seconds = time.time() - start
-    return {"reviews": len(texts), "seconds": seconds, "per_second": len(texts) / seconds}
-
-
 def tfidf_reference(source: Path, split_ratio: float, seed: int) -> dict:
     """TF-IDF (words and bigrams) + logistic regression on the same train split, test split."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -122,15 +105,11 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=0,
                         help="also time the default recipe as 1 process against N "
                         "(distributed.py; DISTRIBUTED.md)")
-    parser.add_argument("--throughput", nargs=2, metavar=("RUN", "SOURCE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.throughput:  # child mode: one predict throughput measurement, JSON on stdout
-        print(json.dumps(throughput(Path(args.throughput[0]), Path(args.throughput[1]))))
-        return
-
     import suite
 
     from imdbsent import config
+    from throughput import measured
     names = args.only.split(",") if args.only else config.recipe_names()
     one_seed = [n for n in args.one_seed.split(",") if n in names]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -152,11 +131,8 @@ def main() -> None:
         if not trained:
             continue
         first = trained[0]
-        out = subprocess.run([sys.executable, __file__, "--source", str(args.source),
-                              "--throughput", str(first["run"]), str(args.source)],
-                             capture_output=True, text=True, check=True)
         rows.append({"recipe": name, "model": cfg.model.name, "seeds": trained,
-                     "predict_per_second": json.loads(out.stdout)["per_second"]})
+                     "predict_per_second": measured(first["run"], args.source)["per_second"]})
         short[name] = score_short(first["run"], name, items)
         print(f"  {name}: valid {mean([r['valid']['accuracy'] for r in trained]):.4f}, test "
               f"{mean([r['test']['accuracy'] for r in trained]):.4f}", flush=True)

@@ -401,3 +401,35 @@ def test_the_baseline_recipe_is_not_calibrated(prepared_dir, tmp_path):
     assert "temperature" not in runs.load_checkpoint(run / runs.BEST).meta
     assert (runs.read_metrics(run)[-1]["temperature"], runs.read_metrics(run)[-1]["bias"]) == (
         1.0, 0.0)
+
+
+@pytest.mark.parametrize("how", ["predict", "predict_logits", "evaluate"])
+def test_scoring_on_worker_threads_gives_what_one_thread_gives(trained_run, how):
+    """Inference on N compute threads scores N batches at once (`threads.mapped`): the same
+    numbers, in the same order, as one thread scoring them one after another."""
+    torch = pytest.importorskip("torch")
+    from imdbsent.predict import Predictor
+    predictor = Predictor(trained_run)
+    valid = data.load_prepared(runs.load_config(trained_run).data).split("valid")
+    texts = [f"review {i}: " + " ".join(f"w{j}" for j in range(i % 40)) for i in range(300)]
+
+    def score():
+        if how == "predict":
+            return [p.prob_pos for p in predictor.predict(texts)]
+        batches = data.Batches(valid, 8)
+        if how == "predict_logits":
+            return engine.predict_logits(predictor.model, batches)
+        return engine.evaluate(predictor.model, batches, torch.nn.BCEWithLogitsLoss())
+
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = score()
+        torch.set_num_threads(3)
+        on_workers = score()
+    finally:
+        torch.set_num_threads(saved)
+    if how == "predict_logits":
+        assert all(torch.equal(a, b) for a, b in zip(alone, on_workers))
+    else:
+        assert alone == on_workers

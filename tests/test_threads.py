@@ -12,13 +12,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
 
 from imdbsent import threads
-from imdbsent.errors import UserError
+from imdbsent.errors import Pending, UserError
 
 THREAD_VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "RAYON_NUM_THREADS", "MKL_NUM_THREADS",
                "GOMP_SPINCOUNT", "OMP_DISPLAY_ENV")
@@ -187,3 +188,48 @@ def test_a_given_count_is_never_balanced(monkeypatch: pytest.MonkeyPatch) -> Non
     assert threads.configure(None) == torch.get_num_threads()
     machine.advance(5.0)
     assert threads.balance() == torch.get_num_threads()
+
+
+@pytest.mark.usefixtures("torch_threads")
+def test_mapped_works_on_one_thread_a_worker_and_keeps_the_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "_ceiling", 0)  # not balanced: the count set here stands
+    torch.set_num_threads(3)
+    seen = []
+
+    def work(i: int) -> int:
+        time.sleep(0.01 * (i % 3))  # later items may finish first
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return i * i
+
+    assert list(threads.mapped(work, range(12))) == [i * i for i in range(12)]
+    assert {count for _, count in seen} == {1}
+    assert len({name for name, _ in seen}) == 3  # three workers for three compute threads
+    assert torch.get_num_threads() == 3  # restored
+    seen.clear()
+    assert list(threads.mapped(work, range(3), parallel=False)) == [0, 1, 4]
+    assert {name for name, _ in seen} == {threading.current_thread().name}
+    assert {count for _, count in seen} == {3}
+
+
+@pytest.mark.usefixtures("torch_threads")
+@pytest.mark.parametrize("stop", ["error", "interrupt"])
+def test_mapped_stops_at_a_failure_or_an_interruption(monkeypatch: pytest.MonkeyPatch,
+                                                      stop: str) -> None:
+    monkeypatch.setattr(threads, "_ceiling", 0)
+    torch.set_num_threads(2)
+    done = []
+
+    def work(i: int) -> int:
+        if i == 3:
+            if stop == "error":
+                raise ValueError("bad item")
+            monkeypatch.setattr(Pending, "raised", KeyboardInterrupt)
+        time.sleep(0.01)
+        done.append(i)
+        return i
+
+    with pytest.raises(ValueError if stop == "error" else KeyboardInterrupt):
+        list(threads.mapped(work, range(1000)))
+    assert len(done) < 20  # the items queued after it were dropped, not worked on
+    assert torch.get_num_threads() == 2

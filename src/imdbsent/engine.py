@@ -179,18 +179,20 @@ def evaluate(model: nn.Module, iterator: Iterable[Batch], criterion: nn.Module,
     model.eval()
     total_loss = total_acc = 0.0
     seen = 0
-    with torch.inference_mode():
-        for batch in threads.balanced(iterator):
+
+    def score(batch: Batch) -> tuple[int, float, float]:
+        with torch.inference_mode():
             batch = batch.to(device)
             predictions = model(batch.text, batch.lengths)
-            n = len(batch.label)
-            loss, acc = criterion(predictions, batch.label).item(), \
-                binary_accuracy(predictions, batch.label).item()
-            total_loss += loss * n
-            total_acc += acc * n
-            seen += n
-            if on_batch:
-                on_batch(n, loss, acc)
+            return (len(batch.label), criterion(predictions, batch.label).item(),
+                    binary_accuracy(predictions, batch.label).item())
+
+    for n, loss, acc in threads.mapped(score, iterator, parallel=on_workers(device)):
+        total_loss += loss * n
+        total_acc += acc * n
+        seen += n
+        if on_batch:
+            on_batch(n, loss, acc)
     return _means(total_loss, total_acc, seen, sync)
 
 
@@ -214,13 +216,18 @@ def predict_logits(model: nn.Module, iterator: Iterable[Batch],
     """Every logit and label of the iterator, on the CPU, in iteration order. `score` replaces
     the model's forward (e.g. an ensemble's per-member logits)."""
     device = _device_of(model)
-    score = score or model
+    forward = score or model
     model.eval()
+
+    def scored(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            return forward(batch.to(device).text, batch.lengths).float().cpu(), batch.label
+
     logits, labels = [], []
-    with torch.inference_mode():
-        for batch in threads.balanced(iterator):
-            logits.append(score(batch.to(device).text, batch.lengths).float().cpu())
-            labels.append(batch.label)
+    for batch_logits, batch_labels in threads.mapped(scored, iterator,
+                                                     parallel=on_workers(device)):
+        logits.append(batch_logits)
+        labels.append(batch_labels)
     if not logits:  # e.g. a process's share of a split smaller than the world
         return torch.empty(0), torch.empty(0)
     return torch.cat(logits), torch.cat(labels)
@@ -756,6 +763,13 @@ def _load_weights(model: nn.Module, ckpt: runs.Checkpoint, where: Path) -> None:
                      str(exc))  # the first mismatch, not torch's header line that ends in ":"
         raise UserError(f"{where}: weights do not fit the configured model ({first[:150]})"
                         ) from None
+
+
+def on_workers(device: torch.device) -> bool:
+    """Whether inference may score several batches at once on worker threads
+    (`threads.mapped`): on the CPU, outside a distributed session (where DDP's forward may talk
+    to the other ranks, which must see every call in the same order)."""
+    return device.type == "cpu" and not distributed.active()
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -90,12 +90,17 @@ class Predictor:
         enc = Encoded.from_lists(ids, np.zeros(len(ids), dtype=np.int64))
         order = np.argsort(enc.lengths, kind="stable")
         probs = np.empty(len(ids), dtype=np.float64)
-        with torch.inference_mode():
-            for start in threads.balanced(range(0, len(order), MODEL_BATCH)):
-                idx = order[start:start + MODEL_BATCH]
+
+        def score(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with torch.inference_mode():
                 batch = make_batch(enc, idx, self.max_length).to(self.device)
                 logits = self.model(batch.text, batch.lengths).double()  # float32 rounds
-                probs[idx] = torch.sigmoid(logits).cpu().numpy()  # sigmoid(17) to exactly 1
+                return idx, torch.sigmoid(logits).cpu().numpy()  # sigmoid(17) to exactly 1
+
+        batches = (order[start:start + MODEL_BATCH] for start in range(0, len(order), MODEL_BATCH))
+        for idx, batch_probs in threads.mapped(score, batches,
+                                               parallel=engine.on_workers(self.device)):
+            probs[idx] = batch_probs
         return probs
 
     def predict(self, texts: Iterable[str]) -> list[Prediction]:

@@ -1,0 +1,94 @@
+"""Predict's speed: reviews a second of `Predictor.stream`, as `imdbsent predict` scores a
+stream, over IMDB's 25,000 raw test reviews (model load excluded), for each run given; by this
+checkout and, with `--before SRC`, by another checkout of imdbsent (its `src` folder) too.
+Each measurement runs in a fresh interpreter, the code bases in turn (`--repeats` times; the
+machine's speed drifts, so only measurements taken side by side compare). Written to
+benchmarks/THROUGHPUT.md.
+
+    python benchmarks/throughput.py --source ../shared/data/imdb benchmarks/work/runs/default-1234
+    python benchmarks/throughput.py --source ../shared/data/imdb --before ../old/src RUN [RUN ...]
+
+Run it on a quiet machine: each row is timed. benchmarks/run.py measures its recipes' column
+"predict reviews/s" with `--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def throughput(run: Path, source: Path) -> dict:
+    """Reviews a second of Predictor.stream over the raw test texts, after a warm-up."""
+    import pyarrow.parquet as pq
+
+    from imdbsent.predict import Predictor
+    texts = pq.read_table(source / "test.parquet").column("text").to_pylist()
+    predictor = Predictor(run)
+    predictor.predict(texts[:512])  # warm-up
+    start = time.time()
+    for _ in predictor.stream(texts):
+        pass
+    seconds = time.time() - start
+    return {"reviews": len(texts), "seconds": seconds, "per_second": len(texts) / seconds}
+
+
+def measured(run: Path, source: Path, src: Path | None = None) -> dict:
+    """`throughput` in a fresh interpreter, importing imdbsent from `src` if given."""
+    env = {**os.environ, "PYTHONPATH": str(src.resolve())} if src else None
+    out = subprocess.run([sys.executable, __file__, "--json", "--source", str(source), str(run)],
+                         capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders to score with")
+    parser.add_argument("--source", type=Path, required=True, help="local IMDB copy (Parquet)")
+    parser.add_argument("--before", type=Path, help="src folder of another imdbsent to compare")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="measurements a run and code base, alternating (the median counts)")
+    parser.add_argument("--json", action="store_true",
+                        help="measure the one run here and print JSON (benchmarks/run.py)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "THROUGHPUT.md")
+    args = parser.parse_args()
+    if args.json:
+        print(json.dumps(throughput(args.runs[0], args.source)))
+        return
+    sys.path.insert(0, str(ROOT / "benchmarks" / "short"))
+    import suite
+
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = ["# Predict's speed", "", f"- machine: {suite.machine()}", f"- date: {started}",
+             "- command: `python benchmarks/throughput.py --source ../shared/data/imdb"
+             + (f" --before {args.before}" if args.before else "")
+             + " " + " ".join(str(r) for r in args.runs) + "`",
+             "- reviews a second of `Predictor.stream` over the 25,000 raw test reviews, as "
+             "`imdbsent predict` scores a stream (model load excluded), one fresh interpreter "
+             f"a row; {args.repeats} measurements each, the code bases alternating, and their "
+             "median", "", "| run | imdbsent | reviews/s, each | median reviews/s |",
+             "| --- | --- | --- | --- |"]
+    codes = ([args.before] if args.before else []) + [None]
+    for run in args.runs:
+        speeds: dict[Path | None, list[float]] = {src: [] for src in codes}
+        for _ in range(args.repeats):
+            for src in codes:
+                print(f"{run} by {src or 'this checkout'}", file=sys.stderr, flush=True)
+                speeds[src].append(measured(run, args.source, src)["per_second"])
+        lines += [f"| {run.name} | {src or 'this checkout'} | "
+                  f"{', '.join(f'{v:,.0f}' for v in got)} | {statistics.median(got):,.0f} |"
+                  for src, got in speeds.items()]
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
