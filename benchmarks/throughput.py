@@ -9,7 +9,10 @@ benchmarks/THROUGHPUT.md.
     python benchmarks/throughput.py --source ../shared/data/imdb --before ../old/src RUN [RUN ...]
 
 Run it on a quiet machine: each row is timed. benchmarks/run.py measures its recipes' column
-"predict reviews/s" with `--json`.
+"predict reviews/s" with `--json`. `--peak THREADS` prints predict's peak memory on the longest
+test reviews instead (one run; PYTHONPATH picks the code base):
+
+    python benchmarks/throughput.py --source ../shared/data/imdb --peak 2 RUN
 """
 
 from __future__ import annotations
@@ -41,9 +44,29 @@ def throughput(run: Path, source: Path) -> dict:
     return {"reviews": len(texts), "seconds": seconds, "per_second": len(texts) / seconds}
 
 
+def peak(run: Path, source: Path, threads: int, longest: int = 1024) -> dict:
+    """Peak RSS (MiB) of Predictor.predict on the `longest` test reviews on `threads` compute
+    threads, and before scoring (the model loaded)."""
+    import resource
+
+    import pyarrow.parquet as pq
+    import torch
+
+    from imdbsent.predict import Predictor
+    torch.set_num_threads(threads)
+    texts = sorted(pq.read_table(source / "test.parquet").column("text").to_pylist(), key=len)
+    predictor = Predictor(run)
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    predictor.predict(texts[-longest:])
+    return {"threads": threads, "loaded_mib": loaded,
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def measured(run: Path, source: Path, src: Path | None = None) -> dict:
-    """`throughput` in a fresh interpreter, importing imdbsent from `src` if given."""
-    env = {**os.environ, "PYTHONPATH": str(src.resolve())} if src else None
+    """`throughput` in a fresh interpreter, importing imdbsent from `src` (default: this
+    checkout's)."""
+    path = [str((src or ROOT / "src").resolve()), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
     out = subprocess.run([sys.executable, __file__, "--json", "--source", str(source), str(run)],
                          capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout)
@@ -56,12 +79,18 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="src folder of another imdbsent to compare")
     parser.add_argument("--repeats", type=int, default=3,
                         help="measurements a run and code base, alternating (the median counts)")
+    parser.add_argument("--peak", type=int, metavar="THREADS",
+                        help="print the peak memory of predicting the 1,024 longest test reviews "
+                        "with the one run on THREADS compute threads, as JSON, and stop")
     parser.add_argument("--json", action="store_true",
                         help="measure the one run here and print JSON (benchmarks/run.py)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "THROUGHPUT.md")
     args = parser.parse_args()
-    if args.json:
-        print(json.dumps(throughput(args.runs[0], args.source)))
+    if args.json or args.peak:
+        if len(args.runs) > 1:
+            parser.error("--json and --peak measure one run")
+        print(json.dumps(peak(args.runs[0], args.source, args.peak) if args.peak
+                         else throughput(args.runs[0], args.source)))
         return
     sys.path.insert(0, str(ROOT / "benchmarks" / "short"))
     import suite

@@ -404,11 +404,23 @@ def test_the_baseline_recipe_is_not_calibrated(prepared_dir, tmp_path):
 
 
 @pytest.mark.parametrize("how", ["predict", "predict_logits", "evaluate"])
-def test_scoring_on_worker_threads_gives_what_one_thread_gives(trained_run, how):
+def test_scoring_on_worker_threads_gives_what_one_thread_gives(trained_run, how, monkeypatch):
     """Inference on N compute threads scores N batches at once (`threads.mapped`): the same
     numbers, in the same order, as one thread scoring them one after another."""
     torch = pytest.importorskip("torch")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imdbsent import threads
     from imdbsent.predict import Predictor
+    monkeypatch.setattr(threads, "_ceiling", 0)  # the counts set below stand
+    pools = []
+
+    class Pool(ThreadPoolExecutor):
+        def __init__(self, workers: int, **kwargs) -> None:
+            pools.append(workers)
+            super().__init__(workers, **kwargs)
+
+    monkeypatch.setattr(threads, "ThreadPoolExecutor", Pool)
     predictor = Predictor(trained_run)
     valid = data.load_prepared(runs.load_config(trained_run).data).split("valid")
     texts = [f"review {i}: " + " ".join(f"w{j}" for j in range(i % 40)) for i in range(300)]
@@ -425,8 +437,10 @@ def test_scoring_on_worker_threads_gives_what_one_thread_gives(trained_run, how)
     try:
         torch.set_num_threads(1)
         alone = score()
+        assert not pools
         torch.set_num_threads(3)
         on_workers = score()
+        assert pools == [threads.MAX_WORKERS]
     finally:
         torch.set_num_threads(saved)
     if how == "predict_logits":

@@ -190,46 +190,70 @@ def test_a_given_count_is_never_balanced(monkeypatch: pytest.MonkeyPatch) -> Non
     assert threads.balance() == torch.get_num_threads()
 
 
-@pytest.mark.usefixtures("torch_threads")
-def test_mapped_works_on_one_thread_a_worker_and_keeps_the_order(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(threads, "_ceiling", 0)  # not balanced: the count set here stands
-    torch.set_num_threads(3)
-    seen = []
+@pytest.fixture
+def unbalanced(monkeypatch: pytest.MonkeyPatch, torch_threads: None) -> None:
+    """No load-following (as after `--threads N`): the count a test sets stands."""
+    monkeypatch.setattr(threads, "_ceiling", 0)
+
+
+def mapped_where(items: list[int], **kwargs: bool) -> tuple[list[int], set[tuple[str, int]]]:
+    """threads.mapped squaring `items`: the results, and (thread name, torch's thread count)
+    of every call."""
+    seen = set()
 
     def work(i: int) -> int:
         time.sleep(0.01 * (i % 3))  # later items may finish first
-        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        seen.add((threading.current_thread().name, torch.get_num_threads()))
         return i * i
 
-    assert list(threads.mapped(work, range(12))) == [i * i for i in range(12)]
-    assert {count for _, count in seen} == {1}
-    assert len({name for name, _ in seen}) == 3  # three workers for three compute threads
-    assert torch.get_num_threads() == 3  # restored
-    seen.clear()
-    assert list(threads.mapped(work, range(3), parallel=False)) == [0, 1, 4]
-    assert {name for name, _ in seen} == {threading.current_thread().name}
-    assert {count for _, count in seen} == {3}
+    return list(threads.mapped(work, items, **kwargs)), seen
 
 
-@pytest.mark.usefixtures("torch_threads")
+@pytest.mark.usefixtures("unbalanced")
+@pytest.mark.parametrize(("cores", "workers", "each"), [(2, 2, 1), (8, 2, 4)])
+def test_mapped_shares_the_threads_among_workers_and_keeps_the_order(
+        cores: int, workers: int, each: int) -> None:
+    torch.set_num_threads(cores)
+    results, seen = mapped_where(list(range(24)))
+    assert results == [i * i for i in range(24)]
+    assert len({name for name, _ in seen}) == workers  # at most MAX_WORKERS
+    assert {count for _, count in seen} == {each}
+    assert torch.get_num_threads() == cores  # restored
+
+
+@pytest.mark.usefixtures("unbalanced")
+def test_mapped_runs_on_the_callers_threads_otherwise() -> None:
+    torch.set_num_threads(3)
+    here = {(threading.current_thread().name, 3)}
+    assert mapped_where([5]) == ([25], here)  # one batch: on all the threads
+    assert mapped_where([1, 2, 3], parallel=False) == ([1, 4, 9], here)  # e.g. on a GPU
+    got = []
+    other = threading.Thread(target=lambda: got.append(mapped_where([1, 2, 3])), name="caller")
+    other.start()
+    other.join()
+    assert got[0][0] == [1, 4, 9]
+    assert {name for name, _ in got[0][1]} == {"caller"}  # the count is the process's: no pool
+
+
+@pytest.mark.usefixtures("unbalanced")
 @pytest.mark.parametrize("stop", ["error", "interrupt"])
 def test_mapped_stops_at_a_failure_or_an_interruption(monkeypatch: pytest.MonkeyPatch,
                                                       stop: str) -> None:
-    monkeypatch.setattr(threads, "_ceiling", 0)
     torch.set_num_threads(2)
-    done = []
+    started = []
 
     def work(i: int) -> int:
-        if i == 3:
+        started.append(i)
+        if i == 0:
             if stop == "error":
                 raise ValueError("bad item")
             monkeypatch.setattr(Pending, "raised", KeyboardInterrupt)
-        time.sleep(0.01)
-        done.append(i)
+        else:
+            time.sleep(2)  # holds the workers while the stop is seen
         return i
 
     with pytest.raises(ValueError if stop == "error" else KeyboardInterrupt):
         list(threads.mapped(work, range(1000)))
-    assert len(done) < 20  # the items queued after it were dropped, not worked on
+    # the workers took at most items 1 and 2 after 0; those queued behind them were dropped
+    assert started[0] == 0 and set(started) <= {0, 1, 2}
     assert torch.get_num_threads() == 2

@@ -187,7 +187,7 @@ def evaluate(model: nn.Module, iterator: Iterable[Batch], criterion: nn.Module,
             return (len(batch.label), criterion(predictions, batch.label).item(),
                     binary_accuracy(predictions, batch.label).item())
 
-    for n, loss, acc in threads.mapped(score, iterator, parallel=on_workers(device)):
+    for n, loss, acc in threads.mapped(score, iterator, parallel=device.type == "cpu"):
         total_loss += loss * n
         total_acc += acc * n
         seen += n
@@ -225,7 +225,7 @@ def predict_logits(model: nn.Module, iterator: Iterable[Batch],
 
     logits, labels = [], []
     for batch_logits, batch_labels in threads.mapped(scored, iterator,
-                                                     parallel=on_workers(device)):
+                                                     parallel=device.type == "cpu"):
         logits.append(batch_logits)
         labels.append(batch_labels)
     if not logits:  # e.g. a process's share of a split smaller than the world
@@ -763,13 +763,6 @@ def _load_weights(model: nn.Module, ckpt: runs.Checkpoint, where: Path) -> None:
                      str(exc))  # the first mismatch, not torch's header line that ends in ":"
         raise UserError(f"{where}: weights do not fit the configured model ({first[:150]})"
                         ) from None
-
-
-def on_workers(device: torch.device) -> bool:
-    """Whether inference may score several batches at once on worker threads
-    (`threads.mapped`): on the CPU, outside a distributed session (where DDP's forward may talk
-    to the other ranks, which must see every call in the same order)."""
-    return device.type == "cpu" and not distributed.active()
 
 
 def _device_of(model: nn.Module) -> torch.device:

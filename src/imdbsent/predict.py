@@ -99,7 +99,7 @@ class Predictor:
 
         batches = (order[start:start + MODEL_BATCH] for start in range(0, len(order), MODEL_BATCH))
         for idx, batch_probs in threads.mapped(score, batches,
-                                               parallel=engine.on_workers(self.device)):
+                                               parallel=self.device.type == "cpu"):
             probs[idx] = batch_probs
         return probs
 

@@ -21,10 +21,12 @@ Only the standard library is imported here; torch is imported when a count is se
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import chain, islice
 from typing import TypeVar
 
 from imdbsent.errors import BadValue, Pending
@@ -38,6 +40,11 @@ SAMPLE_SECONDS = 0.1
 BALANCE_SECONDS = 1.0
 #: A core counts as taken when other processes use at least this much of it.
 TAKEN = 0.75
+#: The most batches `mapped` scores at once: each worker holds a batch's activations and its own
+#: allocator arena (`predict` of the 1,024 longest test reviews with the default LSTM: peak RSS
+#: 823 MiB one batch at a time, 1,066 on two workers; with four, 1,626 in a first try), so more
+#: cores share two workers (benchmarks/notes.md).
+MAX_WORKERS = 2
 
 _ceiling = 0  # the most threads balance() may use; 0: counts are not balanced
 _current = 0
@@ -172,29 +179,34 @@ def balanced(items: Iterable[T]) -> Iterator[T]:
 
 def mapped(work: Callable[[T], R], items: Iterable[T], parallel: bool = True) -> Iterator[R]:
     """`work(item)` for each item, in order, checking for an interruption (`Pending`) between
-    items as `balanced` does. With `parallel` (inference on the CPU) and N compute threads, N
-    items are worked on at once, each by a thread of its own, torch's intra-op threads set to 1
-    meanwhile: a recurrent model's small matrix products meet at an OpenMP barrier at every
-    step of a sequence, so two threads on one batch are far from twice one thread's speed (the
-    default LSTM scoring 4,096 test reviews on 2 cores of an Intel Xeon, side by side: 400-450
-    a second on two threads, 520-595 on two workers of one thread each; `imdbsent predict`
-    over the 25,000: benchmarks/THROUGHPUT.md). One-threaded workers never spin at a barrier,
-    so beside other processes they share the cores instead of collapsing. `work` runs in the
-    workers: anything thread-local (inference mode, autocast) is entered there."""
+    items. With `parallel` (inference on the CPU), N compute threads and two items or more,
+    called from the main thread: up to MAX_WORKERS items are worked on at once, each by a
+    worker thread of its own, the N threads shared among them (torch's intra-op count set to
+    N // workers meanwhile, and restored). A recurrent model's small matrix products meet at an
+    OpenMP barrier at every step of a sequence, so two threads on one batch are far from twice
+    one thread's speed (the default LSTM, `imdbsent predict` over the 25,000 test reviews on 2
+    cores of an Intel Xeon: 309 a second on two threads, 415 on two workers of one thread;
+    benchmarks/THROUGHPUT.md). Anything else runs as `balanced` runs it, on the caller's
+    threads: a single batch (on all N), a caller other than the main thread (torch's thread
+    count is the process's, which two callers would fight over). `work` runs in the workers, so
+    it enters anything thread-local (inference mode, autocast) itself: the caller's is not
+    seen there."""
     import torch
 
     balance()
-    workers = torch.get_num_threads() if parallel else 1
-    if workers < 2:
-        for item in balanced(items):
+    items = iter(items)
+    ahead = list(islice(items, 2))
+    threads = torch.get_num_threads()
+    workers = min(threads, MAX_WORKERS) if parallel and len(ahead) > 1 else 1
+    if workers < 2 or threading.current_thread() is not threading.main_thread():
+        for item in balanced(chain(ahead, items)):
             yield work(item)
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads // workers)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="imdbsent-infer")
     try:
         queued: deque[Future[R]] = deque()
-        for item in items:
+        for item in chain(ahead, items):
             Pending.raise_again()
             queued.append(pool.submit(work, item))
             if len(queued) > 2 * workers:  # a few ahead, so that no worker waits
@@ -203,5 +215,7 @@ def mapped(work: Callable[[T], R], items: Iterable[T], parallel: bool = True) ->
             Pending.raise_again()
             yield queued.popleft().result()
     finally:
-        pool.shutdown(cancel_futures=True)
-        torch.set_num_threads(before)
+        try:
+            pool.shutdown(cancel_futures=True)  # waits for the items being worked on
+        finally:  # even if a second interruption comes while it waits
+            torch.set_num_threads(threads)
