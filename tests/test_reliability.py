@@ -4,6 +4,7 @@ runs, full disks, hostile input, streaming."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import select
 import signal
@@ -17,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import EXE, SMALL_GRU, run_cli, run_exe
-from imdbsent import config, runs, text
-from imdbsent.errors import BadValue, UserError
+from imdbsent import config, console, runs, text
+from imdbsent.errors import BadValue, OutputFailed, UserError
 
 LONG = SMALL_GRU.replace("epochs = 3", "epochs = 40").replace('optimizer = "adam"',
                                                               'optimizer = "adam"\nschedule = "cosine"')
@@ -513,3 +514,37 @@ def test_prepare_warns_about_duplicate_rows(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{folder} [train]: 1 duplicate review(s), kept as in the source, each one's copies " \
            "on one side of train/valid (first at row 3)" in err
+
+
+class FillingDisk(io.RawIOBase):
+    """An unbuffered file on a disk with `room` bytes left: a write past it is short, the next
+    one fails with ENOSPC, as a real one does."""
+
+    def __init__(self, room: int) -> None:
+        self.room, self.data = room, bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        if not self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        taken = bytes(b[:self.room])
+        self.data += taken
+        self.room -= len(taken)
+        return len(taken)
+
+
+@pytest.mark.parametrize("room", [10, 10_000])
+def test_unbuffered_output_to_a_filling_disk_is_whole_or_an_error(room):
+    """Under python -u or PYTHONUNBUFFERED, standard output's text layer writes straight to the
+    descriptor and ignores a short write: a batch's tail vanished with status 0."""
+    disk = FillingDisk(room)
+    stream = console._Guarded(io.TextIOWrapper(disk, encoding="utf-8", write_through=True))
+    rows = "".join(f"pos\t0.9\treview {i}\n" for i in range(40))
+    if room < len(rows):
+        with pytest.raises(OutputFailed, match="No space left on device"):
+            stream.write(rows)
+        assert len(disk.data) == room
+    else:
+        assert stream.write(rows) == len(rows) and disk.data.decode() == rows

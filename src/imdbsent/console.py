@@ -67,7 +67,23 @@ class _Guarded:
             raise OutputFailed(exc) from None
 
     def write(self, text: str) -> int:
-        return self._do("write", text)
+        raw = getattr(self._stream, "buffer", None)
+        if not isinstance(raw, io.RawIOBase):
+            return self._do("write", text)
+        # Unbuffered (python -u, PYTHONUNBUFFERED): the text layer passes `text` to one write()
+        # and drops what a short one leaves (a disk that fills: the batch's tail lost, status 0).
+        # So its bytes are written here until all are out or a write fails.
+        data = memoryview(text.encode(self._stream.encoding, self._stream.errors or "strict"))
+        self.flush()
+        while data:
+            try:
+                written = raw.write(data)
+            except OSError as exc:
+                raise OutputFailed(exc) from None
+            if written is None:  # a non-blocking descriptor that is full for now
+                time.sleep(0.01)
+            data = data[written or 0:]
+        return len(text)
 
     def flush(self) -> None:
         self._do("flush")
