@@ -153,6 +153,12 @@ def test_runs_before_any_training_lists_none_without_an_error(tmp_path, monkeypa
     assert json.loads(out) == [] and err == "no runs yet: imdbsent train writes them under runs/\n"
 
 
+def test_runs_of_a_folder_without_runs_says_so(prepared_dir, capsys):
+    assert run_cli(["runs", str(prepared_dir)]) == 0  # a prepared dataset: no run in it
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["\t".join(runs.LISTED)] and err == f"no runs in {prepared_dir}\n"
+
+
 def test_runs_of_a_missing_folder_is_one_line(tmp_path, capsys):
     assert run_cli(["runs", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err.strip()

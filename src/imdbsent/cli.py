@@ -291,6 +291,8 @@ def runs_cmd(
         rows = []
     else:
         rows = runs.list_runs(folder or Path("runs"))
+        if not rows:  # said, so that a wrong folder (a dataset's, say) is not a bare header
+            console.log(f"no runs in {folder or Path('runs')}")
     if as_json:
         console.result(json.dumps(rows))
     else:
