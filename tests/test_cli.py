@@ -240,7 +240,7 @@ def test_python_dash_m_runs_the_cli():
     (["train", "--epochs", "many"], "--epochs must be an integer, not 'many' (see"),
     (["train", "--lr", "fast"], "--lr must be a number, not 'fast' (see"),
     (["train", "--config", "nope"], "no recipe named 'nope'"),
-    (["train", "--threads", "0"], "--threads must be a whole number of at least 1, not 0"),
+    (["train", "--threads", "0"], "--threads must be at least 1, not 0 (see"),
     (["train", "--virtual-adversarial", "-1"], "--virtual-adversarial must be at least 0, not -1 "
                                                "(see"),
     (["train", "--model", "nblr", "--vectors", "none", "--adversarial", "1", "--data",

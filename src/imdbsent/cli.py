@@ -124,7 +124,7 @@ ThresholdOption = Annotated[float, typer.Option(help="P(pos) at or above which a
 DeviceOption = Annotated[Device, typer.Option(help="auto: CUDA if available.")]
 ThreadsOption = Annotated[int | None, typer.Option(
     "--threads", help="Compute threads (default: OMP_NUM_THREADS if set, else the cores "
-    "other processes leave idle, re-checked while computing).")]
+    "other processes leave idle, re-checked while computing).", min=1)]
 
 
 @app.command(cls=_Command)
