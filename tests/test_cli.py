@@ -231,6 +231,9 @@ def test_python_dash_m_runs_the_cli():
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--data", "nowhere"], "no prepared dataset in nowhere: run imdbsent prepare"),
+    (["train", "--data", "{source}"], "which holds test.parquet, train.parquet, unsupervised."
+                                      "parquet: if it is a source, prepare it with imdbsent "
+                                      "prepare --source "),  # not prepare --out SOURCE: refused
     (["train", "--bogus"], "No such option: --bogus (see imdbsent train --help)"),
     (["bogus"], "No such command 'bogus' (see imdbsent --help)"),
     (["prepare", "--source"], "Option '--source' requires an argument (see imdbsent prepare "
@@ -260,9 +263,9 @@ def test_python_dash_m_runs_the_cli():
     (["train", "--nproc", "0"], "--nproc must be at least 1, not 0 (see"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsys, args, message,
-                                                    prepared_dir):
+                                                    prepared_dir, source_dir):
     monkeypatch.chdir(tmp_path)
-    assert run_cli([a.format(prepared=prepared_dir) for a in args]) != 0
+    assert run_cli([a.format(prepared=prepared_dir, source=source_dir) for a in args]) != 0
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and err.startswith("imdbsent: error: "), err
     assert message in err

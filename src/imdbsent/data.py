@@ -526,6 +526,11 @@ def load_prepared(folder: Path, flags: Callable[[], str] = str) -> Prepared:
     raw = _read_manifest_bytes(folder)
     manifest = _parse_manifest(raw)
     if manifest is None:
+        theirs = sorted(p.name for p in folder.glob("*.parquet") if p.name in PREPARED_FILES)
+        if theirs:  # prepare would refuse this --out: a source's files, most likely
+            raise UserError(f"no prepared dataset in {folder}, which holds {', '.join(theirs)}: "
+                            f"if it is a source, prepare it with imdbsent prepare --source "
+                            f"{folder} --out OTHER_FOLDER, and give that folder")
         out = "" if folder == Path(DATA_DEFAULT) else f"--out {folder}"
         command = " ".join(part for part in ("imdbsent prepare", flags(), out) if part)
         raise UserError(f"no prepared dataset in {folder}: run {command}")
