@@ -23,6 +23,18 @@ def test_encode_gives_the_ids_of_the_full_tokenizer_pipeline():
     assert text.UNK_ID not in text.encode(tok, texts)[0]  # NFKC applied alike when fitting
 
 
+def test_encode_takes_the_texts_a_chunk_at_a_time_in_order(monkeypatch):
+    tok = text.fit_tokenizer(["a b c d"], max_vocab=10)
+    texts = ["a", "b b", "", "c d", "\ud800 d", "a"]  # a lone surrogate in the 2nd chunk
+    whole = text.encode(tok, texts)
+    calls = []
+    chunked = text._encode_chunk
+    monkeypatch.setattr(text, "ENCODE_CHUNK", 4)
+    monkeypatch.setattr(text, "_encode_chunk", lambda t, chunk: calls.append(chunk) or chunked(t, chunk))
+    assert text.encode(tok, iter(texts)) == whole and len(calls) == 2
+    assert whole[4] == [text.UNK_ID, tok.token_to_id("d")]
+
+
 def test_min_freq_drops_rare_words():
     tok = text.fit_tokenizer(["a a b"], max_vocab=100, min_freq=2)
     assert "a" in tok.get_vocab() and "b" not in tok.get_vocab()
