@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from itertools import islice
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
@@ -62,9 +61,8 @@ def encode(tok: Tokenizer, texts: Iterable[str]) -> list[list[int]]:
     """Token ids of each text (in parallel, in Rust; without the character offsets, which cost a
     fifth of the time); over-long texts are cut to MAX_CHARS first. ENCODE_CHUNK texts a call:
     Python, and so a Ctrl-C, waits for the call under way to return."""
-    texts = iter(texts)
     ids: list[list[int]] = []
-    while chunk := list(islice(texts, ENCODE_CHUNK)):
+    for chunk in iter_batches(texts, ENCODE_CHUNK):
         ids += _encode_chunk(tok, chunk)
     return ids
 
