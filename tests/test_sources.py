@@ -103,6 +103,16 @@ def test_a_bad_row_names_file_and_row_and_its_value_as_written(tmp_path, fmt, tr
         sources.load_source(str(tmp_path))
 
 
+def test_a_jsonl_parse_error_names_the_files_row_past_the_first_chunk(tmp_path):
+    """pyarrow counts from 0 within the chunk it parses; the message counts the file's rows
+    from 1, as a bad label's does (blank lines are not rows)."""
+    rows = [json.dumps({"text": "fine", "label": 1})] * 5 + ["", '{"text": "oops" "label": 0}']
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    split = sources._file_split("json", [tmp_path / "train.jsonl"], "train.jsonl", "text", "label")
+    with pytest.raises(UserError, match=r"train\.jsonl: cannot read as json: .* in row 6$"):
+        list(split.chunks(size=2))
+
+
 def test_missing_text_column_is_named(tmp_path):
     folder = tmp_path / "nocol"
     folder.mkdir()

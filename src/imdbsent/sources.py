@@ -366,18 +366,26 @@ def _json_pieces(path: Path, size: int) -> Iterator[tuple[list[str], pa.Table]]:
             return
         fh.seek(0)
         block: list[bytes] = []
+        done = 0  # rows in the blocks before this one
         for line in fh:
             if line.strip():
                 block.append(line)
             if len(block) == size:
-                yield _json_block(block)
+                yield _json_block(block, done)
+                done += len(block)
                 block = []
         if block:
-            yield _json_block(block)
+            yield _json_block(block, done)
 
 
-def _json_block(lines: list[bytes]) -> tuple[list[str], pa.Table]:
-    table = pa_json.read_json(io.BytesIO(b"".join(lines)))
+def _json_block(lines: list[bytes], done: int) -> tuple[list[str], pa.Table]:
+    """The table of a block of JSON lines that follows `done` rows of its file; pyarrow's
+    "in row K" (from 0, within the block) is made the file's row, from 1, as a bad label's is."""
+    try:
+        table = pa_json.read_json(io.BytesIO(b"".join(lines)))
+    except pa.ArrowInvalid as exc:
+        raise ValueError(re.sub(r"in row (\d+)", lambda m: f"in row {done + int(m[1]) + 1}",
+                                str(exc))) from None
     return table.column_names, table
 
 
