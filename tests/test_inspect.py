@@ -192,6 +192,21 @@ def test_runs_of_one_run_and_a_finished_run_that_cannot_predict(trained_run, tmp
     assert run_cli(["predict", "--run", str(run), "great film"]) == 1
 
 
+def test_an_ensemble_without_one_of_its_members_is_broken_and_passed_over(small_runs, tmp_path,
+                                                                          capsys):
+    """A finished ensemble whose member folder is gone cannot predict: `runs` says so, and
+    the default run choice passes over it (members/ still holds the other member)."""
+    folder = tmp_path / "runs"
+    _copy(small_runs["nblr"], folder, "older", 1_000_000)
+    ensemble = _copy(small_runs["ensemble"], folder, "ensemble", 2_000_000)
+    shutil.rmtree(ensemble / "members" / "nblr")
+    assert run_cli(["runs", str(folder), "--json"]) == 0
+    status = {r["name"]: r["status"] for r in json.loads(capsys.readouterr().out)}
+    assert status == {"ensemble": "broken: members/nblr/best.safetensors: missing",
+                      "older": "finished"}
+    assert runs.latest_run(folder) == folder / "older"
+
+
 def _relative_run(trained_run: Path, prepared_dir: Path, project: Path) -> Path:
     """A copy of `trained_run` in `project`, its data recorded as a path relative to it."""
     run = shutil.copytree(trained_run, project / "run")

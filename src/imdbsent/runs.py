@@ -490,12 +490,16 @@ def _broken(run: Path, why: str) -> str:
 
 def _missing_file(run: Path) -> str | None:
     """Which file that predicting needs a finished run lacks (its tokenizer, its best
-    checkpoint, an ensemble member's), if any, or why its tokenizer cannot be read."""
-    needed = [run / TOKENIZER, run / BEST, *(m / BEST for m in members(run))]
-    missing = next((path for path in needed if not path.is_file()), None)
-    if missing:
-        return f"{missing}: missing"
+    checkpoint, that of each member its best names, for an ensemble), if any, or why its
+    tokenizer or best checkpoint cannot be read."""
     try:
+        needed = [run / TOKENIZER, run / BEST]
+        if (run / BEST).is_file():
+            needed += [run / MEMBERS / name / BEST
+                       for name in checkpoint_meta(run / BEST).get("members", [])]
+        missing = next((path for path in needed if not path.is_file()), None)
+        if missing:
+            return f"{missing}: missing"
         text.load(run / TOKENIZER)  # a few milliseconds; a damaged one would stop predict
     except UserError as exc:
         return str(exc)
