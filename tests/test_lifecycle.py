@@ -130,6 +130,23 @@ def test_a_finished_run_at_a_constant_rate_can_train_on(prepared_dir, tmp_path, 
     assert [r.get("epoch") for r in runs.read_metrics(run)] == [1, None, 2, None]
 
 
+@pytest.mark.parametrize("untested", [False, True])
+def test_a_run_whose_last_checkpoint_is_gone_is_not_trained_again_from_scratch(
+        two_epochs, tmp_path, capsys, untested):
+    """Without `last`, resuming would start epoch 1 over the run's best model and metrics:
+    refused, and `runs` says why the run cannot go on (finished runs still predict)."""
+    run = _copy(two_epochs, tmp_path, untested=untested)
+    (run / runs.LAST).unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert run_cli(["train", "--resume", str(run), "--epochs", "3"]) == 1
+    assert capsys.readouterr().err == (
+        f"imdbsent: error: {run / runs.LAST}: missing, so {run} cannot be resumed (it trained "
+        "before: its best model and metrics would be overwritten); start a new run\n")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert runs.describe(run)["status"] == (
+        "broken: last.safetensors: missing, so it cannot be resumed" if untested else "finished")
+
+
 def test_resume_with_fewer_epochs_than_done_is_refused(two_epochs, tmp_path, capsys):
     run = _copy(two_epochs, tmp_path, untested=True)
     config = (run / "config.toml").read_bytes()

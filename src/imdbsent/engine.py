@@ -474,7 +474,11 @@ class Trainer:
         """`last`, checked against the data and the epochs asked for (rank 0 reads it)."""
         path = self.run / runs.LAST
         if not path.exists():
-            return None
+            if runs.trained_without_last(self.run):  # starting again would overwrite them
+                raise UserError(f"{path}: missing, so {self.run} cannot be resumed (it trained "
+                                "before: its best model and metrics would be overwritten); "
+                                "start a new run")
+            return None  # stopped before its first epoch ended: nothing to lose
         last = runs.load_checkpoint(path)
         runs.check_data(self.run, self.data, last.meta.get("data_fingerprint"))
         done, patience = last.meta["epoch"], self.cfg.train.patience

@@ -218,6 +218,13 @@ def has_progress(run: Path) -> bool:
     return (run / LAST).exists() or any((run / MEMBERS).glob(f"*/{LAST}"))
 
 
+def trained_without_last(run: Path) -> bool:
+    """Whether a run (not an ensemble) trained an epoch, by its best checkpoint or its
+    metrics, though its `last` checkpoint, which resuming needs, is gone."""
+    return not (run / LAST).exists() and ((run / BEST).exists()
+                                          or any("epoch" in r for r in read_metrics(run)))
+
+
 def load_tokenizer(run: Path) -> Tokenizer:
     """The run's tokenizer; a missing or broken one is a clear error."""
     return text.load(run / TOKENIZER)
@@ -463,6 +470,8 @@ def _described(run: Path) -> tuple[dict[str, Any], float]:
         row["status"] = _broken(run, unusable) if unusable else "finished"
     elif has_progress(run):
         row["status"] = "interrupted" + _stale(run, cfg)
+    elif cfg.model.name != "ensemble" and trained_without_last(run):
+        row["status"] = _broken(run, f"{LAST}: missing, so it cannot be resumed")
     else:
         row["status"] = "failed before epoch 1"
     return row, started
