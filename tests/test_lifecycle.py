@@ -147,6 +147,24 @@ def test_a_run_whose_last_checkpoint_is_gone_is_not_trained_again_from_scratch(
         "broken: last.safetensors: missing, so it cannot be resumed" if untested else "finished")
 
 
+def test_data_without_a_test_split_is_refused_before_training_not_after(
+        prepared_dir, two_epochs, tmp_path, capsys):
+    """The test split is read once every epoch has trained: its absence is found at the start,
+    of a new run and of a resumed one (whose config keeps its data)."""
+    folder = shutil.copytree(prepared_dir, tmp_path / "data")
+    (folder / "test.parquet").unlink()
+    line = f"imdbsent: error: {folder}: no 'test' split (run imdbsent prepare again)\n"
+    run = tmp_path / "new"
+    assert run_cli(["train", "--config", str(_config(tmp_path, prepared_dir, 2)), "--data",
+                    str(folder), "--run-dir", str(run)]) == 1
+    assert capsys.readouterr().err == line and not runs.read_metrics(run)
+    run = _copy(two_epochs, tmp_path, untested=True)
+    config = (run / "config.toml").read_bytes()
+    assert run_cli(["train", "--resume", str(run), "--data", str(folder), "--epochs", "3"]) == 1
+    assert capsys.readouterr().err == line
+    assert (run / "config.toml").read_bytes() == config and len(runs.epoch_records(run)) == 2
+
+
 def test_resume_with_fewer_epochs_than_done_is_refused(two_epochs, tmp_path, capsys):
     run = _copy(two_epochs, tmp_path, untested=True)
     config = (run / "config.toml").read_bytes()

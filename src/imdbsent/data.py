@@ -187,11 +187,16 @@ class Prepared:
     def split(self, name: str, missing: str = "run imdbsent prepare again") -> Encoded:
         """The split's token ids; a missing one is a user error that says `missing` to do."""
         if name not in self._cache:
-            path = self.folder / f"{name}.parquet"
-            if not path.exists():
-                raise UserError(f"{self.folder}: no {name!r} split ({missing})")
-            self._cache[name] = read_encoded(path)
+            self._cache[name] = read_encoded(self.require(name, missing))
         return self._cache[name]
+
+    def require(self, name: str, missing: str = "run imdbsent prepare again") -> Path:
+        """The split's file, refused now if missing (for a split read later: the test split,
+        after every epoch has trained)."""
+        path = self.folder / f"{name}.parquet"
+        if name not in self._cache and not path.exists():
+            raise UserError(f"{self.folder}: no {name!r} split ({missing})")
+        return path
 
     def vectors_file(self, setting: str) -> Path:
         """The vectors file a config's `vectors` names: `prepared` is this dataset's own."""

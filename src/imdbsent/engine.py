@@ -442,6 +442,7 @@ class Trainer:
                                      shard=shard, pin=pin)
         self.valid_batches = Batches(data.split("valid"), t.batch_size, max_length=self.max_length,
                                      shard=shard, pin=pin)
+        data.require("test")  # read once training ends
         self.unlabeled_batches = None
         if t.virtual_adversarial:
             unlabeled = data.split("unsupervised", UNLABELED_NEEDED)
