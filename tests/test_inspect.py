@@ -91,9 +91,10 @@ def test_runs_and_the_latest_run_agree_on_runs_started_within_one_second(trained
 
 
 def test_runs_lists_every_state_newest_first_and_survives_a_broken_one(trained_run, tmp_path,
-                                                                       capsys):
+                                                                       prepared_dir, capsys):
     folder = tmp_path / "runs"
     folder.mkdir()
+    shutil.copytree(prepared_dir, folder / "data")  # a tokenizer, but a dataset's: not listed
     _copy(trained_run, folder, "finished", 1_000_000)
     interrupted = _copy(trained_run, folder, "interrupted", 2_000_000)
     lines = (interrupted / "metrics.jsonl").read_text().splitlines()

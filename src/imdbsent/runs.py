@@ -405,8 +405,10 @@ LISTED = ("name", "started", "recipe", "model", "parameters", "processes", "epoc
 
 def list_runs(folder: Path) -> list[dict[str, Any]]:
     """One row (`describe`) for each folder in `folder` that holds any of a run's files (not
-    a report's figures), the most recently started first; the row of `folder` alone if it is
-    a run itself."""
+    a report's figures, nor a prepared dataset's tokenizer), the most recently started first;
+    the row of `folder` alone if it is a run itself."""
+    from imdbsent.data import MANIFEST  # here, as in _stale
+
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'} "
@@ -414,7 +416,8 @@ def list_runs(folder: Path) -> list[dict[str, Any]]:
     if (folder / CONFIG).is_file():  # a run itself, not a folder of them
         return [describe(folder)]
     found = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-             and any((p / name).exists() for name in RUN_FILES)]
+             and any((p / name).exists() for name in RUN_FILES
+                     if name != TOKENIZER or not (p / MANIFEST).exists())]
     rows = [(_described(p), p.name) for p in found]  # each config read once
     rows.sort(key=lambda r: (r[0][1], r[1]), reverse=True)  # as latest_run orders them
     return [row for (row, _started_at), _name in rows]
