@@ -309,6 +309,33 @@ def test_report_takes_the_prepared_data_from_data(trained_run, prepared_dir, tmp
     assert (tmp_path / "out" / "report.html").is_file()
 
 
+def test_a_report_of_runs_scored_on_different_test_sets_says_so(trained_run, prepared_dir,
+                                                                 tmp_path, capsys):
+    """Their figures share axes: a line on standard error and a note on the page say which
+    run was scored on what; a copy of the same dataset is the same test set."""
+    pytest.importorskip("matplotlib")
+    from imdbsent.data import fingerprint_of
+
+    folder = shutil.copytree(prepared_dir, tmp_path / "copy")
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    (run / "config.toml").write_text(re.sub(r'(?m)^data = .*$', f'data = "{folder}"',
+                                            (run / "config.toml").read_text()))
+    assert run_cli(["report", str(trained_run), str(run), "--out", str(tmp_path / "a")]) == 0
+    assert "different test sets" not in capsys.readouterr().err
+    assert "Note:" not in (tmp_path / "a" / "report.html").read_text()
+    manifest = folder / "manifest.json"  # the copy prepared again, and the run trained on it
+    manifest.write_text(manifest.read_text().replace("{", '{"again": 1, ', 1))
+    best = runs.load_checkpoint(run / runs.BEST)
+    best.meta["data_fingerprint"] = fingerprint_of(folder)
+    runs.save_checkpoint(run / runs.BEST, best)
+    assert run_cli(["report", str(trained_run), str(run), "--out", str(tmp_path / "b")]) == 0
+    said = (f"the runs were scored on different test sets, so their figures do not compare: "
+            f"gru on {prepared_dir} [test]; run on {folder} [test] (--data DIR scores them all "
+            "on one)")
+    assert capsys.readouterr().err == f"{said}\n"
+    assert f"Note: {html.escape(said)}." in (tmp_path / "b" / "report.html").read_text()
+
+
 def test_report_on_one_run_writes_into_the_run(trained_run, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     run = shutil.copytree(trained_run, tmp_path / "run")

@@ -320,7 +320,7 @@ def report_cmd(
         runs.say_unfinished(runs.check_run(run), console.log)
     figures = 0
     try:
-        for path in report.make(run_dirs, folder, device.value, data_dir):
+        for path in report.make(run_dirs, folder, device.value, data_dir, console.log):
             console.result(str(path))
             figures += 1
     except (KeyboardInterrupt, Terminated) as exc:

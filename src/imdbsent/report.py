@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from imdbsent import engine, runs
-from imdbsent.data import PREPARED_FILES
+from imdbsent.data import PREPARED_FILES, fingerprint_of
 from imdbsent.errors import UserError
 from imdbsent.fsutil import atomic_write, atomic_write_text
 from imdbsent.predict import score_run
@@ -43,6 +43,7 @@ class Scores:
     metrics: dict[str, Any]
     config: str  # as TOML, without the [model] fields its model ignores
     scored: str  # the prepared data and split its figures are of
+    data: str  # that data's fingerprint (a copy of a dataset is the same data)
     model: str  # and its status, as `imdbsent runs` shows them
     status: str
 
@@ -66,10 +67,10 @@ def load(run: Path, name: str, device: str = "cpu", data_dir: Path | None = None
     recall, precision = pr(probs, truth)
     metrics["roc_auc"] = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
     metrics["average_precision"] = float(np.sum(np.diff(recall, prepend=0.0) * precision))
-    row = runs.describe(run)
-    return Scores(name, run, curves, probs, truth, metrics,
-                  runs.load_config(run).to_toml(used=True), scored.what, row["model"],
-                  row["status"])
+    row, cfg = runs.describe(run), runs.load_config(run)
+    data = fingerprint_of(data_dir or runs.data_folder(run, cfg.data)) or scored.what
+    return Scores(name, run, curves, probs, truth, metrics, cfg.to_toml(used=True), scored.what,
+                  data, row["model"], row["status"])
 
 
 def torch_to_numpy(t: Any) -> np.ndarray:
@@ -99,15 +100,19 @@ def _cumulative(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     return tp, (last + 1) - tp
 
 
-def make(run_dirs: list[Path], out: Path, device: str = "cpu", data_dir: Path | None = None
-         ) -> Iterator[Path]:
+def make(run_dirs: list[Path], out: Path, device: str = "cpu", data_dir: Path | None = None,
+         say: Callable[[str], None] = lambda _m: None) -> Iterator[Path]:
     """Write every figure and report.html for `run_dirs` into `out` (scored on `data_dir`'s
     test split, default each run's own); each path as it is written, so that a report stopped
-    part way has said which figures it left."""
+    part way has said which figures it left. Runs scored on different test sets are said
+    through `say`, as the page says it."""
     _refuse_theirs(out)
     plt = _pyplot()
     names = _names(run_dirs)
     scores = [load(r, n, device, data_dir) for r, n in zip(run_dirs, names)]
+    mixed = mixed_test_sets(scores)
+    if mixed:
+        say(mixed)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -285,6 +290,16 @@ DRAW = {"curves": _curves, "confusion": _confusion, "roc": _roc, "pr": _pr,
         "reliability": _reliability, "histogram": _histogram}
 
 
+def mixed_test_sets(scores: list[Scores]) -> str | None:
+    """A warning when the runs were scored on different test sets, whose figures do not
+    compare; None when they share one."""
+    if len({s.data for s in scores}) < 2:
+        return None
+    return ("the runs were scored on different test sets, so their figures do not compare: "
+            + "; ".join(f"{s.name} on {s.scored}" for s in scores)
+            + " (--data DIR scores them all on one)")
+
+
 def to_html(scores: list[Scores], figures: list[Path]) -> str:
     """The report page: metrics, figures as embedded PNG data, configs; everything escaped,
     nothing fetched."""
@@ -315,6 +330,8 @@ def to_html(scores: list[Scores], figures: list[Path]) -> str:
             f"<title>{e(title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{e(title)}</h1><h2>Metrics on the test split</h2><div class=\"wide\"><table><tr>"
             + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>" + "".join(rows) + "</table></div>"
+            + (f"<p class=\"warning\">Note: {e(mixed)}.</p>"
+               if (mixed := mixed_test_sets(scores)) else "")
             + f"<p class=\"legend\">{e(LEGEND)}</p>"
             + "<h2>Figures</h2>" + "".join(images) + "<h2>Configs</h2>" + configs
             + "</body></html>\n")
@@ -329,6 +346,6 @@ LEGEND = ("status: as imdbsent runs says it (an interrupted run's best checkpoin
 _CSS = ("body{font:15px/1.5 system-ui,sans-serif;max-width:62rem;margin:2rem auto;padding:0 1rem}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem;"
         "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-        ".legend{color:#555;font-size:14px}"
+        ".legend{color:#555;font-size:14px}.warning{color:#8a4b00;font-weight:600}"
         "figure{margin:1rem 0}pre{background:#f6f6f6;padding:.5rem;overflow:auto}"
         ".wide{overflow-x:auto}h1{overflow-wrap:anywhere}")
