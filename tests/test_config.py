@@ -35,7 +35,11 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("[model]\nname = 'transformer'", "model.name must be one of"),
     ("[train]\nepochs = 'five'", "train.epochs must be int"),
-    ("[train]\nbogus = 1", "unknown config key 'train.bogus'"),
+    ("[train]\nbogus = 1", "unknown config key 'train.bogus'$"),
+    ("[train]\ndropout = 0.1", r"'train.dropout' \(dropout belongs in \[model\]: model.dropout\)$"),
+    ("seed = 1", r"'seed' \(seed belongs in \[train\]: train.seed\)$"),
+    ("[train]\ndata = 'x'", r"'train.data' \(data belongs at the top, outside any table\)$"),
+    ("[train]\nepoch = 2", r"'train.epoch' \(did you mean train.epochs\?\)$"),
     ("version = 99", "newer than this imdbsent"),
     ("[train\n", "not valid TOML"),
     ("[train]\nlr = -1.0", "train.lr must be a positive number"),
@@ -191,3 +195,17 @@ def test_a_shipped_recipe_named_by_a_path_that_is_not_here_names_the_recipe(tmp_
     with pytest.raises(UserError, match=r"^mine.toml: cannot read config \(No such file or "
                        r"directory\)$"):
         config.load("mine.toml")
+    with pytest.raises(UserError, match=r"^nbow.toml: cannot read config \(No such file or "
+                       r"directory\); the shipped recipe is --config nbow, from anywhere$"):
+        config.load("nbow.toml")
+
+
+def test_a_recipe_name_that_is_a_file_here_says_to_give_its_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text("version = 1\n[model]\nname = 'gru'\n")
+    with pytest.raises(UserError, match=r"^no recipe named 'tiny' \(shipped: .*\); tiny.toml "
+                       r"here is a file: give it as --config tiny.toml$"):
+        config.load("tiny")
+    assert config.load("tiny.toml").model.name == "gru"
+    with pytest.raises(UserError, match=r"^no recipe named '' \(shipped: "):
+        config.load("")  # not the default recipe: an empty --config "$UNSET"

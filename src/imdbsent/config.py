@@ -6,6 +6,7 @@ repository points at them), so `--config baseline` works wherever imdbsent is in
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
 import typing
@@ -166,7 +167,7 @@ def load(name_or_path: str | Path | None = None, overrides: dict[str, Any] | Non
     `overrides` (dotted keys such as "train.epochs"), and validate the result. `written`: a
     run's own config.toml, which lists every field (so does any file that records `recipe`),
     where a field its model ignores is no mistake of the user's."""
-    ref = name_or_path or "default"
+    ref = "default" if name_or_path is None else name_or_path
     text, where = _read(ref)
     try:
         raw = tomllib.loads(text)
@@ -307,18 +308,21 @@ def _is_path(ref: str | Path) -> bool:
 
 
 def _read(name_or_path: str | Path) -> tuple[str, str]:
+    """A recipe's text and where it is from; a name that is not shipped, or a file not
+    found, says what was probably meant."""
     path = Path(name_or_path).expanduser()
     if not _is_path(name_or_path):
         shipped = _recipes() / f"{name_or_path}.toml"
-        if shipped.is_file():
+        if name_or_path and shipped.is_file():
             return shipped.read_text(encoding="utf-8"), f"{name_or_path}.toml"
-        raise UserError(f"no recipe named {name_or_path!r} (shipped: {', '.join(recipe_names())}; "
-                        "or give a path to a .toml file)")
+        here = (f"; {name_or_path}.toml here is a file: give it as --config {name_or_path}.toml"
+                if name_or_path and Path(f"{name_or_path}.toml").is_file() else "")
+        raise UserError(f"no recipe named {str(name_or_path)!r} (shipped: "
+                        f"{', '.join(recipe_names())}; or give a path to a .toml file){here}")
     try:
         return path.read_text(encoding="utf-8"), str(path)
     except (OSError, UnicodeDecodeError) as exc:
-        shipped = (path.parent.name == "configs" and path.stem in recipe_names()
-                   and not path.exists())  # configs/lstm.toml, from
+        shipped = path.stem in recipe_names() and not path.exists()  # configs/lstm.toml, from
         hint = f"; the shipped recipe is --config {path.stem}, from anywhere" if shipped else ""
         raise UserError(f"{path}: cannot read config ({getattr(exc, 'strerror', None) or exc})"
                         f"{hint}") from None
@@ -334,11 +338,38 @@ def _set(cfg: Config, dotted: str, value: Any, where: str) -> None:
     for part in parents:
         target = getattr(target, part, None)
         if not dataclasses.is_dataclass(target):
-            raise UserError(f"{where}: unknown config key {dotted!r}")
+            raise _unknown(dotted, where)
     hints = typing.get_type_hints(type(target))
     if leaf not in hints or dataclasses.is_dataclass(getattr(target, leaf)):
-        raise UserError(f"{where}: unknown config key {dotted!r}")
+        raise _unknown(dotted, where)
     setattr(target, leaf, _coerce(hints[leaf], value, dotted, where))
+
+
+def _keys(node: Any = None, prefix: str = "") -> list[str]:
+    """Every settable key of a Config, dotted ("train.epochs")."""
+    node = Config() if node is None else node
+    out = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        out += (_keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value)
+                else [prefix + f.name])
+    return out
+
+
+def _unknown(dotted: str, where: str) -> UserError:
+    """An unknown key, with the table where a key of that name belongs, or a close spelling."""
+    keys = _keys()
+    leaves = {k.rsplit(".", 1)[-1]: k for k in keys}  # no two tables share a field's name
+    leaf = dotted.rsplit(".", 1)[-1]
+    same = [leaves[leaf]] if leaf in leaves else []
+    close = same or [leaves[k] for k in difflib.get_close_matches(leaf, leaves, 1, 0.8)]
+    hint = ""
+    if close:
+        table = close[0].rpartition(".")[0]
+        hint = (f" ({leaf} belongs in [{table}]: {close[0]})" if same and table else
+                f" ({leaf} belongs at the top, outside any table)" if same else
+                f" (did you mean {close[0]}?)")
+    return UserError(f"{where}: unknown config key {dotted!r}{hint}")
 
 
 def _coerce(hint: Any, value: Any, key: str, where: str) -> Any:
