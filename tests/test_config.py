@@ -25,6 +25,17 @@ def test_overrides_apply_and_ints_become_floats():
     assert cfg.model.name == "gru"
 
 
+def test_a_config_shown_to_people_leaves_out_what_goes_unused():
+    """report shows `to_toml(used=True)`: a CNN without hidden_dim, an ensemble without the
+    [train] settings that only its members' recipes decide."""
+    shown = config.load("cnn").to_toml(used=True)
+    assert "filter_sizes = " in shown and "hidden_dim" not in shown and "optimizer = " in shown
+    shown = config.load("ensemble").to_toml(used=True)
+    keys = {line.split(" = ")[0] for line in shown.splitlines()[shown.splitlines().index("[train]"):]}
+    assert keys == {"[train]", "seed", "device"}
+    assert "optimizer = " in config.load("ensemble").to_toml()  # a run's config.toml: all
+
+
 def test_resolved_config_round_trips_through_toml(tmp_path):
     cfg = config.load("default", {"train.vectors": 'a "quoted" path'})
     path = tmp_path / "c.toml"

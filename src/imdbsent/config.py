@@ -120,16 +120,22 @@ class Config:
         return dataclasses.asdict(self)
 
     def to_toml(self, used: bool = False) -> str:
-        """The resolved config as TOML, loadable again with `load`; `used`: without the [model]
-        fields that its model ignores (for people to read)."""
+        """The resolved config as TOML, loadable again with `load`; `used`: without the fields
+        that go unused (for people to read): the [model] fields its model ignores, and an
+        ensemble's [train] fields but those its members take (ENSEMBLE_OWN)."""
         top = {k: v for k, v in self.to_dict().items() if not isinstance(v, dict)}
         lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
         for table in ("model", "train"):
             lines += ["", f"[{table}]"]
             lines += [f"{k} = {_toml_value(v)}" for k, v in getattr(self, table).__dict__.items()
-                      if not used or table == "train" or k == "name"
-                      or k in MODEL_FIELDS[self.model.name]]
+                      if not used or self._uses(f"{table}.{k}")]
         return "\n".join(lines) + "\n"
+
+    def _uses(self, key: str) -> bool:
+        table, name = key.split(".")
+        if table == "model":
+            return name == "name" or name in MODEL_FIELDS[self.model.name]
+        return self.model.name != "ensemble" or key in ENSEMBLE_OWN
 
 
 def member_names(cfg: Config) -> list[str]:
