@@ -372,6 +372,23 @@ def test_a_report_stopped_part_way_says_what_it_left(trained_run, tmp_path, monk
     assert (out / "report.html").read_text() == "an earlier report"
 
 
+def test_a_report_stopped_before_its_first_figure_leaves_no_folder_it_made(
+        trained_run, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    from imdbsent import report
+
+    def stopped(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(report.DRAW, list(report.TITLES)[0], stopped)
+    out = tmp_path / "new" / "r"
+    assert run_cli(["report", str(trained_run), "--out", str(out)]) == 130
+    assert not (tmp_path / "new").exists() and capsys.readouterr().out == ""
+    (tmp_path / "mine").mkdir()  # a folder that was there stays, empty or not
+    assert run_cli(["report", str(trained_run), "--out", str(tmp_path / "mine")]) == 130
+    assert (tmp_path / "mine").is_dir()
+
+
 def test_report_refuses_an_out_folder_of_a_run_or_a_dataset(trained_run, prepared_dir, tmp_path,
                                                             capsys):
     for other in (trained_run, prepared_dir):

@@ -9,6 +9,7 @@ matplotlib is imported here only, when a report is made (`pip install 'imdbsent[
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -113,21 +114,28 @@ def make(run_dirs: list[Path], out: Path, device: str = "cpu", data_dir: Path | 
     mixed = mixed_test_sets(scores)
     if mixed:
         say(mixed)
+    made = [p for p in (out, *out.parents) if not p.exists()]  # innermost first
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         why = "it is a file" if out.is_file() else exc.strerror
         raise UserError(f"--out {out}: cannot make the folder ({why})") from None
     written = []
-    for key, title in TITLES.items():
-        fig = DRAW[key](plt, scores, title)
-        path = out / f"{key}.png"
-        try:
-            atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=DPI))
-        finally:
-            plt.close(fig)
-        written.append(path)
-        yield path
+    try:
+        for key, title in TITLES.items():
+            fig = DRAW[key](plt, scores, title)
+            path = out / f"{key}.png"
+            try:
+                atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=DPI))
+            finally:
+                plt.close(fig)
+            written.append(path)
+            yield path
+    except BaseException:  # stopped before its first figure: no empty folder of its own left
+        with contextlib.suppress(OSError):
+            for folder in made if not written else []:
+                folder.rmdir()
+        raise
     page = out / "report.html"
     atomic_write_text(page, to_html(scores, written))
     yield page
