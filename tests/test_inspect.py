@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import io
 import json
 import math
 import os
@@ -622,6 +623,28 @@ def test_the_terminal_sums_a_words_scores_and_the_page_warns_of_a_gap(capsys):
     said = " ".join(capsys.readouterr().out.split())
     assert "towards neg: poor -1.10 (from a reference of +0.00; m;" in said
     assert explain.Explanation("", None, None).complete is None  # skipped: as JSON lines say
+
+
+@pytest.mark.parametrize("colours", ["standard", "256", "truecolor"])
+def test_explained_words_are_never_black_and_the_faint_keep_the_terminals_colour(
+        monkeypatch, colours):
+    """The weakest shade read as bold black on a 16-colour terminal: invisible on a dark one."""
+    from rich.console import Console
+
+    from imdbsent import console
+    buffer = io.StringIO()
+    monkeypatch.setattr(console, "out", Console(file=buffer, force_terminal=True, width=200,
+                                                color_system=colours))
+    text = "great dull film"
+    tokens = [explain.Token(w, s, s + len(w), score) for w, s, score in
+              [("great", 0, 2.0), ("dull", 6, -0.2), ("film", 11, 0.05)]]
+    console.explanation(explain.Explanation(text, 0.8, "pos", logit=1.5, reference=-0.3,
+                                            method="m", gap=0.0, tokens=tokens))
+    shown = buffer.getvalue()
+    codes = re.findall(r"\x1b\[([0-9;]*)m(\w+)", shown.split("\n")[0])
+    styled = {word: code for code, word in codes if code != "0"}
+    assert set(styled) == {"great", "dull"}  # film moved it by 2.5% of great: unstyled
+    assert not any(re.search(r"(^|;)30(;|$)|38;5;(0|16|22|52)(;|$)", c) for c in styled.values())
 
 
 def test_a_text_longer_than_predict_reads_is_said_cut(trained_run):

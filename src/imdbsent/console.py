@@ -350,6 +350,11 @@ def _cell(text: str | None) -> Text:
     return Text(_displayed(text or "", 200))
 
 
+# A word whose score is under this share of the strongest one's keeps the terminal's colour:
+# it hardly moved the score, and the darkest shades read as black on 16-colour terminals.
+FAINT = 0.05
+
+
 def explanation(e: Explanation) -> None:
     """One explanation on the terminal: label and probability, the text with each token
     coloured (green towards pos, red towards neg, brighter for a larger score; words out of the
@@ -364,8 +369,8 @@ def explanation(e: Explanation) -> None:
     top = strongest(e)
     for piece, token in pieces(e):
         style = ""
-        if token is not None and token.score:
-            shade = int(80 + 175 * min(1.0, abs(token.score) / top))
+        if token is not None and token.score and abs(token.score) >= FAINT * top:
+            shade = int(128 + 127 * min(1.0, abs(token.score) / top))  # from 128: never black
             style = f"bold rgb(0,{shade},0)" if token.score > 0 else f"bold rgb({shade},0,0)"
         if token is not None and token.unknown:
             style += " underline"
