@@ -390,6 +390,15 @@ def test_a_report_stopped_before_its_first_figure_leaves_no_folder_it_made(
     assert (tmp_path / "mine").is_dir()
 
 
+def test_report_refuses_a_run_given_twice(trained_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(trained_run.parent)
+    assert run_cli(["report", str(trained_run), f"./{trained_run.name}", "--out",
+                    str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err == (f"imdbsent: error: {trained_run}: given twice; each run "
+                                       "is drawn once\n")
+    assert not (tmp_path / "r").exists()
+
+
 def test_report_refuses_an_out_folder_of_a_run_or_a_dataset(trained_run, prepared_dir, tmp_path,
                                                             capsys):
     for other in (trained_run, prepared_dir):

@@ -108,6 +108,10 @@ def make(run_dirs: list[Path], out: Path, device: str = "cpu", data_dir: Path | 
     part way has said which figures it left. Runs scored on different test sets are said
     through `say`, as the page says it."""
     _refuse_theirs(out)
+    resolved = [Path(r).resolve() for r in run_dirs]
+    twice = next((r for r, p in zip(run_dirs, resolved) if resolved.count(p) > 1), None)
+    if twice is not None:
+        raise UserError(f"{twice}: given twice; each run is drawn once")
     plt = _pyplot()
     names = _names(run_dirs)
     scores = [load(r, n, device, data_dir) for r, n in zip(run_dirs, names)]
