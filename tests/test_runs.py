@@ -145,7 +145,7 @@ def test_latest_run_passes_over_a_run_still_training_interrupted_or_broken_and_s
     for name in ("old", "new"):
         (tmp_path / name).mkdir()
         (tmp_path / name / runs.CONFIG).write_text("version = 1\n")
-        (tmp_path / name / runs.BEST).write_bytes(b"")
+        runs.save_checkpoint(tmp_path / name / runs.BEST, _ckpt()[1])  # a readable header
         (tmp_path / name / runs.METRICS).write_text('{"split": "test", "test_acc": 0.9}\n')
         text.save(tokenizer, tmp_path / name / runs.TOKENIZER)
     os.utime(tmp_path / "old" / runs.CONFIG, (1, 1))
