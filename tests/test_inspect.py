@@ -434,7 +434,7 @@ def test_the_reliability_diagram_sizes_each_bin_by_its_reviews():
     probs = torch.tensor([0.05] * 90 + [0.55] * 9 + [0.95])
     labels = torch.tensor([0.0] * 90 + [1.0] * 5 + [0.0] * 4 + [1.0])
     metrics = engine.classification_metrics(torch.logit(probs), labels)
-    scores = report.Scores("r", Path("r"), {}, probs.numpy(), labels.numpy(), metrics, "", "",
+    scores = report.Scores("r", Path("r"), {}, probs.numpy(), labels.numpy(), metrics, "", "", "",
                            "lstm", "finished")
     fig = report._reliability(report._pyplot(), [scores], "t")
     (points,) = fig.axes[0].collections
