@@ -71,6 +71,24 @@ def test_every_format_loads_the_same_reviews(tmp_path, kind):
     assert "unsupervised" not in sources.load_source(str(path), unsupervised=False).splits
 
 
+def test_aclimdb_reviews_come_in_the_hubs_order_whatever_the_archives_order(tmp_path):
+    """The seeded train/valid split goes by row order: the Hub's (and the offline Parquet
+    copy's) is negative first, then positive, each by file number. A folder read by name puts
+    10_7.txt before 2_7.txt, and an archive keeps whatever order it was packed in."""
+    root = _as_acl(tmp_path / "acl")
+    texts, labels = TRAIN
+    hub = [t for t, lab in zip(texts, labels) if not lab] + [t for t, lab in zip(texts, labels)
+                                                              if lab]
+    files = sorted(root.glob("*/*/*.txt"), key=lambda p: hash(p.name) % 97)  # shuffled
+    tarball = tmp_path / "aclImdb_v1.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for path in files:
+            tar.add(path, arcname=f"aclImdb/{path.relative_to(root).as_posix()}")
+    for path in (root, tarball):
+        source = sources.load_source(str(path))  # held: its scratch folder lives as long
+        assert source.splits["train"].dataset()["text"] == hub
+
+
 def test_custom_column_names(tmp_path):
     folder = tmp_path / "cols"
     folder.mkdir()

@@ -416,9 +416,12 @@ def _tar_members(path: Path) -> Iterator[tuple[str, bytes]]:
 def _spool_acl(members: Iterator[tuple[str, bytes]], where: str, unsupervised: bool,
                folder: Path) -> tuple[dict[str, Split], str]:
     """Write aclImdb review files, grouped into splits by their folder (train/pos, test/neg,
-    train/unsup), to one Parquet file a split in `folder`, a chunk at a time."""
+    train/unsup), to one Parquet file a split in `folder`, a chunk at a time; then put each
+    split in the Hub's order (`_acl_order`), so that the seeded split of the same reviews is
+    the same whichever copy of IMDB they came from."""
     writers: dict[str, pq.ParquetWriter] = {}
     pending: dict[str, tuple[list[str], list[int]]] = {}
+    keys: dict[str, list[tuple[int, int, str]]] = {}
     digest = hashlib.sha256()
 
     def flush(split: str) -> None:
@@ -442,6 +445,7 @@ def _spool_acl(members: Iterator[tuple[str, bytes]], where: str, unsupervised: b
             texts, labels = pending.setdefault(split, ([], []))
             texts.append(text)
             labels.append({"pos": 1, "neg": 0, "unsup": -1}[kind])
+            keys.setdefault(split, []).append(_acl_order(name, labels[-1]))
             if len(texts) >= CHUNK_ROWS:
                 flush(split)
         for split in list(pending):
@@ -451,9 +455,22 @@ def _spool_acl(members: Iterator[tuple[str, bytes]], where: str, unsupervised: b
             writer.close()
     if "train" not in writers:
         raise UserError(f"{where}: not an aclImdb archive (no aclImdb/train/pos/*.txt inside)")
+    for split, order in keys.items():
+        if order != sorted(order):  # an archive's members, or a folder's files, in name order
+            path = folder / f"{split}.parquet"
+            table = pq.read_table(path)  # one split of IMDB: some 30-70 MB of text
+            pq.write_table(table.take(sorted(range(len(order)), key=order.__getitem__)), path)
     splits = {s: _file_split("parquet", [folder / f"{s}.parquet"], f"{where} [{s}]", "text",
                              "label", s == "unsupervised") for s in writers}
     return splits, "sha256:" + digest.hexdigest()
+
+
+def _acl_order(name: str, label: int) -> tuple[int, int, str]:
+    """Where a review file goes in its split, as the Hub's copy of IMDB orders them: negative
+    before positive, then by the file's number (`123_4.txt`: 123), not by name (where 10_2
+    comes before 9_1)."""
+    number = Path(name).stem.split("_")[0]
+    return label, int(number) if number.isdigit() else -1, name
 
 
 def local_path(source: str) -> str | None:
