@@ -128,6 +128,10 @@ def test_the_launcher_names_the_rank_that_was_killed():
     # rank 0 gave up on a hung rank 1 (it said so), which torchrun killed 30 s later
     hung = launch.outcome({0: failure(1, 5), 1: failure(-9, 35, pid=44)})
     assert hung == launch.Outcome(1)
+    # rank 1 refused something (it said what) and torchrun stopped rank 0, which exited as
+    # terminated in the same second: the status is the refusal's, not an interruption's
+    refused = launch.outcome({0: failure(143, 5), 1: failure(1, 5)})
+    assert refused == launch.Outcome(1)
 
 
 @pytest.mark.parametrize("rank0_said", [True, False])
@@ -449,3 +453,16 @@ def test_nproc_refuses_what_resume_or_an_ensemble_cannot_take_before_starting(
     assert capsys.readouterr().err == ("imdbsent: error: --lr: an ensemble trains each member "
                                        "by its own recipe; change the member recipes instead "
                                        "(see imdbsent train --help)\n")
+    small = tmp_path / "small.toml"  # what every rank would refuse at its start, said once
+    small.write_text(SMALL_GRU.format(data=prepared_dir))
+    missing = tmp_path / "nonexist.txt"
+    assert run_cli(["train", "--nproc", "2", "--config", str(small), "--vectors",
+                    str(missing)]) == 1
+    assert capsys.readouterr().err == (f"imdbsent: error: {missing}: cannot read vectors (No "
+                                       "such file or directory)\n")
+    if torch.cuda.device_count() < 2:
+        assert run_cli(["train", "--nproc", "2", "--config", str(small), "--device",
+                        "cuda"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("no CUDA device is available here" in err
+                                         or "local rank 1 has no GPU of its own" in err)

@@ -263,7 +263,7 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
             raise Usage(training.world_size_advice(resume, old.train.world_size, nproc))
     else:
         cfg = training.planned_start(recipe, overrides)
-    training.prepared_for(cfg)
+    training.check_launchable(cfg, training.prepared_for(cfg), nproc)
     launch.share_threads(nproc, threads_)
     forwarded = []
     for param in ctx.command.params:

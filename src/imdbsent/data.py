@@ -204,8 +204,9 @@ class Prepared:
             return Path(setting)
         if not self.manifest.get("vectors"):
             raise UserError(f"{self.folder} has no word vectors of its own (prepared with "
-                            "--vectors-dim 0 or by an older imdbsent): run imdbsent prepare "
-                            "again, or train with --vectors none")
+                            "--vectors-dim 0 or by an older imdbsent): prepare it again with "
+                            f"--vectors-dim {PrepareArgs.vectors_dim} (or another size above "
+                            "0), or train with --vectors none")
         return self.folder / VECTORS
 
 

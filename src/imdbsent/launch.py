@@ -125,9 +125,10 @@ def _signal(pid: int, sig: int) -> None:
 
 def outcome(failures: dict[int, Any]) -> Outcome:
     """The exit status and line for torchrun's failed processes (rank: ProcessFailure): the
-    first to fail is named when a signal ended it; else the ranks printed their own line. A
-    rank that torchrun killed afterwards (a hung one, 30 s after another gave up) is not the
-    first."""
+    first to fail is named when a signal ended it; else the ranks printed their own line, and
+    the status is an error's where one rank had one (the others, stopped by torchrun, exit as
+    interrupted), else an interruption's. A rank that torchrun killed afterwards (a hung one,
+    30 s after another gave up) is not the first."""
     def cause(item: tuple[int, Any]) -> tuple[bool, int, bool, int]:
         rank, failure = item  # not a rank that was stopped (SIGTERM, SIGINT); the earliest
         stopped = -failure.exitcode in (signal.SIGTERM, signal.SIGINT)  # (timestamps are in
@@ -141,4 +142,5 @@ def outcome(failures: dict[int, Any]) -> Outcome:
                        f"rank {rank} (pid {first.pid}) was killed by {name}; torchrun stopped "
                        "the other ranks")
     codes = [f.exitcode for _, f in sorted(failures.items())]
-    return Outcome(next((c for c in INTERRUPTED if c in codes), first.exitcode))
+    errors = [c for c in codes if c not in INTERRUPTED]
+    return Outcome(errors[0] if errors else next(c for c in INTERRUPTED if c in codes))

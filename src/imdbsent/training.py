@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from imdbsent import config, data, distributed, engine, runs
+from imdbsent import config, data, distributed, engine, runs, vectors
 from imdbsent.config import DATA_DEFAULT, HUB_DEFAULT
 from imdbsent.errors import OutputFailed, Terminated, Usage, UserError, stop_status, stop_word
 
@@ -215,6 +215,15 @@ def planned_start(recipe: str | None, overrides: dict[str, Any]) -> config.Confi
         _refuse(cfg, overrides, config.ENSEMBLE_OWN, "an ensemble trains each member by its "
                 "own recipe; change the member recipes instead")
     return cfg
+
+
+def check_launchable(cfg: config.Config, prepared: data.Prepared, nproc: int) -> None:
+    """Refuse, before `nproc` processes start, what each would refuse on its own at its start
+    (a device this machine lacks, a GPU a process; word vectors that cannot be read), which
+    would otherwise come back as every rank's error and the others' stop."""
+    engine.resolve_device(cfg.train.device, nproc - 1)
+    if cfg.train.vectors:
+        vectors.check_readable(prepared.vectors_file(cfg.train.vectors))
 
 
 def planned_resume(run: Path, overrides: dict[str, Any]) -> tuple[config.Config, config.Config]:

@@ -37,8 +37,21 @@ def read_vectors(path: Path, vocab: dict[str, int], dim: int) -> dict[int, torch
                 except ValueError:
                     raise UserError(f"{path}, line {lineno}: not a word and numbers") from None
     except OSError as exc:
-        raise UserError(f"{path}: cannot read vectors ({exc.strerror})") from None
+        raise _unreadable(path, exc) from None
     return found
+
+
+def check_readable(path: Path) -> None:
+    """Refuse now a vectors file that `read_vectors` could not open (for a check made before
+    training starts)."""
+    try:
+        open(path, "rb").close()
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: OSError) -> UserError:
+    return UserError(f"{path}: cannot read vectors ({exc.strerror})")
 
 
 def load_into(model: nn.Module, tokenizer: Tokenizer, path: Path) -> int:
