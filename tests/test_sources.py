@@ -89,6 +89,24 @@ def test_aclimdb_reviews_come_in_the_hubs_order_whatever_the_archives_order(tmp_
         assert source.splits["train"].dataset()["text"] == hub
 
 
+def test_a_folder_reads_only_files_named_by_split_and_one_folder_a_split(tmp_path):
+    """`Train.parquet` and the Hub's shards in a subfolder are a split's; `train_old.parquet`
+    is not (said, not read); a split's files in two folders are refused, not read twice."""
+    folder = tmp_path / "imdb"
+    (folder / "plain_text").mkdir(parents=True)
+    write_parquet(folder / "plain_text" / "Train-00000-of-00001.parquet", *TRAIN)
+    write_parquet(folder / "plain_text" / "TEST.parquet", *TEST)
+    write_parquet(folder / "plain_text" / "train_old.parquet", *TEST)
+    source = sources.load_source(str(folder))
+    assert _sorted_rows(source.splits["train"]) == sorted(zip(*TRAIN))
+    assert source.ignored == ["plain_text/train_old.parquet"]
+    write_parquet(folder / "train.parquet", *TRAIN)  # a second copy, beside the first
+    with pytest.raises(UserError, match=r"imdb: train files in 2 folders \(plain_text/"
+                       r"Train-00000-of-00001.parquet, train.parquet\): keep one split's files "
+                       r"in one folder$"):
+        sources.load_source(str(folder))
+
+
 def test_custom_column_names(tmp_path):
     folder = tmp_path / "cols"
     folder.mkdir()

@@ -282,15 +282,24 @@ def _from_hub(name: str, text_column: str, label_column: str, unsupervised: bool
 
 def _from_folder(folder: Path, text_column: str, label_column: str, unsupervised: bool
                  ) -> tuple[dict[str, Split], str, list[str]]:
-    """The splits of a folder of files named by split, their fingerprint, and the data files
-    that no split names (a `valid.parquet`: imdbsent makes its own), to be said."""
+    """The splits of a folder of files named by split (`train.csv`, or shards as the Hub names
+    them: `train-00000-of-00002.parquet`, `train-1.csv`; in any case), their fingerprint, and
+    the data files that no split names (a `valid.parquet`: imdbsent makes its own; a
+    `train_old.csv`), to be said. A split's files in two folders (a backup copy in a
+    subfolder) are refused rather than read twice."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in LOCAL_FORMATS and p.is_file())
     splits = {}
     used: list[Path] = []
-    named = {s: [p for p in files if re.match(rf"{s}([-_.]|$)", p.stem)] for s in SPLITS}
+    named = {s: [p for p in files if re.fullmatch(rf"{s}(-\d+(-of-\d+)?)?", p.stem, re.I)]
+             for s in SPLITS}
     for split, mine in named.items():
         if not mine or split == "unsupervised" and not unsupervised:
             continue
+        places = sorted({str(p.parent.relative_to(folder)) for p in mine})
+        if len(places) > 1:
+            raise UserError(f"{folder}: {split} files in {len(places)} folders ("
+                            + ", ".join(str(p.relative_to(folder)) for p in mine)
+                            + "): keep one split's files in one folder")
         formats = {LOCAL_FORMATS[p.suffix.lower()] for p in mine}
         if len(formats) > 1:
             raise UserError(f"{folder}: {split} split has files of several formats: "
