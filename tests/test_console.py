@@ -35,6 +35,14 @@ def plain(buffer: io.StringIO) -> str:
     return ANSI.sub("", buffer.getvalue())
 
 
+def test_a_csv_row_keeps_a_bare_carriage_return_inside_its_field() -> None:
+    import csv
+    rows = "".join(console._format_row(Prediction(t, 0.9, "pos"), "csv")
+                   for t in ("first\rsecond", "plain", "a\r\nb"))
+    assert list(csv.reader(io.StringIO(rows, newline=""))) == [
+        ["pos", "0.9000", "first\rsecond"], ["pos", "0.9000", "plain"], ["pos", "0.9000", "a\r\nb"]]
+
+
 def test_predicted_texts_are_shown_verbatim(screen: io.StringIO) -> None:
     console.write_predictions([[Prediction(t, 0.9, "pos") for t in HOSTILE]], "table")
     out = screen.getvalue()

@@ -454,9 +454,10 @@ def _format_row(p: Prediction, fmt: str) -> str:
         return json.dumps({"label": p.label, "prob_pos": None if p.skipped else round(p.prob_pos, 6),
                            "text": p.text, **({"skipped": "no words"} if p.skipped else {})},
                           ensure_ascii=True) + "\n"  # no raw U+2028 etc. to split a row
-    if fmt == "csv":
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow([label, prob, p.text])
+    if fmt == "csv":  # csv quotes a field with "\n" (the line terminator), not one with a
+        buf = io.StringIO()  # bare "\r", which CSV readers take for a line's end
+        quoting = csv.QUOTE_ALL if "\r" in p.text else csv.QUOTE_MINIMAL
+        csv.writer(buf, lineterminator="\n", quoting=quoting).writerow([label, prob, p.text])
         return buf.getvalue()
     return f"{label}\t{prob}\t{_one_field(p.text)}\n"
 
