@@ -272,8 +272,9 @@ def test_csv_with_line_breaks_in_quoted_texts_and_json_arrays(tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()
     (folder / "train.csv").write_text('text,label\n"two\nlines, and a comma",pos\nplain,0\n')
-    (folder / "test.json").write_text(json.dumps([{"text": "a", "label": "pos"},
-                                                  {"text": "b", "label": "neg"}]))
+    (folder / "test.json").write_text(json.dumps([{"text": "a", "label": "pos"},  # with a BOM
+                                                  {"text": "b", "label": "neg"}]),
+                                      encoding="utf-8-sig")
     (folder / "unsupervised.jsonl").write_text('{"text": "x"}\n\n{"text": "y"}\n')
     src = sources.load_source(str(folder))
     train = src.splits["train"].dataset()

@@ -11,6 +11,7 @@ Parquet files in a scratch folder (one member at a time), then read as Parquet.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -364,7 +365,7 @@ def _json_pieces(path: Path, size: int) -> Iterator[tuple[list[str], pa.Table]]:
     """`size` lines at a time of a JSON Lines file (blank lines skipped); a file holding one
     JSON array is read whole."""
     with open(path, "rb") as fh:
-        if fh.read(64).lstrip()[:1] == b"[":
+        if fh.read(64).removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"[":
             fh.seek(0)
             rows = json.load(fh)
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
