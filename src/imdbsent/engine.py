@@ -258,9 +258,9 @@ def calibration_metrics(probs: torch.Tensor, labels: torch.Tensor, bins: int = 1
                         ) -> dict[str, Any]:
     """Whether P(pos) means what it says: the Brier score, the expected calibration error over
     `bins` equal-width bins of P(pos) (the gap between the mean P(pos) and the share of
-    positives in each bin, weighted by its examples; equal to the usual binary ECE, the gap
-    between confidence max(p, 1 - p) and accuracy), and each non-empty bin's row of the
-    reliability table."""
+    positives in each bin, weighted by its examples; at least the top-label ECE over bins of
+    the confidence max(p, 1 - p), whose bins each merge a P(pos) bin with its mirror, where
+    gaps of opposite sign cancel), and each non-empty bin's row of the reliability table."""
     probs, labels = probs.double(), labels.double()
     index = torch.clamp((probs * bins).long(), max=bins - 1)
     table, ece = [], 0.0
