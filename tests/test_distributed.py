@@ -132,6 +132,8 @@ def test_the_launcher_names_the_rank_that_was_killed():
     # terminated in the same second: the status is the refusal's, not an interruption's
     refused = launch.outcome({0: failure(143, 5), 1: failure(1, 5)})
     assert refused == launch.Outcome(1)
+    # a Ctrl-C: rank 0 said it and exited 130, rank 1 died of the SIGTERM that followed
+    assert launch.outcome({0: failure(130, 5), 1: failure(-15, 5)}) == launch.Outcome(130)
 
 
 @pytest.mark.parametrize("rank0_said", [True, False])

@@ -142,5 +142,5 @@ def outcome(failures: dict[int, Any]) -> Outcome:
                        f"rank {rank} (pid {first.pid}) was killed by {name}; torchrun stopped "
                        "the other ranks")
     codes = [f.exitcode for _, f in sorted(failures.items())]
-    errors = [c for c in codes if c not in INTERRUPTED]
+    errors = [c for c in codes if c > 0 and c not in INTERRUPTED]  # (< 0: stopped by a signal)
     return Outcome(errors[0] if errors else next(c for c in INTERRUPTED if c in codes))

@@ -42,7 +42,7 @@ class Scores:
     probs: np.ndarray  # P(pos) on the test split, calibrated as predict gives it
     labels: np.ndarray
     metrics: dict[str, Any]
-    config: str  # as TOML, without the [model] fields its model ignores
+    config: str  # as TOML, without the fields that go unused (Config.to_toml)
     scored: str  # the prepared data and split its figures are of
     data: str  # that data's fingerprint (a copy of a dataset is the same data)
     model: str  # and its status, as `imdbsent runs` shows them
