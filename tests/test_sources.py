@@ -149,6 +149,24 @@ def test_a_jsonl_parse_error_names_the_files_row_past_the_first_chunk(tmp_path):
         list(split.chunks(size=2))
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_json_labels_of_several_types_are_read_alike_and_a_bad_one_is_named(tmp_path, fmt):
+    """pyarrow refused a column whose values change type ("changed from string to number")."""
+    rows = [{"t": "great film", "y": "pos"}, {"t": "awful", "y": "NEG"}, {"t": "ok", "y": 1},
+            {"t": "fine", "y": True}]
+    path = tmp_path / f"s.{fmt}"
+
+    def write(rows: list[dict]) -> None:
+        path.write_text(json.dumps(rows) if fmt == "json" else
+                        "\n\n".join(json.dumps(r) for r in rows) + "\n")
+
+    write(rows[:3])
+    assert sources.read_labeled_file(path, "t", "y")["label"] == [1, 0, 1]
+    write(rows)
+    with pytest.raises(UserError, match=r"s\.jsonl?, row 4: label 'true' is not one of 0, 1"):
+        sources.read_labeled_file(path, "t", "y")
+
+
 def test_missing_text_column_is_named(tmp_path):
     folder = tmp_path / "nocol"
     folder.mkdir()

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -371,7 +371,7 @@ def _json_pieces(path: Path, size: int) -> Iterator[tuple[list[str], pa.Table]]:
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
                 raise ValueError("not a JSON array of objects")
             for start in range(0, len(rows), size):
-                table = pa.Table.from_pylist(rows[start:start + size])
+                table = _json_table(rows[start:start + size])
                 yield table.column_names, table
             return
         fh.seek(0)
@@ -390,13 +390,37 @@ def _json_pieces(path: Path, size: int) -> Iterator[tuple[list[str], pa.Table]]:
 
 def _json_block(lines: list[bytes], done: int) -> tuple[list[str], pa.Table]:
     """The table of a block of JSON lines that follows `done` rows of its file; pyarrow's
-    "in row K" (from 0, within the block) is made the file's row, from 1, as a bad label's is."""
+    "in row K" (from 0, within the block) is made the file's row, from 1, as a bad label's is.
+    A column whose values change type (labels 1 and "pos") is read by `_json_table`."""
     try:
         table = pa_json.read_json(io.BytesIO(b"".join(lines)))
     except pa.ArrowInvalid as exc:
-        raise ValueError(re.sub(r"in row (\d+)", lambda m: f"in row {done + int(m[1]) + 1}",
-                                str(exc))) from None
+        if "changed from" not in str(exc):  # not valid JSON: pyarrow's message says where
+            raise ValueError(re.sub(r"in row (\d+)", lambda m: f"in row {done + int(m[1]) + 1}",
+                                    str(exc))) from None
+        rows = [json.loads(line) for line in lines]  # valid JSON (pyarrow parsed it)
+        if not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"{exc} (a row that is not a JSON object)") from None
+        table = _json_table(rows)
     return table.column_names, table
+
+
+def _json_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """JSON objects as a table; a column whose values are of several types (labels 1 and
+    "pos", read alike by `normalise_labels`) holds each as its JSON text, nulls kept."""
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        names = list(dict.fromkeys(key for row in rows for key in row))
+        columns = {}
+        for name in names:
+            values = [row.get(name) for row in rows]
+            try:
+                columns[name] = pa.array(values)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                columns[name] = pa.array([v if v is None or isinstance(v, str)
+                                          else json.dumps(v) for v in values], pa.string())
+        return pa.table(columns)
 
 
 def _acl_root(folder: Path) -> Path | None:
