@@ -656,6 +656,35 @@ def test_explained_words_are_never_black_and_the_faint_keep_the_terminals_colour
     assert not any(re.search(r"(^|;)30(;|$)|38;5;(0|16|22|52)(;|$)", c) for c in styled.values())
 
 
+def test_an_explanation_leaves_other_threads_predictions_on_its_predictor_alone(trained_run):
+    """Integrated gradients replace the embedding's output by a forward hook; on a Predictor
+    shared by a server's threads, it replaced every thread's (wrong scores, or shape errors)."""
+    import threading
+
+    from imdbsent import models
+    predictor = Predictor(trained_run)
+    embedding = next(m for m in predictor.model.modules() if isinstance(m, torch.nn.Embedding))
+    texts = ["great film", "awful boring mess of a film"]
+    before = [p.prob_pos for p in predictor.predict(texts)]
+    inside, leave, own = threading.Event(), threading.Event(), []
+
+    def explaining() -> None:
+        with models.output_hooked(embedding, torch.zeros_like):
+            own.extend(p.prob_pos for p in predictor.predict(texts))  # the hook's thread: hooked
+            inside.set()
+            leave.wait(30)
+
+    thread = threading.Thread(target=explaining)
+    thread.start()
+    try:
+        assert inside.wait(30)
+        assert [p.prob_pos for p in predictor.predict(texts)] == before
+    finally:
+        leave.set()
+        thread.join()
+    assert own[0] != before[0] and own[1] != before[1]  # zero embeddings score otherwise
+
+
 def test_a_text_longer_than_predict_reads_is_said_cut(trained_run):
     long_text = "great film " * 10_000  # 110,000 characters, 20,000 tokens
     e = _explained(trained_run, long_text)

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -328,9 +330,16 @@ REGISTRY: dict[str, Builder] = {
 @contextmanager
 def output_hooked(module: nn.Module, hook: Callable[[torch.Tensor], torch.Tensor | None]
                   ) -> Iterator[None]:
-    """Within the block, `hook` sees every output of `module`; what it returns, unless None,
-    replaces that output (for explanations and adversarial training, on the embedding)."""
-    handle = module.register_forward_hook(lambda _module, _inputs, output: hook(output))
+    """Within the block, `hook` sees every output of `module` computed by this thread; what it
+    returns, unless None, replaces that output (for explanations and adversarial training, on
+    the embedding). Other threads' forward passes through the same model are left alone: an
+    explanation beside predictions on one Predictor replaced their embeddings with its own."""
+    owner = threading.get_ident()
+
+    def hooked(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        return hook(output) if threading.get_ident() == owner else None
+
+    handle = module.register_forward_hook(hooked)
     try:
         yield
     finally:
