@@ -38,7 +38,7 @@ def nb_ratio(x, labels: np.ndarray, alpha: float = 1.0) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="../shared/data/imdb")
     parser.add_argument("--data", type=Path, default=Path("benchmarks/work/data"))
     parser.add_argument("--members", type=Path, nargs="*", default=[],

@@ -338,7 +338,7 @@ def fmt(values: list[float], cut: list[bool]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", required=True, help="The IMDB Parquet folder.")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--old", default=OLD_COMMIT, help="The commit of the previous behaviour.")

@@ -84,7 +84,7 @@ def measure(data: Path, work: Path, nproc: int, device: str, epochs: int, out: P
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="prepared full IMDB")
     parser.add_argument("--nproc", type=int, default=2, help="processes of the second row")
     parser.add_argument("--device", default="cpu")

@@ -20,7 +20,7 @@ from imdbsent.predict import Predictor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--reviews", type=int, default=6, help="the first N validation reviews")
     parser.add_argument("--budgets", type=int, nargs="+", default=[64, 128, 256, 512],

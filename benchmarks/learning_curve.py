@@ -18,7 +18,7 @@ from imdbsent.training import Silent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sizes", nargs="+", type=int, help="training reviews (0: all)")
     parser.add_argument("--data", type=Path, default=Path("benchmarks/work/data"))
     parser.add_argument("--recipe", default="nblr")

@@ -80,7 +80,7 @@ def pretrain(model: nn.Module, stream: np.ndarray, vocab: int, seconds: float, *
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("benchmarks/work/data"))
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--recipe", default="default")

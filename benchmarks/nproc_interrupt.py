@@ -79,7 +79,7 @@ def one_try(config: Path, run: Path, delay: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, required=True, help="IMDB as Parquet")
     parser.add_argument("--tries", type=int, default=16)
     args = parser.parse_args()

@@ -39,7 +39,7 @@ def targets(split: data.Encoded, i: int, ngrams: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("benchmarks/work/data"))
     parser.add_argument("--members", type=Path, nargs="*", default=[],
                         help="finished runs on the same data, to stack with")

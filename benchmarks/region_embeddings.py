@@ -113,7 +113,7 @@ def logits_of(model: nn.Module, split: Encoded, max_length: int) -> tuple[torch.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("benchmarks/work/data-0.9"))
     parser.add_argument("--members", type=Path, nargs="*", default=[],
                         help="finished runs on the same data, to stack with")

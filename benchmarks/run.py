@@ -86,7 +86,7 @@ def tfidf_reference(source: Path, split_ratio: float, seed: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, required=True, help="local IMDB copy")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
     parser.add_argument("--only", default="", help="comma-separated recipe names")
@@ -111,7 +111,12 @@ def main() -> None:
     from imdbsent import config
     from throughput import measured
     names = args.only.split(",") if args.only else config.recipe_names()
-    one_seed = [n for n in args.one_seed.split(",") if n in names]
+    one_seed = args.one_seed.split(",") if args.one_seed else []
+    unknown = [n for n in names + one_seed if n not in config.recipe_names()]
+    if unknown or args.seeds < 1:  # before the prepare, which takes minutes on full data
+        parser.error(f"no recipe named {', '.join(unknown)} (shipped: "
+                     f"{', '.join(config.recipe_names())})" if unknown else
+                     f"--seeds must be 1 or more, not {args.seeds}")
     args.work.mkdir(parents=True, exist_ok=True)
     command = " ".join([Path(sys.executable).name, "benchmarks/run.py", *sys.argv[1:]])
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -136,6 +141,9 @@ def main() -> None:
         short[name] = score_short(first["run"], name, items)
         print(f"  {name}: valid {mean([r['valid']['accuracy'] for r in trained]):.4f}, test "
               f"{mean([r['test']['accuracy'] for r in trained]):.4f}", flush=True)
+    if not rows:  # every training failed: an earlier RESULTS.md stays as it was
+        sys.exit(f"no recipe trained (see the train-*.log files in {args.work}); "
+                 f"{args.out} left as it was")
 
     print("TF-IDF + logistic regression", flush=True)
     try:

@@ -34,7 +34,7 @@ def stacked_accuracy(xv: torch.Tensor, yv: torch.Tensor, xt: torch.Tensor, yt: t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="+", help="run folders under --runs (a+b: their mean logits)")
     parser.add_argument("--runs", type=Path, default=Path("benchmarks/work/runs"))
     parser.add_argument("--data", type=Path, help="prepared data (default: each run's own)")

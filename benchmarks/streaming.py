@@ -62,7 +62,7 @@ def rows_of(folder: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, required=True, help="local IMDB copy (Parquet)")
     parser.add_argument("--factors", default="1,4,16")
     parser.add_argument("--before", type=Path, help="src folder of another imdbsent to compare")

@@ -35,7 +35,7 @@ def tails(enc: data.Encoded, last: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("benchmarks/work/data"))
     parser.add_argument("--members", type=Path, nargs="*", default=[],
                         help="finished runs on the same data, to stack with")

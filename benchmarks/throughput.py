@@ -73,7 +73,7 @@ def measured(run: Path, source: Path, src: Path | None = None) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", type=Path, nargs="+", help="run folders to score with")
     parser.add_argument("--source", type=Path, required=True, help="local IMDB copy (Parquet)")
     parser.add_argument("--before", type=Path, help="src folder of another imdbsent to compare")

@@ -64,7 +64,7 @@ def whole_copy(run: Path, folder: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="+", help="run folders under --runs")
     parser.add_argument("--runs", type=Path, default=Path("benchmarks/work/runs"))
     parser.add_argument("--top", type=int, default=15)

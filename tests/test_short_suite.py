@@ -221,3 +221,7 @@ def test_score_command_end_to_end(trained_run, source_dir, tmp_path, capsys, mon
         assert f"| {category} |" in printed
     assert "torch " in printed and "**imdb-valid: micro accuracy**" in printed
     assert score.main([str(tmp_path / "nope"), "--no-imdb"]) == 2
+    for bad in (["--imdb-reviews", "-1"], ["--threads", "0"]):  # a usage error, no traceback
+        with pytest.raises(SystemExit) as stopped:
+            score.main([str(trained_run), *bad])
+        assert stopped.value.code == 2

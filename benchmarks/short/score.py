@@ -34,7 +34,7 @@ def _split_args(run: Path) -> tuple[float, int] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories")
     parser.add_argument("--source", default=None,
                         help=f"IMDB as `imdbsent prepare` reads it (default: {DEFAULT_SOURCE}, from the "
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="compute threads (default: all cores)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    if args.imdb_reviews < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--imdb-reviews and --threads must be 1 or more")
 
     from imdbsent import threads
     from imdbsent.errors import UserError
