@@ -253,7 +253,13 @@ def test_predict_refuses_a_bare_string_instead_of_scoring_its_letters(trained_ru
     with pytest.raises(TypeError, match=r"give \[text\] for one"):
         predictor.predict("great film")
     with pytest.raises(TypeError, match="an iterable of texts, not one str"):
-        next(predictor.stream("great film"))
+        predictor.stream("great film")  # at the call, not at the first batch
+    with pytest.raises(TypeError, match="an iterable of texts, not int"):
+        predictor.stream(123)
+    batches = predictor.stream(["great film", None, 1])
+    assert [p.text for p in next(batches)] == ["great film"]  # the pause scored what came
+    with pytest.raises(TypeError, match=r"takes texts as str \(or None for a pause\), not int"):
+        next(batches)
     for odd, name in ((None, "NoneType"), (b"great", "bytes")):
         with pytest.raises(TypeError, match=f"takes texts as str, not {name}"):
             predictor.predict(["great film", odd])
@@ -262,12 +268,25 @@ def test_predict_refuses_a_bare_string_instead_of_scoring_its_letters(trained_ru
     with pytest.raises(TypeError, match="takes texts as str, not bytes: decode them first"):
         predictor.predict(b"great film")  # not "not int", as its bytes were
     with pytest.raises(TypeError, match="an iterable of texts, not one bytes"):
-        next(predictor.stream(b"great film"))
+        predictor.stream(b"great film")
     for size in (0, -1):
         with pytest.raises(BadValue, match=f"^batch_size must be at least 1, not {size}$"):
-            next(predictor.stream(["great film"], batch_size=size))
+            predictor.stream(["great film"], batch_size=size)
     with pytest.raises(TypeError, match="^batch_size is a whole number, not float$"):
-        next(predictor.stream(["great film"], batch_size=1.5))
+        predictor.stream(["great film"], batch_size=1.5)
+
+
+def test_the_threshold_takes_any_real_number_in_range_and_is_checked_when_set(trained_run):
+    import numpy as np
+
+    from imdbsent.predict import Predictor
+    predictor = Predictor(trained_run, threshold=np.float32(0.25))
+    assert predictor.threshold == 0.25 and type(predictor.threshold) is float
+    with pytest.raises(BadValue, match="^threshold must be between 0 and 1, not 2$"):
+        predictor.threshold = 2  # every label neg, had it been taken
+    with pytest.raises(TypeError, match="threshold is a number from 0 to 1, not str"):
+        predictor.threshold = "0.5"
+    assert predictor.threshold == 0.25
 
 
 def test_predict_takes_a_text_with_a_lone_surrogate_as_the_command_line_does(trained_run):

@@ -6,6 +6,7 @@ row N of the output always belongs to text N of the input.
 
 from __future__ import annotations
 
+import numbers
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ STREAM_CHARS = 16_000_000
 def check_threshold(threshold: float) -> None:
     """Refuse a threshold that is not a probability: a TypeError for what is not a number, a
     BadValue for a number outside [0, 1] (NaN too)."""
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):  # numpy's too
         raise TypeError(f"threshold is a number from 0 to 1, not {type(threshold).__name__}")
     if not 0.0 <= threshold <= 1.0:
         raise BadValue("threshold", f"must be between 0 and 1, not {threshold}")
@@ -84,6 +85,16 @@ class Predictor:
         self.max_length = self.config.train.max_length or DEFAULT_MAX_TOKENS
         self.threshold = threshold
 
+    @property
+    def threshold(self) -> float:
+        """P(pos) at or above which a text is labeled pos; checked when set, as when given."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        check_threshold(value)
+        self._threshold = float(value)
+
     def probabilities(self, ids: list[list[int]]) -> np.ndarray:
         """P(positive) of each encoded text, in input order (scored shortest first to pad
         little)."""
@@ -123,12 +134,24 @@ class Predictor:
         if isinstance(texts, str | bytes | bytearray):
             raise TypeError(f"Predictor.stream takes an iterable of texts, not one "
                             f"{type(texts).__name__}")
+        if not isinstance(texts, Iterable):
+            raise TypeError(f"Predictor.stream takes an iterable of texts, not "
+                            f"{type(texts).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
             raise TypeError(f"batch_size is a whole number, not {type(batch_size).__name__}")
         if batch_size < 1:
             raise BadValue("batch_size", f"must be at least 1, not {batch_size}")
-        for batch in text.iter_batches(texts, batch_size, STREAM_CHARS):
-            yield self.predict(batch)
+        return (self.predict(batch)  # checked above at the call, not at the first batch
+                for batch in text.iter_batches(_stream_items(texts), batch_size, STREAM_CHARS))
+
+
+def _stream_items(texts: Iterable[str | None]) -> Iterator[str | None]:
+    """The stream's texts and pauses (None), anything else a TypeError when it comes."""
+    for item in texts:
+        if item is not None and not isinstance(item, str):
+            raise TypeError(f"Predictor.stream takes texts as str (or None for a pause), not "
+                            f"{type(item).__name__}")
+        yield item
 
 
 def _texts(texts: Iterable[str]) -> list[str]:
