@@ -258,6 +258,8 @@ def test_python_dash_m_runs_the_cli():
     (["predict", "hi"], "no runs in runs/"),
     (["prepare", "--source", "./missing"], "./missing: no such file or folder"),
     (["prepare", "--split-ratio", "1.5", "--source", "."], "--split-ratio must be between 0 and 1"),
+    (["predict", "--threshold", "nan", "hi"], "--threshold must be between 0 and 1, not nan (see "
+                                              "imdbsent predict --help)"),  # ours, as typer's
     (["predict", "--batch-size", "0", "hi"], "--batch-size must be at least 1, not 0 (see "
                                              "imdbsent predict --help)"),  # a typer range, as ours
     (["train", "--nproc", "0"], "--nproc must be at least 1, not 0 (see"),

@@ -657,7 +657,8 @@ def _run(argv: list[str] | None) -> None:
     except Shared:
         sys.exit(1)  # another rank's error: rank 0 has said it
     except BadValue as exc:  # a usage error, as click's own: named by the flag, status 2
-        _fail(f"{_rank_prefix()}{config.flag(exc.name)} {exc.problem}", 2)
+        _fail(f"{_rank_prefix()}{config.flag(exc.name)} {exc.problem} (see "
+              f"{_command_path(exc, argv)} --help)", 2)
     except Usage as exc:
         _fail(f"{_rank_prefix()}{exc} (see {_command_path(exc, argv)} --help)", 2)
     except UserError as exc:
