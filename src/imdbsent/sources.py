@@ -395,12 +395,11 @@ def _json_block(lines: list[bytes], done: int) -> tuple[list[str], pa.Table]:
     try:
         table = pa_json.read_json(io.BytesIO(b"".join(lines)))
     except pa.ArrowInvalid as exc:
-        if "changed from" not in str(exc):  # not valid JSON: pyarrow's message says where
-            raise ValueError(re.sub(r"in row (\d+)", lambda m: f"in row {done + int(m[1]) + 1}",
-                                    str(exc))) from None
-        rows = [json.loads(line) for line in lines]  # valid JSON (pyarrow parsed it)
-        if not all(isinstance(r, dict) for r in rows):
-            raise ValueError(f"{exc} (a row that is not a JSON object)") from None
+        why = re.sub(r"in row (\d+)", lambda m: f"in row {done + int(m[1]) + 1}", str(exc))
+        rows = ([json.loads(line) for line in lines]  # valid JSON: pyarrow parsed it
+                if "changed from" in why else [])
+        if not rows or not all(isinstance(r, dict) for r in rows):
+            raise ValueError(why) from None
         table = _json_table(rows)
     return table.column_names, table
 
