@@ -161,8 +161,11 @@ def main() -> None:
         measure_distributed(data_dir, args.work, args.nproc, "cpu", 5,
                             args.out.parent / "DISTRIBUTED.md")
     skipped = [n for n in config.recipe_names() if n not in names]
+    from imdbsent.data import load_prepared
+    tested = load_prepared(data_dir).manifest["splits"]["test"]["total"]
     write_results(args.out, rows, short, ref, memory, suite.machine(), started, command,
-                  skipped, args.split_ratio, own_split, vectors_line(args.work / "prepare.log"))
+                  skipped, args.split_ratio, own_split, vectors_line(args.work / "prepare.log"),
+                  data=f"IMDB from {args.source}, {tested:,} test reviews")
     print(f"wrote {args.out}")
 
 
@@ -268,7 +271,7 @@ def vectors_line(log: Path) -> str | None:
 def write_results(path: Path, rows: list[dict], short: dict, ref: dict | None, memory: list,
                   host: str, started: str, command: str, skipped: list[str],
                   split_ratio: float = SPLIT_RATIO, own_split: dict[str, float] | None = None,
-                  prepared: str | None = None) -> None:
+                  prepared: str | None = None, *, data: str) -> None:
     import suite
     by_name = {r["recipe"]: {**r, **summary(r)} for r in rows}
     seeds = max((len(r["seeds"]) for r in rows), default=1)
@@ -277,8 +280,8 @@ def write_results(path: Path, rows: list[dict], short: dict, ref: dict | None, m
         f"- machine: {host}",
         f"- date: {started}",
         f"- command: `{command}`",
-        f"- data: full IMDB, train split {split_ratio:.0%}/{1 - split_ratio:.0%} into train/valid "
-        f"(seed {SEED}), 25,000 test reviews",
+        f"- data: {data}; train split {split_ratio:.0%}/{1 - split_ratio:.0%} into train/valid "
+        f"(seed {SEED})",
         *(["- on a split of their own (the recipe's split_ratio), so that their validation "
            "figures are on other reviews and do not rank them against the rest (best is "
            "chosen among the others): "
