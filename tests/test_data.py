@@ -74,6 +74,23 @@ def test_duplicate_reviews_never_sit_on_both_sides_of_the_split(seed):
         (train["text"], valid["text"], moved)
 
 
+def test_prepare_warns_of_reviews_with_no_text(tmp_path):
+    from conftest import make_reviews, write_parquet
+    folder = tmp_path / "src"
+    folder.mkdir()
+    texts, labels = make_reviews(40, seed=21)
+    texts[4], texts[30] = "", " \n "  # a model would read them as empty; predict skips them
+    write_parquet(folder / "train.parquet", texts, labels)
+    write_parquet(folder / "test.parquet", *make_reviews(10, seed=22))
+    lines = []
+    manifest, _ = data.prepare(data.PrepareArgs(source=str(folder), vectors_dim=0),
+                               tmp_path / "out", report=lines.append)
+    said = (f"{folder} [train]: 2 review(s) with no text, kept as in the source (first at row "
+            "5); predict and evaluate skip such texts")
+    assert said in manifest["warnings"] and f"warning: {said}" in lines
+    assert manifest["splits"]["train"]["total"] + manifest["splits"]["valid"]["total"] == 40
+
+
 def test_prepare_records_moved_duplicates_and_overlap_with_train(tmp_path):
     """Reviews of valid, test and unsupervised that also occur in train are counted in the
     manifest, with a warning each; valid's count is 0, its copies having moved to train."""

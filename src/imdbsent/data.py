@@ -313,7 +313,7 @@ def _build_into(args: PrepareArgs, out: Path, wanted: dict, report: Report, prog
         if args.unsupervised and "unsupervised" not in scans:
             report(f"{args.source} has no unsupervised split: prepared without unlabeled "
                    "reviews")
-        warnings = _duplicate_warnings(source.name, scans)
+        warnings = _scan_warnings(source.name, scans)
         if source.ignored:
             warnings.insert(0, f"{source.name}: ignored {', '.join(source.ignored)}: files are "
                             "read by split name (train, test, unsupervised), and the validation "
@@ -408,22 +408,25 @@ def _encode(source: Source, scans: dict[str, Scan], orders: dict[str, np.ndarray
 
 @dataclass
 class Scan:
-    """What one pass over a source split finds: each review's label and text digest."""
+    """What one pass over a source split finds: each review's label and text digest, and the
+    row numbers (from 1) of the reviews with no text but spaces."""
 
     labels: np.ndarray
     digests: np.ndarray
+    blank: list[int] = field(default_factory=list)
 
 
 def scan(split: Split, tick: Tick = lambda _done: None) -> Scan:
     """Read a split once for its labels and text digests (`tick(rows read so far)`)."""
-    labels, digests = [], []
+    labels, digests, blank = [], [], []
     done = 0
     for chunk in split.chunks():
         labels.append(chunk.labels)
         digests.append(text_digests(chunk.texts))
+        blank += [done + i + 1 for i, t in enumerate(chunk.texts) if not t.strip()]
         done += len(chunk.texts)
         tick(done)
-    return Scan(np.concatenate(labels), np.concatenate(digests))
+    return Scan(np.concatenate(labels), np.concatenate(digests), blank)
 
 
 def _texts(split: Split, keep: np.ndarray, tick: Tick) -> Iterator[str]:
@@ -917,7 +920,9 @@ def _label_counts(labels: np.ndarray) -> dict[str, int]:
     return {"total": int(len(labels)), **{names[int(v)]: int(c) for v, c in zip(values, counts)}}
 
 
-def _duplicate_warnings(source: str, scans: dict[str, Scan]) -> list[str]:
+def _scan_warnings(source: str, scans: dict[str, Scan]) -> list[str]:
+    """What the scan found that a user should know: duplicate reviews, and reviews with no
+    text (kept: a model reads them as empty, where predict and evaluate skip such a text)."""
     out = []
     for name, sc in scans.items():
         dups = duplicate_rows(sc.digests)
@@ -925,4 +930,8 @@ def _duplicate_warnings(source: str, scans: dict[str, Scan]) -> list[str]:
             together = ", each one's copies on one side of train/valid" if name == "train" else ""
             out.append(f"{source} [{name}]: {len(dups)} duplicate review(s), kept as in the "
                        f"source{together} (first at row {dups[0]})")
+        if sc.blank:
+            out.append(f"{source} [{name}]: {len(sc.blank)} review(s) with no text, kept as in "
+                       f"the source (first at row {sc.blank[0]}); predict and evaluate skip "
+                       "such texts")
     return out
