@@ -413,7 +413,7 @@ class Scan:
 
     labels: np.ndarray
     digests: np.ndarray
-    blank: list[int] = field(default_factory=list)
+    blank: list[int]
 
 
 def scan(split: Split, tick: Tick = lambda _done: None) -> Scan:
