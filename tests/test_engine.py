@@ -118,6 +118,19 @@ def test_cuda_without_a_gpu_is_a_user_error(monkeypatch):
     with pytest.raises(UserError, match="no CUDA device"):
         engine.resolve_device("cuda")
     assert engine.resolve_device("auto").type == "cpu"
+    with pytest.raises(UserError, match="no CUDA device"):
+        engine.resolve_device(torch.device("cuda", 0))
+
+
+def test_a_torch_device_is_taken_as_its_name(monkeypatch):
+    from imdbsent.errors import BadValue
+    assert engine.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert engine.resolve_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert engine.resolve_device(torch.device("cuda")) == torch.device("cuda", 0)
+    with pytest.raises(BadValue, match="'meta'"):
+        engine.resolve_device(torch.device("meta"))
 
 
 def test_calibration_metrics_by_hand():

@@ -324,9 +324,13 @@ class FitResult:
     test: dict[str, Any]
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
     """`auto` is CUDA when available, else the CPU; asking for CUDA without one is an error.
-    CUDA is the GPU of the process's local rank (one GPU a process under torchrun)."""
+    CUDA is the GPU of the process's local rank (one GPU a process under torchrun), or the one
+    a `torch.device` names (the Python API's callers may give one)."""
+    if isinstance(name, torch.device):
+        local_rank = local_rank if name.index is None else name.index
+        name = name.type
     if name not in configs.DEVICES:
         raise BadValue("device", f"must be one of {', '.join(configs.DEVICES)}, not {name!r}")
     if name == "cuda" and not torch.cuda.is_available():

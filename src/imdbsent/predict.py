@@ -74,7 +74,8 @@ class Prediction:
 class Predictor:
     """A trained model ready to score raw text."""
 
-    def __init__(self, run: Path, device: str = "cpu", threshold: float = 0.5) -> None:
+    def __init__(self, run: Path, device: str | torch.device = "cpu", threshold: float = 0.5
+                 ) -> None:
         run = runs.check_run(run)
         check_threshold(threshold)
         self.config = runs.load_config(run)
@@ -184,8 +185,8 @@ class Scored:
 
 
 def score_run(run: Path, *, split: str = "test", data_file: Path | None = None,
-              data_dir: Path | None = None, device: str = "cpu", text_column: str = "text",
-              label_column: str = "label") -> Scored:
+              data_dir: Path | None = None, device: str | torch.device = "cpu",
+              text_column: str = "text", label_column: str = "label") -> Scored:
     """Score a run's best checkpoint (calibrated, if it was) on a prepared split, or on a
     labeled file."""
     predictor = Predictor(run, device)
@@ -211,8 +212,9 @@ def score_run(run: Path, *, split: str = "test", data_file: Path | None = None,
 
 
 def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = None,
-                 data_dir: Path | None = None, threshold: float = 0.5, device: str = "cpu",
-                 text_column: str = "text", label_column: str = "label") -> tuple[dict, str]:
+                 data_dir: Path | None = None, threshold: float = 0.5,
+                 device: str | torch.device = "cpu", text_column: str = "text",
+                 label_column: str = "label") -> tuple[dict, str]:
     """Metrics of a run on a prepared split or a labeled file (`score_run`) at `threshold`,
     with its `unk_rate`; returns the metrics and a description of what was scored."""
     check_threshold(threshold)
