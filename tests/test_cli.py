@@ -263,6 +263,11 @@ def test_python_dash_m_runs_the_cli():
     (["predict", "--batch-size", "0", "hi"], "--batch-size must be at least 1, not 0 (see "
                                              "imdbsent predict --help)"),  # a typer range, as ours
     (["train", "--nproc", "0"], "--nproc must be at least 1, not 0 (see"),
+    (["report", "--out", "", "r"], "--out must not be empty (. is this folder) (see imdbsent "
+                                   "report --help)"),  # typer read "" as ".": wrote here
+    (["evaluate", ""], "run must not be empty"),
+    (["predict", "--file", "", "hi"], "--file must not be empty"),
+    (["train", "--data", "", "--run-dir", "r"], "--data must not be empty"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsys, args, message,
                                                     prepared_dir, source_dir):
@@ -287,6 +292,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsy
     (["explain"], 2),
     (["train", "--resume", "runs/a", "--config", "default"], 2),  # flags that conflict
     (["prepare", "--source", "./missing"], 1),
+    (["prepare", "--out", "", "--source", "./missing"], 2),
 ])
 def test_a_usage_error_exits_2_and_any_other_error_1(tmp_path, monkeypatch, capsys, args,
                                                      status):

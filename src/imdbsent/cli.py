@@ -43,10 +43,11 @@ from imdbsent.errors import (
 
 
 def _plain_type(label: str | None) -> str | None:
-    """`<list[Path]>` -> `<path>`, `<int range>` -> `<int>`: the help says where a value may
-    be given more than once, and shows a range's bounds (`[x>=1]`) beside the type."""
-    return label and re.sub(r"<list\[(\w+)\]>|<(\w+) range>",
-                            lambda m: f"<{(m[1] or m[2]).lower()}>", label)
+    """`<list[Path]>` -> `<path>`, `<int range>` -> `<int>`, `<Path>` (a path with a parser)
+    -> `<path>`: the help says where a value may be given more than once, and shows a range's
+    bounds (`[x>=1]`) beside the type."""
+    return label and re.sub(r"<list\[(\w+)\]>|<(\w+) range>|<(Path)>",
+                            lambda m: f"<{(m[1] or m[2] or m[3]).lower()}>", label)
 
 
 class _BareSwitches:
@@ -112,14 +113,22 @@ class Format(str, Enum):
     table = "table"
 
 
+def _path(value: str) -> Path:
+    """A path given on the command line, not empty: typer would take "" for "." (`report
+    --out ""` wrote into the current folder)."""
+    if not value:
+        raise typer.BadParameter("must not be empty (. is this folder)")
+    return Path(value)
+
+
 TextsArgument = Annotated[list[str] | None, typer.Argument(
     help="Texts; - reads standard input, one text per line.")]
 FileOption = Annotated[list[Path] | None, typer.Option(
     "--file", help="Read texts from this file, one a line (- for standard input); repeat it "
-    "for several, read in order.")]
+    "for several, read in order.", parser=_path)]
 RUN_HELP = ("Run directory (default: the newest finished run under runs/, else the newest "
             "with a trained model).")
-RunOption = Annotated[Path | None, typer.Option(help=RUN_HELP)]
+RunOption = Annotated[Path | None, typer.Option(help=RUN_HELP, parser=_path)]
 ThresholdOption = Annotated[float, typer.Option(help="P(pos) at or above which a text is pos.")]
 DeviceOption = Annotated[Device, typer.Option(help="auto: CUDA if available.")]
 ThreadsOption = Annotated[int | None, typer.Option(
@@ -132,7 +141,7 @@ def prepare(
     source: Annotated[str, typer.Option(help="Hub dataset name, or a local copy: a folder of "
                                         "Parquet/CSV/JSONL files named by split, an aclImdb/ "
                                         "folder or aclImdb_v1.tar.gz.")] = HUB_DEFAULT,
-    out: Annotated[Path, typer.Option(help="Folder for the prepared dataset.")
+    out: Annotated[Path, typer.Option(help="Folder for the prepared dataset.", parser=_path)
                    ] = Path(config.DATA_DEFAULT),
     split_ratio: Annotated[float, typer.Option(help="Fraction of train kept for training; "
                                                "the rest is validation.")] = 0.7,
@@ -203,12 +212,13 @@ def train_cmd(
     virtual_adversarial: Annotated[float | None, typer.Option(
         help="Virtual adversarial training on the unlabeled reviews: the perturbation's L2 "
         "norm a review (0: off).", min=0.0)] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder.")
-                        ] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder.",
+                                                  parser=_path)] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: "
-                                                    "runs/<model>-<time>).")] = None,
+                                                    "runs/<model>-<time>).",
+                                                 parser=_path)] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run from its last "
-                                                   "checkpoint.")] = None,
+                                                   "checkpoint.", parser=_path)] = None,
     nproc: Annotated[int | None, typer.Option(
         help="Train with this many processes on this machine (started by torchrun; one GPU "
         "each on CUDA).", min=1)] = None,
@@ -279,7 +289,7 @@ def _launch(ctx: typer.Context, nproc: int, recipe: str | None, overrides: dict,
 @app.command("runs", cls=_Command)
 def runs_cmd(
     folder: Annotated[Path | None, typer.Argument(
-        help="Folder of run directories (or one run; default: runs/).")] = None,
+        help="Folder of run directories (or one run; default: runs/).", parser=_path)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as one JSON array.")
                        ] = False,
 ) -> None:
@@ -302,12 +312,14 @@ def runs_cmd(
 @app.command("report", cls=_Command)
 def report_cmd(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories; several share each "
-                                                       "figure.", metavar="RUN")],
+                                                       "figure.", metavar="RUN",
+                                                   parser=_path)],
     out: Annotated[Path | None, typer.Option(help="Folder for the figures and report.html "
                                                   "(default: RUN/report for one run, report/ "
-                                                  "for several).")] = None,
+                                                  "for several).", parser=_path)] = None,
     data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder "
-                                                     "(default: each run's).")] = None,
+                                                     "(default: each run's).",
+                                                  parser=_path)] = None,
     device: DeviceOption = Device.cpu,
     threads_: ThreadsOption = None,
 ) -> None:
@@ -334,13 +346,15 @@ def report_cmd(
 
 @app.command("evaluate", cls=_Command)
 def evaluate_cmd(
-    run: Annotated[Path | None, typer.Argument(help=RUN_HELP)] = None,
+    run: Annotated[Path | None, typer.Argument(help=RUN_HELP, parser=_path)] = None,
     split: Annotated[Split | None, typer.Option(help="Split of the prepared dataset "
                                                 "(default: test).")] = None,
     data_files: Annotated[list[Path] | None, typer.Option(
-        "--data-file", help="Score this labeled CSV/JSONL/Parquet file instead.")] = None,
+        "--data-file", help="Score this labeled CSV/JSONL/Parquet file instead.",
+        parser=_path)] = None,
     data_dir: Annotated[Path | None, typer.Option("--data", help="Prepared dataset folder "
-                                                     "(default: the run's).")] = None,
+                                                     "(default: the run's).",
+                                                  parser=_path)] = None,
     text_column: Annotated[str, typer.Option(help="Text column of --data-file.")] = "text",
     label_column: Annotated[str, typer.Option(
         help="Label column of --data-file (0/1, neg/pos or negative/positive).")] = "label",
@@ -715,10 +729,14 @@ _KINDS = {"a valid integer": "an integer", "a valid number": "a number"}
 
 def _usage_message(exc: typer.exceptions.TyperException) -> str:
     """click's message without what its validators add ("Value error, ") or its last period;
-    a flag's value out of range or of the wrong kind said as imdbsent's own checks say it
+    a value that imdbsent's own parsers refuse said as "--out must not be empty"; a flag's
+    value out of range or of the wrong kind said as imdbsent's own checks say it
     ("--nproc must be at least 1, not 0", "--lr must be a number, not 'abc'"; the value given
     is in the validator's error, which typer chains)."""
     message = exc.format_message().replace("Value error, ", "").rstrip(".")
+    own = re.fullmatch(r"Invalid value for '([^']+)': (must .*)", message)  # imdbsent's parsers
+    if own:
+        return f"{own[1]} {own[2]}"
     match = re.fullmatch(r"Invalid value for '(--[\w-]+)': Input should be (.+?)"
                          r"(?:, unable to parse .*)?", message)
     bound = match and re.fullmatch(f"({'|'.join(_BOUNDS)}) (\\S+)", match[2])
