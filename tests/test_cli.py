@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import SMALL_GRU, make_reviews, run_cli, run_exe, set_started
-from imdbsent import config, runs, text, training
+from imdbsent import config, runs, text, threads, training
 from imdbsent.cli import app
 from imdbsent.errors import Terminated, UserError
 
@@ -277,6 +277,16 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsy
     assert err.count("\n") == 1 and err.startswith("imdbsent: error: "), err
     assert message in err
     assert out == ""
+
+
+def test_more_threads_than_cores_are_said_and_capped(trained_run, capsys):
+    cores = threads.available_cores()  # (on 2 cores, 1,000 threads computed 2.6 times slower)
+    assert run_cli(["predict", "--threads", str(cores + 5), "--run", str(trained_run),
+                    "great film"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (f"warning: --threads {cores + 5} is more than the {cores} cores this process "
+                   f"may run on: computing with {cores}\n")
+    assert out.endswith("\tgreat film\n")
 
 
 @pytest.mark.parametrize("args, status", [

@@ -60,15 +60,21 @@ def test_omp_num_threads_is_honoured_as_torch_read_it() -> None:
     assert (got["used"], got["torch"], got["rayon"]) == (1, 1, "1")
 
 
-def test_an_explicit_value_wins_over_omp_num_threads_and_the_cores() -> None:
-    assert probe(2, OMP_NUM_THREADS="3")["torch"] == 2
-    got = probe(3)
-    assert (got["used"], got["torch"], got["rayon"]) == (3, 3, "3")
+def test_an_explicit_value_wins_over_omp_num_threads() -> None:
+    assert probe(1, pin=False, OMP_NUM_THREADS="3")["torch"] == 1
+
+
+def test_an_explicit_value_is_capped_at_the_cores_this_process_may_run_on() -> None:
+    got = probe(3)  # pinned to 1 core: 3 threads would only wait at each other's barriers
+    assert (got["used"], got["torch"], got["rayon"]) == (1, 1, "1")
+    cores = threads.available_cores()
+    got = probe(cores, pin=False)
+    assert (got["used"], got["torch"], got["rayon"]) == (cores, cores, str(cores))
 
 
 def test_a_users_rayon_setting_is_kept() -> None:
-    got = probe(2, RAYON_NUM_THREADS="5")
-    assert (got["used"], got["torch"], got["rayon"]) == (2, 2, "5")
+    got = probe(1, RAYON_NUM_THREADS="5")
+    assert (got["used"], got["torch"], got["rayon"]) == (1, 1, "5")
 
 
 @pytest.mark.parametrize("bad", [0, -2, True, 1.5, "2"])
