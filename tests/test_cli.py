@@ -268,6 +268,9 @@ def test_python_dash_m_runs_the_cli():
     (["evaluate", ""], "run must not be empty"),
     (["predict", "--file", "", "hi"], "--file must not be empty"),
     (["train", "--data", "", "--run-dir", "r"], "--data must not be empty"),
+    (["predict", "-", "-"], "standard input (-) is given 2 times: it can be read once (see "
+                            "imdbsent predict --help)"),  # the second read nothing
+    (["explain", "-", "--file", "-"], "standard input (-) is given 2 times"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsys, args, message,
                                                     prepared_dir, source_dir):
@@ -300,6 +303,7 @@ def test_more_threads_than_cores_are_said_and_capped(trained_run, capsys):
     (["predict", "hi"], 1),
     (["predict"], 2),  # nothing to predict: a usage error
     (["explain"], 2),
+    (["explain", "-", "-"], 2),
     (["train", "--resume", "runs/a", "--config", "default"], 2),  # flags that conflict
     (["prepare", "--source", "./missing"], 1),
     (["prepare", "--out", "", "--source", "./missing"], 2),

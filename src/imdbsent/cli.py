@@ -406,9 +406,10 @@ def predict_cmd(
     texts = texts or []
     if not texts and not files:
         raise Usage("nothing to predict: give texts, - for standard input, or --file PATH")
+    inputs = _inputs(texts, files)  # its mistakes before the run is looked for
     predictor = Predictor(_chosen_run(run), device.value, threshold)
     chosen = (fmt.value if fmt else ("table" if console.out.is_terminal else "tsv"))
-    console.write_predictions(predictor.stream(_inputs(texts, files), batch_size), chosen)
+    console.write_predictions(predictor.stream(inputs, batch_size), chosen)
 
 
 @app.command("explain", cls=_Command)
@@ -431,9 +432,10 @@ def explain_cmd(
     check_threshold(threshold)  # before the run is looked for
     if not texts and not files:
         raise Usage("nothing to explain: give texts, - for standard input, or --file PATH")
+    inputs = _inputs(texts or [], files)  # its mistakes before the run is looked for
     run = _chosen_run(run)
     explainer = explain.Explainer(Predictor(run, device.value, threshold))
-    results = (explainer.explain(t) for t in _inputs(texts or [], files) if t is not None)
+    results = (explainer.explain(t) for t in inputs if t is not None)
     chosen = fmt.value if fmt else ("terminal" if console.out.is_terminal else "jsonl")
     if chosen == "html":  # one page, at the end; stopped, the texts explained so far
         done: list = []
@@ -479,14 +481,17 @@ def _configure_threads(asked: int | None) -> None:
 
 def _inputs(texts: list[str], files: list[Path] | None) -> Iterator[str | None]:
     """Texts from the arguments in order, `-` standing for standard input, then each --file
-    in the order given (`--file -`: standard input). Each file is tried here, so that one
+    in the order given (`--file -`: standard input; given once at most). Each file is tried here, so that one
     that cannot be opened is refused before anything is printed, and read in its turn (one
     open at a time, however many are given)."""
     files = files or []
+    stdin = [*texts, *map(str, files)].count("-")
+    if stdin > 1:  # the second would find it at its end, and read nothing
+        raise Usage(f"standard input (-) is given {stdin} times: it can be read once")
     for file in files:
         if str(file) != "-":
             _open(file).close()
-    if "-" in [*texts, *map(str, files)] and sys.stdin is None:
+    if stdin and sys.stdin is None:
         raise UserError("- reads standard input, but it is closed")
     return _texts(texts, files)
 
