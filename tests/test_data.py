@@ -244,8 +244,10 @@ def test_a_failed_rebuild_leaves_the_prepared_folder_whole(source_dir, tmp_path)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     for bad in (dataclasses.replace(args, text_column="review"),  # fails reading the source
                 dataclasses.replace(args, source=str(tmp_path / "nowhere"))):
+        said: list[str] = []
         with pytest.raises(UserError):
-            data.prepare(bad, out)
+            data.prepare(bad, out, report=said.append)
+        assert said == [] or bad.source == args.source  # nowhere: no "preparing again" first
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
         assert not list(out.glob(".build-*"))
     assert not data.prepare(args, out)[1]  # still reused: runs trained on it stay valid

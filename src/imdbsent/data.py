@@ -247,6 +247,7 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
     """
     args.check()
     sources.check_columns(args.source, args.text_column, args.label_column)
+    sources.check_exists(args.source)
     out = Path(out)
     _check_apart(args.source, out)
     wanted = {"args": dataclasses.asdict(args), "source_path": sources.local_path(args.source),

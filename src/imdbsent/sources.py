@@ -163,6 +163,7 @@ def load_source(
     path = Path(source).expanduser()
     tmp, ignored = None, []
     check_columns(source, text_column, label_column)
+    check_exists(source)
     if path.exists():
         if _is_acl(path):
             tmp = tempfile.TemporaryDirectory(prefix=".source-", dir=scratch)
@@ -180,9 +181,6 @@ def load_source(
                 f"{path}: not a source imdbsent reads (a folder of Parquet/CSV/JSONL files named "
                 "by split, an aclImdb/ folder, or aclImdb_v1.tar.gz)"
             )
-    elif _looks_like_path(source):
-        hub = "" if "/" in source else f" (a Hub dataset is named owner/name: {HUB_DEFAULT})"
-        raise UserError(f"{source}: no such file or folder{hub}")
     else:
         splits, fingerprint = _from_hub(source, text_column, label_column, unsupervised)
     src = Source(name=source, splits=splits, fingerprint=fingerprint, scratch=tmp,
@@ -197,6 +195,14 @@ def load_source(
         src.close()
         raise
     return src
+
+
+def check_exists(source: str) -> None:
+    """Refuse a source written as a path that is not there (a Hub name is looked for on the
+    Hub); before any work, so that `prepare` says nothing of the folder it would build."""
+    if _looks_like_path(source) and not Path(source).expanduser().exists():
+        hub = "" if "/" in source else f" (a Hub dataset is named owner/name: {HUB_DEFAULT})"
+        raise UserError(f"{source}: no such file or folder{hub}")
 
 
 def _is_acl(path: Path) -> bool:
