@@ -322,6 +322,18 @@ def test_predictor_refuses_a_bad_device_or_threshold_in_words(trained_run, kwarg
         Predictor(trained_run, **kwargs)
 
 
+def test_evaluate_run_takes_paths_as_strings_and_refuses_the_unlabeled_split(trained_run):
+    from imdbsent.predict import evaluate_run
+    by_path, what = evaluate_run(trained_run, split="valid")
+    by_str, _ = evaluate_run(str(trained_run), split="valid",
+                             data_dir=str(runs.data_folder(trained_run, config.load(
+                                 trained_run / "config.toml").data)))
+    assert by_str["accuracy"] == by_path["accuracy"] and what.endswith("[valid]")
+    with pytest.raises(BadValue, match="^split must be one of train, valid, test, not "
+                                       "'unsupervised'$"):  # its labels are all -1
+        evaluate_run(trained_run, split="unsupervised")
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.text(), max_size=8))
 def test_any_unicode_gives_one_prediction_per_text(trained_run, texts):

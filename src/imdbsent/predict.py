@@ -74,7 +74,7 @@ class Prediction:
 class Predictor:
     """A trained model ready to score raw text."""
 
-    def __init__(self, run: Path, device: str | torch.device = "cpu", threshold: float = 0.5
+    def __init__(self, run: str | Path, device: str | torch.device = "cpu", threshold: float = 0.5
                  ) -> None:
         run = runs.check_run(run)
         check_threshold(threshold)
@@ -184,12 +184,18 @@ class Scored:
     skipped: int | None = None
 
 
-def score_run(run: Path, *, split: str = "test", data_file: Path | None = None,
-              data_dir: Path | None = None, device: str | torch.device = "cpu",
+LABELED_SPLITS = ("train", "valid", "test")
+
+
+def score_run(run: str | Path, *, split: str = "test", data_file: str | Path | None = None,
+              data_dir: str | Path | None = None, device: str | torch.device = "cpu",
               text_column: str = "text", label_column: str = "label") -> Scored:
-    """Score a run's best checkpoint (calibrated, if it was) on a prepared split, or on a
-    labeled file."""
+    """Score a run's best checkpoint (calibrated, if it was) on a prepared split (a labeled
+    one: train, valid or test), or on a labeled file."""
+    if data_file is None and split not in LABELED_SPLITS:  # unsupervised's labels are all -1
+        raise BadValue("split", f"must be one of {', '.join(LABELED_SPLITS)}, not {split!r}")
     predictor = Predictor(run, device)
+    run = Path(run)
     if data_file is not None:
         ds = read_labeled_file(data_file, text_column, label_column)
         ids = text.encode(predictor.tokenizer, ds["text"])
@@ -200,7 +206,8 @@ def score_run(run: Path, *, split: str = "test", data_file: Path | None = None,
         skipped: int | None = len(ids) - len(keep)
         what = str(data_file)
     else:
-        prepared = load_prepared(data_dir or runs.data_folder(run, predictor.config.data))
+        prepared = load_prepared(Path(data_dir) if data_dir is not None
+                                 else runs.data_folder(run, predictor.config.data))
         runs.check_data(run, prepared, runs.recorded_fingerprint(run),
                         other_ok=data_dir is not None)
         enc = prepared.split(split)
@@ -211,8 +218,8 @@ def score_run(run: Path, *, split: str = "test", data_file: Path | None = None,
     return Scored(logits, labels, unk_rate, what, skipped)
 
 
-def evaluate_run(run: Path, *, split: str = "test", data_file: Path | None = None,
-                 data_dir: Path | None = None, threshold: float = 0.5,
+def evaluate_run(run: str | Path, *, split: str = "test", data_file: str | Path | None = None,
+                 data_dir: str | Path | None = None, threshold: float = 0.5,
                  device: str | torch.device = "cpu", text_column: str = "text",
                  label_column: str = "label") -> tuple[dict, str]:
     """Metrics of a run on a prepared split or a labeled file (`score_run`) at `threshold`,
