@@ -5,6 +5,8 @@ import socket
 import tarfile
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_reviews, write_parquet
@@ -174,6 +176,20 @@ def test_missing_text_column_is_named(tmp_path):
     (folder / "test.csv").write_text("review,label\ngood,1\n")
     with pytest.raises(UserError, match=r"train\.csv: no 'text' column \(columns: review, label\)"):
         sources.load_source(str(folder))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_column_named_twice_is_refused_in_one_line(tmp_path, fmt):
+    path = tmp_path / f"d.{fmt}"
+    if fmt == "csv":
+        path.write_text("text,text,label\ngreat,x,pos\nawful,y,neg\n")
+    else:  # pyarrow's column() raised a KeyError: a traceback
+        pq.write_table(pa.Table.from_arrays([pa.array(["a", "b"]), pa.array([1, 0]),
+                                             pa.array([0, 1])], names=["text", "label", "label"]),
+                       path)
+    column = "text" if fmt == "csv" else "label"
+    with pytest.raises(UserError, match=rf"d\.{fmt}: 2 columns are named '{column}'$"):
+        sources.read_labeled_file(path)
 
 
 def test_empty_file_is_named(tmp_path):

@@ -94,6 +94,8 @@ class Split:
                                                                           self.label_column):
                 if column not in names:
                     raise UserError(f"{where}: no {column!r} column (columns: {', '.join(names)})")
+                if names.count(column) > 1:  # which one would be read is anyone's guess
+                    raise UserError(f"{where}: {names.count(column)} columns are named {column!r}")
             texts = table.column(self.text_column).to_pylist()
             for i, t in enumerate(texts):
                 if not isinstance(t, str):
