@@ -178,6 +178,15 @@ def test_missing_text_column_is_named(tmp_path):
         sources.load_source(str(folder))
 
 
+def test_a_jsonl_line_longer_than_pyarrows_block_is_read(tmp_path):
+    path = tmp_path / "long.jsonl"
+    long = "great " * 400_000  # 2.4 MB: pyarrow's 1 MiB block refused it ("straddling")
+    path.write_text(json.dumps({"text": long, "label": 1}) + "\n"
+                    + json.dumps({"text": "bad", "label": 0}) + "\n")
+    ds = sources.read_labeled_file(path)
+    assert ds["text"] == [long, "bad"] and ds["label"] == [1, 0]
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_a_column_named_twice_is_refused_in_one_line(tmp_path, fmt):
     path = tmp_path / f"d.{fmt}"

@@ -399,9 +399,13 @@ def _json_pieces(path: Path, size: int) -> Iterator[tuple[list[str], pa.Table]]:
 def _json_block(lines: list[bytes], done: int) -> tuple[list[str], pa.Table]:
     """The table of a block of JSON lines that follows `done` rows of its file; pyarrow's
     "in row K" (from 0, within the block) is made the file's row, from 1, as a bad label's is.
-    A column whose values change type (labels 1 and "pos") is read by `_json_table`."""
+    A column whose values change type (labels 1 and "pos") is read by `_json_table`. pyarrow
+    parses in blocks that must each hold whole lines: one as long as the longest (its default,
+    1 MiB, refused a review of 4 MB: "straddling object straddles two block boundaries")."""
+    block_size = max(1 << 20, max(map(len, lines)) + 1)
     try:
-        table = pa_json.read_json(io.BytesIO(b"".join(lines)))
+        table = pa_json.read_json(io.BytesIO(b"".join(lines)),
+                                  read_options=pa_json.ReadOptions(block_size=block_size))
     except pa.ArrowInvalid as exc:
         why = re.sub(r"in row (\d+)", lambda m: f"in row {done + int(m[1]) + 1}", str(exc))
         rows = ([json.loads(line) for line in lines]  # valid JSON: pyarrow parsed it
