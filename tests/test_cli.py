@@ -266,6 +266,7 @@ def test_python_dash_m_runs_the_cli():
     (["report", "--out", "", "r"], "--out must not be empty (. is this folder) (see imdbsent "
                                    "report --help)"),  # typer read "" as ".": wrote here
     (["evaluate", ""], "run must not be empty"),
+    (["prepare", "--source", ""], "--source must not be empty (. is this folder)"),
     (["predict", "--file", "", "hi"], "--file must not be empty"),
     (["train", "--data", "", "--run-dir", "r"], "--data must not be empty"),
     (["predict", "-", "-"], "standard input (-) is given 2 times: it can be read once (see "

@@ -82,6 +82,8 @@ class PrepareArgs:
     label_column: str = "label"
 
     def check(self) -> None:
+        if not self.source:  # "" would read the current folder (`Path("")` is ".")
+            raise BadValue("source", "must not be empty (. is this folder)")
         for name, ok, rule in [
                 ("split_ratio", 0.0 < self.split_ratio < 1.0, "between 0 and 1"),
                 ("seed", 0 <= self.seed < SEED_LIMIT, f"in 0..{SEED_LIMIT - 1}"),
