@@ -454,6 +454,29 @@ def test_a_ctrl_c_that_lands_in_the_stdin_reader_still_stops_the_command():
     assert res.returncode == 130, res.stderr.decode()
 
 
+SIGNAL_AS_THE_PROCESS_ENDS = """
+import atexit, os, signal, sys
+sys.argv = ["imdbsent", *sys.argv[2:]]
+atexit.register(os.kill, os.getpid(), getattr(signal, "SIG" + {sig!r}))
+from imdbsent.__main__ import run
+run()
+"""
+
+
+@pytest.mark.parametrize("sig, args, code, said", [
+    ("TERM", ["--version"], 143, "imdbsent: error: terminated\n"),
+    ("INT", ["--version"], 130, "imdbsent: error: interrupted\n"),
+    ("INT", ["evaluate", "no/such/run"], 1, "imdbsent: error: no/such/run: no such run "
+                                            "directory\n"),  # said once, its status kept
+])
+def test_a_signal_while_the_process_ends_is_said(sig, args, code, said):
+    """Python's finalization (torch's) takes a while after the command: a Ctrl-C or SIGTERM
+    then ended the process silently, killed by the signal (here sent from an atexit hook)."""
+    res = subprocess.run([sys.executable, "-c", SIGNAL_AS_THE_PROCESS_ENDS.format(sig=sig),
+                          "-", *args], capture_output=True, timeout=120)
+    assert (res.returncode, res.stderr.decode()) == (code, said)
+
+
 def test_head_ends_an_endless_pipeline_promptly_and_quietly(trained_run, tmp_path):
     script = (f"yes 'great film' | {EXE} predict - --run {trained_run} 2>{tmp_path / 'err'}"
               f" | head -n 5; echo ${{PIPESTATUS[1]}} >{tmp_path / 'code'}")

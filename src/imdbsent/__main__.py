@@ -3,12 +3,17 @@
 
 def run() -> None:
     """The command line; a Ctrl-C while it is still being imported (torchrun forwards it to
-    every rank as it starts them) ends it quietly with 130, never with a traceback."""
+    every rank as it starts them) ends it quietly with 130, never with a traceback; one while
+    the process ends, after the command, is said (`say_late_stops`)."""
     try:
-        from imdbsent.cli import main
+        from imdbsent.cli import main, say_late_stops
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    main()
+    try:
+        main()
+    except SystemExit as exc:
+        say_late_stops(exc.code)
+        raise
 
 
 if __name__ == "__main__":

@@ -655,6 +655,24 @@ def main(argv: list[str] | None = None) -> None:
             _leave_at_once(code)
 
 
+def say_late_stops(code: int | str | None) -> None:
+    """From the end of `main` to the end of the process (Python's finalization takes a while:
+    torch's), a Ctrl-C or SIGTERM is said as one during the command is, and ends the process
+    with 130 or 143 if the command had succeeded; with the command's own status if it had
+    not (its error or stop is said already). Unhandled, it ended the process silently."""
+    def late(signum: int, _frame: object) -> None:
+        status = 143 if signum == signal.SIGTERM else 130
+        if code in (0, None) and _is_main():
+            _say_error(stop_word(status))
+        elif code not in (0, None):
+            status = code if isinstance(code, int) else 1
+        _leave_at_once(status)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # one ignored at the start stays so
+            signal.signal(sig, late)
+
+
 def _reading_stdin() -> bool:
     """Whether `live_lines`' reader thread still waits on standard input (the command ended
     early: an interrupt, an error): Python's finalization would abort on the lock it holds
