@@ -3,13 +3,15 @@
 import csv
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SMALL_GRU, make_reviews, run_cli, run_exe, set_started
+from conftest import EXE, SMALL_GRU, make_reviews, run_cli, run_exe, set_started
 from imdbsent import config, runs, text, threads, training
 from imdbsent.cli import app
 from imdbsent.errors import Terminated, UserError
@@ -283,14 +285,19 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsy
     assert out == ""
 
 
-def test_more_threads_than_cores_are_said_and_capped(trained_run, capsys):
+@pytest.mark.parametrize("by", ["flag", "env"])
+def test_more_threads_than_cores_are_said_and_capped(trained_run, by):
     cores = threads.available_cores()  # (on 2 cores, 1,000 threads computed 2.6 times slower)
-    assert run_cli(["predict", "--threads", str(cores + 5), "--run", str(trained_run),
-                    "great film"]) == 0
-    out, err = capsys.readouterr()
-    assert err == (f"warning: --threads {cores + 5} is more than the {cores} cores this process "
-                   f"may run on: computing with {cores}\n")
-    assert out.endswith("\tgreat film\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if by == "env":
+        env["OMP_NUM_THREADS"] = str(cores + 5)
+    res = subprocess.run([str(EXE), "predict", *(["--threads", str(cores + 5)] if by == "flag"
+                                                   else []), "--run", str(trained_run),
+                          "great film"], capture_output=True, env=env, timeout=120)
+    what = f"--threads {cores + 5}" if by == "flag" else f"OMP_NUM_THREADS={cores + 5}"
+    assert res.stderr.decode() == (f"warning: {what} is more than the {cores} cores this "
+                                   f"process may run on: computing with {cores}\n")
+    assert res.returncode == 0 and res.stdout.decode().endswith("\tgreat film\n")
 
 
 @pytest.mark.parametrize("args, status", [

@@ -67,6 +67,8 @@ def test_an_explicit_value_wins_over_omp_num_threads() -> None:
 def test_an_explicit_value_is_capped_at_the_cores_this_process_may_run_on() -> None:
     got = probe(3)  # pinned to 1 core: 3 threads would only wait at each other's barriers
     assert (got["used"], got["torch"], got["rayon"]) == (1, 1, "1")
+    got = probe(None, OMP_NUM_THREADS="3")  # the same, however asked
+    assert (got["used"], got["torch"], got["rayon"]) == (1, 1, "1")
     cores = threads.available_cores()
     got = probe(cores, pin=False)
     assert (got["used"], got["torch"], got["rayon"]) == (cores, cores, str(cores))

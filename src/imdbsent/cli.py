@@ -471,12 +471,15 @@ def _chosen_run(run: Path | None) -> Path:
 
 
 def _configure_threads(asked: int | None) -> None:
-    """Set the compute threads (`threads.configure`), saying so where --threads asked for more
-    than the cores this process may run on."""
+    """Set the compute threads (`threads.configure`), saying so where --threads or
+    OMP_NUM_THREADS asked for more than the cores this process may run on."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    what, wanted = ((f"--threads {asked}", asked) if asked is not None
+                    else (f"OMP_NUM_THREADS={env}", int(env)) if env.isdigit() else ("", 0))
     used = threads.configure(asked)
-    if asked is not None and used < asked:
-        console.log(f"warning: --threads {asked} is more than the {used} cores this process may "
-                    f"run on: computing with {used}")
+    if used < wanted:
+        console.log(f"warning: {what} is more than the {used} cores this process may run on: "
+                    f"computing with {used}")
 
 
 def _inputs(texts: list[str], files: list[Path] | None) -> Iterator[str | None]:

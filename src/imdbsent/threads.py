@@ -105,10 +105,10 @@ def idle_share(others: float, ceiling: int) -> int:
 def configure(threads: int | None = None) -> int:
     """Set the number of compute threads and return it.
 
-    An explicit `threads` (`--threads N`) wins, up to the cores this process may run on (more
-    only wait at each other's barriers: on 2 cores, 1,000 threads computed 2.6 times slower);
-    else OMP_NUM_THREADS, when set, stands as torch
-    read it at import; else the cores this process may run on that other processes leave idle
+    An explicit `threads` (`--threads N`) wins; else OMP_NUM_THREADS, when set, stands as
+    torch read it at import; either up to the cores this process may run on (more only wait
+    at each other's barriers: on 2 cores, 1,000 threads computed 2.6 times slower). Else the
+    cores this process may run on that other processes leave idle
     (measured over SAMPLE_SECONDS), and from then on `balance()` follows the load. Call it at
     the start of a command, from the thread that will compute.
 
@@ -129,7 +129,8 @@ def configure(threads: int | None = None) -> int:
         ceiling = threads = min(threads, available_cores())
         torch.set_num_threads(threads)
     elif os.environ.get("OMP_NUM_THREADS", "").strip():
-        ceiling = threads = torch.get_num_threads()
+        ceiling = threads = min(torch.get_num_threads(), available_cores())
+        torch.set_num_threads(threads)
     else:
         ceiling = threads = available_cores()
         first = _sample()
