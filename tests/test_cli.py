@@ -269,6 +269,8 @@ def test_python_dash_m_runs_the_cli():
                                    "report --help)"),  # typer read "" as ".": wrote here
     (["evaluate", ""], "run must not be empty"),
     (["prepare", "--source", ""], "--source must not be empty (. is this folder)"),
+    (["evaluate", "--label-column", "y"], "--label-column names a column of --data-file, which "
+                                          "is not given (see imdbsent evaluate --help)"),
     (["predict", "--file", "", "hi"], "--file must not be empty"),
     (["train", "--data", "", "--run-dir", "r"], "--data must not be empty"),
     (["predict", "-", "-"], "standard input (-) is given 2 times: it can be read once (see "
@@ -312,6 +314,7 @@ def test_more_threads_than_cores_are_said_and_capped(trained_run, by):
     (["predict"], 2),  # nothing to predict: a usage error
     (["explain"], 2),
     (["explain", "-", "-"], 2),
+    (["evaluate", "--text-column", "review"], 2),  # no --data-file: it was ignored
     (["train", "--resume", "runs/a", "--config", "default"], 2),  # flags that conflict
     (["prepare", "--source", "./missing"], 1),
     (["prepare", "--out", "", "--source", "./missing"], 2),

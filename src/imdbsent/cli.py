@@ -375,6 +375,11 @@ def evaluate_cmd(
     if data_file is not None and (split or data_dir):
         raise Usage(f"--data-file scores a file of its own: give it without "
                     f"{'--split' if split else '--data'}")
+    named = [f for f, value, default in (("--text-column", text_column, "text"),
+                                         ("--label-column", label_column, "label"))
+             if value != default]
+    if data_file is None and named:  # a prepared split has no columns to name
+        raise Usage(f"{named[0]} names a column of --data-file, which is not given")
     run = _chosen_run(run)
     metrics, title = evaluate_run(run, split=(split or Split.test).value, data_file=data_file,
                                   data_dir=data_dir, threshold=threshold, device=device.value,
