@@ -233,6 +233,8 @@ def test_python_dash_m_runs_the_cli():
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--data", "nowhere"], "no prepared dataset in nowhere: run imdbsent prepare"),
+    (["train", "--data", "{source}/train.parquet"], "train.parquet is a file, not a prepared "
+                                                    "dataset folder"),  # not prepare --out it
     (["train", "--data", "{source}"], "which holds test.parquet, train.parquet, unsupervised."
                                       "parquet: if it is a source, prepare it with imdbsent "
                                       "prepare --source "),  # not prepare --out SOURCE: refused
