@@ -489,9 +489,9 @@ def _configure_threads(asked: int | None) -> None:
 
 def _inputs(texts: list[str], files: list[Path] | None) -> Iterator[str | None]:
     """Texts from the arguments in order, `-` standing for standard input, then each --file
-    in the order given (`--file -`: standard input; given once at most). Each file is tried here, so that one
-    that cannot be opened is refused before anything is printed, and read in its turn (one
-    open at a time, however many are given)."""
+    in the order given (`--file -`: standard input; given once at most). Each file is tried
+    here, so that one that cannot be opened is refused before anything is printed, and read
+    in its turn (one open at a time, however many are given)."""
     files = files or []
     stdin = [*texts, *map(str, files)].count("-")
     if stdin > 1:  # the second would find it at its end, and read nothing
