@@ -161,6 +161,29 @@ def test_an_interrupt_is_said_once_by_rank_0_or_else_by_the_launcher(monkeypatch
     assert launch.SAID not in os.environ and not marker[0].parent.exists()  # nothing left
 
 
+def test_a_signal_that_torchs_agent_raised_another_error_over_is_still_a_stop(monkeypatch):
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    def stopped_in_its_metrics_wrapper(_args) -> None:  # as torch's agent did, once, in CI
+        try:
+            raise SignalException("stopped", signal.SIGTERM)
+        finally:
+            raise UnboundLocalError("cannot access local variable 'start'")
+
+    monkeypatch.setattr(torchrun, "run", stopped_in_its_metrics_wrapper)
+    stopped = []
+    monkeypatch.setattr(launch, "stop_children", stopped.append)
+    assert launch.run(2, ["--epochs", "1"]).code == 143 and stopped == [signal.SIGTERM]
+
+    def failed(_args) -> None:  # any other error is not taken for one
+        raise UnboundLocalError("something else")
+
+    monkeypatch.setattr(torchrun, "run", failed)
+    with pytest.raises(UnboundLocalError, match="something else"):
+        launch.run(2, ["--epochs", "1"])
+
+
 def test_a_stopped_launcher_stops_every_child_left_running():
     quits = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal("

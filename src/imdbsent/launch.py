@@ -12,10 +12,11 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from imdbsent import threads
 
+E = TypeVar("E", bound=BaseException)
 INTERRUPTED = (130, 143)  # Ctrl-C, SIGTERM: rank 0 says what was kept, if it lived to
 SAID = "IMDBSENT_SAID"  # a file rank 0 makes once it has said why it stopped
 # How long stopped ranks may take to end before they are killed (torchrun's own default is 30
@@ -58,11 +59,16 @@ def run(nproc: int, train_args: list[str]) -> Outcome:
         said = os.environ[SAID] = os.path.join(folder, "said")  # the ranks inherit it
         try:
             torchrun.run(args)
-        except SignalException as exc:  # the launcher was stopped; it stopped every rank, but
-            stop_children(exc.sigval)  # for a signal while it was starting them: none then
-            result = Outcome(130 if exc.sigval == signal.SIGINT else 143)
         except ChildFailedError as exc:
             result = outcome(exc.failures)
+        except Exception as exc:
+            stop = _raised_over(exc, SignalException)
+            if stop is None:
+                raise
+            # the launcher was stopped; it stopped every rank, but for a signal while it was
+            # starting them: none then
+            stop_children(stop.sigval)
+            result = Outcome(130 if stop.sigval == signal.SIGINT else 143)
         else:
             result = Outcome(0)
         finally:
@@ -71,6 +77,16 @@ def run(nproc: int, train_args: list[str]) -> Outcome:
             result.message = ("interrupted before rank 0 could say what was kept (the ranks "
                               "were starting, or one was killed); imdbsent runs lists the runs")
     return result
+
+
+def _raised_over(exc: BaseException, kind: type[E]) -> E | None:
+    """`exc`, or an exception it was raised while handling, that is a `kind`: torch's agent,
+    stopped by a signal inside its metrics wrapper before that had started its timer, raised
+    an UnboundLocalError over the SignalException (a SIGTERM in CI: a traceback, status 1)."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, kind):
+        seen = seen.__context__
+    return seen
 
 
 def say_stopped() -> None:
