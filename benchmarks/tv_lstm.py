@@ -34,6 +34,7 @@ from torch import nn
 
 from imdbsent import config, data, engine
 from imdbsent.text import PAD_ID
+from imdbsent.training import Silent
 from region_embeddings import logits_of, region_sums, train_tv  # benchmarks/, beside this
 from stacking import rank_with_runs
 
@@ -56,14 +57,11 @@ class TvInput(nn.Module):
         return self.words(text) + self.project(F.relu(sums + self.tv_bias))
 
 
-class Printer:
-    """An `engine.Reporter` that prints each epoch's record."""
+class Printer(Silent):
+    """An `engine.Reporter` that prints the start, each epoch's record and the best epoch."""
 
     def start(self, run: Path, parameters: int, device: str, first_epoch: int) -> None:
         print(f"training {run}: {parameters:,} parameters on {device}", flush=True)
-
-    def epoch_start(self, epoch: int, batches: int) -> None: ...
-    def batch(self, examples: int, loss: float, acc: float) -> None: ...
 
     def epoch_end(self, record: dict[str, Any]) -> None:
         print(f"epoch {record['epoch']}: {record['seconds']:.0f} s, valid loss "
