@@ -291,7 +291,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, capsy
 
 @pytest.mark.parametrize("by", ["flag", "env"])
 def test_more_threads_than_cores_are_said_and_capped(trained_run, by):
-    cores = threads.available_cores()  # (on 2 cores, 1,000 threads computed 2.6 times slower)
+    cores = threads.available_cores()
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if by == "env":
         env["OMP_NUM_THREADS"] = str(cores + 5)

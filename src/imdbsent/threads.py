@@ -107,7 +107,7 @@ def configure(threads: int | None = None) -> int:
 
     An explicit `threads` (`--threads N`) wins; else OMP_NUM_THREADS, when set, stands as
     torch read it at import; either up to the cores this process may run on (more only wait
-    at each other's barriers: on 2 cores, 1,000 threads computed 2.6 times slower). Else the
+    at each other's barriers: a review saw 1,000 threads on 2 cores run far slower). Else the
     cores this process may run on that other processes leave idle (measured over
     SAMPLE_SECONDS), and from then on `balance()` follows the load. Call it at the start of a
     command, from the thread that will compute.
