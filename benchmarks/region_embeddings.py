@@ -2,9 +2,10 @@
 feeding a one-layer region CNN: one experiment of issue 12, scored alone and stacked with the
 members of finished runs. Reads no test review before the final scoring.
 
-1. tv-embedding: each region of `--region` words (a bag) is embedded, z = relu(E r + b), and
-   trained to predict the words of the two regions beside it (negative sampling, frequent
-   target words subsampled as word2vec's), on the train split and the 50,000 unlabeled reviews.
+1. tv-embedding (`imdbsent.regions.learn`): each region of `--region` words (a bag) is
+   embedded, z = relu(E r + b), and trained to predict the words of the two regions beside it
+   (negative sampling, frequent target words subsampled as word2vec's), on the train split and
+   the 50,000 unlabeled reviews.
 2. Region CNN: h_t = relu(W r_t + U z_t + c) over every region of a review (W trained, z the
    frozen tv-embedding; `--no-tv` drops it, the control), max over the review, dropout, one
    logit; Adam, the checkpoint of the best validation loss.
@@ -26,56 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imdbsent import data, engine, threads, word2vec
+from imdbsent import data, engine, regions, threads
 from imdbsent.data import Batches, Encoded
 from imdbsent.predict import score_run
-from imdbsent.text import PAD_ID, UNK_ID
+from imdbsent.regions import region_sums
+from imdbsent.text import PAD_ID
 from stacking import stacked_accuracy  # benchmarks/, beside this script
-
-
-def train_tv(stream: np.ndarray, vocab: int, region: int, dim: int, seed: int,
-             negatives: int = 10, batch: int = 8192, subsample: float = 1e-4
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One epoch over every region of the token stream: the tv-embedding's weights and bias."""
-    counts = np.bincount(stream, minlength=vocab).astype(np.float64)
-    counts[[PAD_ID, UNK_ID]] = 0
-    kept_p, table = word2vec.sampling(counts, subsample, np.random.default_rng(seed), 2_000_000)
-    keep = torch.from_numpy(kept_p).float()
-    tokens = torch.from_numpy(stream.astype(np.int64))
-    embed = nn.EmbeddingBag(vocab, dim, mode="sum", sparse=True, padding_idx=PAD_ID)
-    nn.init.uniform_(embed.weight, -0.5 / dim, 0.5 / dim)
-    bias = nn.Parameter(torch.zeros(dim))
-    out = nn.Embedding(vocab, dim, sparse=True)
-    nn.init.zeros_(out.weight)
-    sparse = torch.optim.SparseAdam([embed.weight, out.weight], lr=3e-3)
-    dense = torch.optim.Adam([bias], lr=3e-3)
-    inside = torch.arange(region)
-    beside = torch.cat([torch.arange(-region, 0), torch.arange(region, 2 * region)])
-    order = torch.randperm(len(tokens) - 3 * region) + region
-    for start in threads.balanced(range(0, len(order), batch)):
-        at = order[start:start + batch]
-        z = F.relu(embed(tokens[at[:, None] + inside]) + bias)
-        targets = tokens[at[:, None] + beside]
-        kept = (torch.rand(targets.shape) < keep[targets]).float()
-        drawn = table[torch.randint(len(table), (len(at), negatives))]
-        pos = (out(targets) * z[:, None]).sum(-1)
-        neg = (out(drawn) * z[:, None]).sum(-1)
-        loss = ((F.softplus(-pos) * kept).sum() + F.softplus(neg).sum()) / len(at)
-        sparse.zero_grad()
-        dense.zero_grad()
-        loss.backward()
-        sparse.step()
-        dense.step()
-    weight = embed.weight.detach().clone()
-    weight[PAD_ID] = 0.0
-    return weight, bias.detach().clone()
-
-
-def region_sums(x: torch.Tensor, region: int) -> torch.Tensor:
-    """[batch, time, dim] -> [batch, time + region - 1, dim]: the sum over each window of
-    `region` positions that holds a token (the reviews padded with zeros at both ends)."""
-    cum = F.pad(torch.cumsum(F.pad(x, (0, 0, region - 1, region - 1)), dim=1), (0, 0, 1, 0))
-    return cum[:, region:] - cum[:, :-region]
 
 
 class RegionCNN(nn.Module):
@@ -133,7 +90,7 @@ def main() -> None:
     if not args.no_tv:
         start = time.time()
         stream = np.concatenate([train.flat, prepared.split("unsupervised").flat])
-        tv = train_tv(stream, vocab, args.region, args.tv_dim, args.seed)
+        tv = regions.learn(stream, vocab, args.region, args.tv_dim, args.seed)
         print(f"tv-embedding: {len(stream):,} tokens in {time.time() - start:.0f} s", flush=True)
     model = RegionCNN(vocab, args.hidden, args.region, tv)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)

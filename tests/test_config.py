@@ -162,6 +162,12 @@ def test_an_ensemble_cannot_hold_an_ensemble(tmp_path):
      "train.epochs: an ensemble"),  # the default's value, but written: the members ignore it
     ('[model]\nname = "cnn"\nfilter_sizes = [3, 60]\n[train]\nmax_length = 50\n',
      "model.filter_sizes: a filter wider than train.max_length"),
+    ('[model]\nname = "lstm"\nregion_size = 4\n', "model.region_size must be 0 \\(none\\) or "
+     "an odd number of words, to centre on a word"),
+    ('[model]\nname = "gru"\nregion_size = -3\n', "model.region_size must be 0"),
+    ('[model]\nname = "lstm"\nregion_size = 3\nregion_dim = 0\n',
+     "model.region_dim must be positive"),
+    ('[model]\nname = "cnn"\nregion_size = 3\n', "model.region_size: cnn does not use it"),
 ])
 def test_a_recipe_that_would_train_something_else_than_it_says_is_refused(tmp_path, text,
                                                                           message):

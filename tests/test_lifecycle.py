@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import SMALL_GRU, run_cli
 from imdbsent import data, engine, runs, threads, training
@@ -37,6 +38,7 @@ class Quiet:
     def batch(self, *args): ...
     def epoch_end(self, *args): ...
     def test(self, *args): ...
+    def regions(self, *args): ...
 
 
 def _without_times(run: Path) -> list[dict]:
@@ -482,3 +484,49 @@ def test_scoring_on_worker_threads_gives_what_one_thread_gives(trained_run, how,
         assert all(torch.equal(a, b) for a, b in zip(alone, on_workers))
     else:
         assert alone == on_workers
+
+
+def test_region_embeddings_are_learned_at_the_start_and_kept_on_resume(prepared_dir, tmp_path,
+                                                                      capsys):
+    """Learned from the training and unlabeled reviews before the first epoch (the CLI says so,
+    piped: a line with the steps and one with the time), saved with the weights, and not
+    learned again by a resumed run, which goes on with the same ones."""
+    from imdbsent import regions
+    from imdbsent.text import PAD_ID
+
+    cfg = tmp_path / "tv.toml"
+    cfg.write_text(SMALL_GRU.format(data=prepared_dir).replace("epochs = 3", "epochs = 1")
+                   .replace('pooling = "max"', 'pooling = "max"\nregion_size = 3\nregion_dim = 8'))
+    run = tmp_path / "run"
+    assert run_cli(["train", "--config", str(cfg), "--run-dir", str(run)]) == 0
+    err = capsys.readouterr().err
+    prepared = data.load_prepared(prepared_dir)
+    tokens = sum(len(prepared.split(s).flat) for s in ("train", "unsupervised"))
+    steps = regions.steps(tokens, 3)
+    assert f"region embeddings: {steps:,}/{steps:,}" in err
+    assert "region embeddings learned in" in err
+    table = runs.load_checkpoint(run / runs.LAST).weights["regions.table"]
+    assert table.shape == (prepared.tokenizer.get_vocab_size(), 8)
+    assert table.abs().sum() > 0 and not table[PAD_ID].any()
+
+    assert run_cli(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert "region embeddings" not in capsys.readouterr().err
+    assert torch.equal(runs.load_checkpoint(run / runs.LAST).weights["regions.table"], table)
+    assert runs.load_checkpoint(run / runs.LAST).meta["epoch"] == 2
+
+
+def test_region_embeddings_learn_from_the_training_reviews_alone_without_unlabeled_ones(
+        source_dir, prepared_dir, tmp_path):
+    from imdbsent import config, regions
+
+    out = tmp_path / "labeled-only"
+    data.prepare(data.PrepareArgs(source=str(source_dir), unsupervised=False, vectors_dim=0), out)
+    seen = []
+    for folder in (out, prepared_dir):
+        cfg = config.from_dict({"data": str(folder), "model": {
+            "name": "lstm", "embedding_dim": 8, "hidden_dim": 8, "region_size": 3}},
+            "test")
+        engine.Trainer(cfg, data.load_prepared(folder), tmp_path / folder.name,
+                       on_regions=lambda step, steps: seen.append(steps))
+    train_only = data.load_prepared(out).split("train").flat
+    assert seen[0] == regions.steps(len(train_only), 3) < seen[-1]

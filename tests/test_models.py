@@ -18,6 +18,8 @@ EVERY_MODEL = [
                 dropout=0.2),
     ModelConfig(name="gru", embedding_dim=8, hidden_dim=6, pooling="max"),
     ModelConfig(name="gru", embedding_dim=8, hidden_dim=6, bidirectional=True, pooling="mean"),
+    ModelConfig(name="lstm", embedding_dim=8, hidden_dim=6, bidirectional=True, pooling="max",
+                region_size=3, region_dim=4),
     ModelConfig(name="cnn", embedding_dim=8, num_filters=4, filter_sizes=[2, 3, 7]),
     ModelConfig(name="nbow", embedding_dim=8, ngram_buckets=100),
     ModelConfig(name="nblr", ngram_buckets=100, ngrams=3),
@@ -120,6 +122,8 @@ def _invariance_models():
         ModelConfig(name="nbow", embedding_dim=8, ngram_buckets=100, ngrams=3),
         ModelConfig(name="nblr", ngram_buckets=100, ngrams=3),
         ModelConfig(name="ensemble"),
+        ModelConfig(name="lstm", embedding_dim=8, hidden_dim=6, bidirectional=True,
+                    pooling="max", region_size=5, region_dim=4),
     ]
 
 
@@ -135,12 +139,17 @@ def _build_for_invariance(cfg):
     if cfg.name == "nblr":  # a prior of its own for every n-gram, so that each one counts
         model.ratio.copy_(torch.randn(model.ratio.shape))
         model.ratio[0] = 0.0
+    if cfg.region_size:  # region embeddings that count (a learned table, its row 0 zero)
+        model.regions.table.copy_(torch.randn(model.regions.table.shape))
+        model.regions.table[0] = 0.0
+        torch.nn.init.normal_(model.regions.project.weight)
     return model
 
 
 @pytest.mark.parametrize("cfg", _invariance_models(), ids=lambda c: "-".join(
     str(v) for v in (c.name, c.pooling if c.name in ("lstm", "gru") else "",
                      "packed" if c.packed else "", f"{c.num_layers}x{2 if c.bidirectional else 1}",
+                     f"regions{c.region_size}" if c.region_size else "",
                      c.filter_sizes if c.name == "cnn" else "") if v))
 def test_a_reviews_logit_does_not_depend_on_the_rest_of_its_batch(cfg):
     """Padding is masked: the same review scores the same alone and beside longer ones (the
@@ -274,7 +283,8 @@ def test_hashed_ngram_weights_load_only_under_the_hash_they_were_trained_with(tm
 
 _CHANGED = {"embedding_dim": 5, "hidden_dim": 7, "num_layers": 2, "bidirectional": True,
             "dropout": 0.5, "pooling": "max", "packed": True, "filter_sizes": [2],
-            "num_filters": 3, "ngram_buckets": 77, "ngrams": 3, "prior_tokens": 5.0}
+            "num_filters": 3, "ngram_buckets": 77, "ngrams": 3, "prior_tokens": 5.0,
+            "region_size": 3, "region_dim": 4}
 
 
 @pytest.mark.parametrize("cfg", [c for i, c in enumerate(EVERY_MODEL)

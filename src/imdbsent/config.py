@@ -23,7 +23,7 @@ DATA_DEFAULT = "data/imdb"  # where `prepare` puts it, and where recipes read it
 MODELS = ("rnn", "lstm", "gru", "cnn", "nbow", "nblr", "ensemble")
 EMBEDDED = ("rnn", "lstm", "gru", "cnn")  # the models with a word embedding of their own
 _RECURRENT = ("embedding_dim", "hidden_dim", "num_layers", "bidirectional", "dropout", "pooling",
-              "packed")
+              "packed", "region_size", "region_dim")
 #: The [model] fields each model reads; it ignores the others (models.build is the truth, and a
 #: test checks this against it).
 MODEL_FIELDS = {"rnn": ("embedding_dim", "hidden_dim"), "lstm": _RECURRENT, "gru": _RECURRENT,
@@ -47,8 +47,10 @@ class ModelConfig:
     """The network. Fields a model does not use are ignored by it (e.g. filter_sizes by gru).
     `prior_tokens` (nbow) averages each text's embeddings as if it had that many more tokens,
     all zero vectors, so that a text of a few words scores near the bias instead of as
-    confidently as a whole review. An `ensemble` names its `members`: recipes (names or paths)
-    trained one after another."""
+    confidently as a whole review. `region_size` (lstm, gru; odd, 0 for none) adds to each
+    word's embedding a region embedding of `region_dim` dimensions, learned before training from
+    the training and unlabeled reviews (`regions`). An `ensemble` names its `members`: recipes
+    (names or paths) trained one after another."""
 
     name: str = "gru"
     embedding_dim: int = 100
@@ -63,6 +65,8 @@ class ModelConfig:
     ngram_buckets: int = 0
     ngrams: int = 2
     prior_tokens: float = 0.0
+    region_size: int = 0
+    region_dim: int = 100
     members: list[str] = field(default_factory=list)
 
 
@@ -281,6 +285,9 @@ def problem(cfg: Config) -> str | None:
          "model.ngrams 1 or more"),
         (math.isfinite(m.prior_tokens) and m.prior_tokens >= 0,
          "model.prior_tokens must be a number, 0 or more"),
+        (m.region_size == 0 or (m.region_size > 0 and m.region_size % 2 == 1),
+         "model.region_size must be 0 (none) or an odd number of words, to centre on a word"),
+        (m.region_dim > 0, "model.region_dim must be positive"),
         (m.name != "ensemble" or len(m.members) >= 2,
          "model.name ensemble needs model.members: two or more recipes"),
         (m.name == "ensemble" or not m.members,

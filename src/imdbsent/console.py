@@ -137,6 +137,7 @@ class TrainView:
         self._loss = self._acc = 0.0
         self._member: str | None = None  # the ensemble member being trained
         self._members_trained = False
+        self._stages: PrepareView | None = None  # a model's region embeddings, being learned
 
     def start(self, run: Path, parameters: int, device: str, first_epoch: int) -> None:
         log(f"run directory: {run} (device {device}"
@@ -185,16 +186,29 @@ class TrainView:
         self._member = None
         result(f"Test Loss: {record['test_loss']:.3f} | Test Acc: {record['test_acc']*100:.2f}%")
 
+    def regions(self, step: int, steps: int) -> None:
+        if self._stages is None:
+            self._stages, self._start = PrepareView(), time.time()
+        self._stages("region embeddings", step, steps)
+        if step == steps:
+            self._stages.close()
+            self._stages = None
+            log(f"region embeddings learned in {time.time() - self._start:.0f} s")
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        if self._stages is not None:
+            self._stages.close()
+            self._stages = None
 
 
 class PrepareView:
     """Progress of `prepare`, called as `view(stage, done, total)`: a bar a stage on a terminal
-    (rows read, rows encoded, word-vector epochs); when piped, a plain line as each stage ends,
-    and one a minute within a long stage."""
+    (rows read, rows encoded, word-vector epochs; and in training, a model's region
+    embeddings); when piped, a plain line as each stage ends, and one a minute within a long
+    stage."""
 
     EVERY = 60.0  # seconds between plain lines within a stage
 

@@ -192,6 +192,10 @@ class Prepared:
             self._cache[name] = read_encoded(self.require(name, missing))
         return self._cache[name]
 
+    def has(self, name: str) -> bool:
+        """Whether the split was prepared (`unsupervised` may not be)."""
+        return name in self._cache or (self.folder / f"{name}.parquet").exists()
+
     def require(self, name: str, missing: str = "run imdbsent prepare again") -> Path:
         """The split's file, refused now if missing (for a split read later: the test split,
         after every epoch has trained)."""

@@ -307,13 +307,15 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
 
 
 class Reporter(Protocol):
-    """What the fit loop tells its caller; the CLI draws it, tests record it."""
+    """What the fit loop tells its caller; the CLI draws it, tests record it. `regions` is the
+    progress of learning a model's region embeddings, before `start`."""
 
     def start(self, run: Path, parameters: int, device: str, first_epoch: int) -> None: ...
     def epoch_start(self, epoch: int, batches: int) -> None: ...
     def batch(self, examples: int, loss: float, acc: float) -> None: ...
     def epoch_end(self, record: dict[str, Any]) -> None: ...
     def test(self, record: dict[str, Any]) -> None: ...
+    def regions(self, step: int, steps: int) -> None: ...
 
 
 @dataclass
@@ -422,8 +424,9 @@ class Trainer:
     rank 0 alone reads and writes the run.
     """
 
-    def __init__(self, cfg: Config, data: Prepared, run: Path, *, resume: bool = False) -> None:
-        self.cfg, self.data, self.run = cfg, data, run
+    def __init__(self, cfg: Config, data: Prepared, run: Path, *, resume: bool = False,
+                 on_regions: Callable[[int, int], None] = lambda _step, _steps: None) -> None:
+        self.cfg, self.data, self.run, self.on_regions = cfg, data, run, on_regions
         t = cfg.train
         self.world = distributed.world()
         seed_everything(t.seed)
@@ -468,10 +471,15 @@ class Trainer:
         self.net = distributed.wrap(self.model, self.device)
 
     def _initialise(self) -> None:
-        """A fresh start: word vectors into the embedding, a prior from the training data."""
+        """A fresh start: word vectors into the embedding, region embeddings learned from the
+        training and unlabeled reviews, a prior from the training data."""
         t = self.cfg.train
         if t.vectors:
             vectors.load_into(self.model, self.data.tokenizer, self.data.vectors_file(t.vectors))
+        regions = getattr(self.model, "regions", None)
+        if regions is not None:
+            texts = [self.data.split(n).flat for n in ("train", "unsupervised") if self.data.has(n)]
+            regions.learn(np.concatenate(texts), t.seed, self.on_regions)
         if hasattr(self.model, "fit_prior"):  # models with a prior from the training data (nblr)
             self.model.fit_prior(Batches(self.data.split("train"), 256, max_length=self.max_length))
 
@@ -650,7 +658,7 @@ def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: b
     trains its members first (`fit_ensemble`)."""
     if cfg.model.name == "ensemble":
         return fit_ensemble(cfg, data, run, reporter, resume=resume)
-    return Trainer(cfg, data, run, resume=resume).fit(reporter)
+    return Trainer(cfg, data, run, resume=resume, on_regions=reporter.regions).fit(reporter)
 
 
 def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,

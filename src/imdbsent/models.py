@@ -8,10 +8,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from imdbsent import regions
 from imdbsent.config import ModelConfig
 from imdbsent.text import PAD_ID
 
@@ -32,9 +34,37 @@ class RNN(nn.Module):
         return self.fc(hidden.squeeze(0)).squeeze(1)
 
 
+class RegionInput(nn.Module):
+    """Each word's region embedding (`regions`: relu(E r + b) of the region of `region` words
+    centred on it, E and b learned beforehand from unlabeled text and kept frozen) through a
+    trained projection to the word embedding's size. The projection starts at zero, so that a
+    model starts where it would without the region embedding."""
+
+    def __init__(self, vocab_size: int, dim: int, region: int, out_dim: int) -> None:
+        super().__init__()
+        self.region = region
+        self.register_buffer("table", torch.zeros(vocab_size, dim))
+        self.register_buffer("bias", torch.zeros(dim))
+        self.project = nn.Linear(dim, out_dim, bias=False)
+        nn.init.zeros_(self.project.weight)
+
+    def learn(self, ids: np.ndarray, seed: int, report: Callable[[int, int], None]) -> None:
+        """Learn E and b from the token stream `ids` (`regions.learn`)."""
+        table, bias = regions.learn(ids, self.table.shape[0], self.region, self.table.shape[1],
+                                    seed, report)
+        self.table.copy_(table)
+        self.bias.copy_(bias)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return self.project(regions.centred(nn.functional.embedding(text, self.table),
+                                            self.bias, self.region))
+
+
 class Recurrent(nn.Module):
     """LSTM or GRU: multi-layer, optionally bidirectional, dropout; the review is the final
     forward and backward states, or max/mean pooling of the outputs over its true length.
+    With `region_size`, each word's input adds its region embedding (`RegionInput`) to its
+    word embedding: Johnson & Zhang's (2016) LSTM with tv-embeddings.
 
     Padding never enters the recurrence of a real token: the forward direction meets pads only
     after the last token, and the backward direction runs over each review reversed within its
@@ -47,6 +77,8 @@ class Recurrent(nn.Module):
         super().__init__()
         self.pooling, self.packed, self.hidden_dim = cfg.pooling, cfg.packed, cfg.hidden_dim
         self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=PAD_ID)
+        self.regions = (RegionInput(vocab_size, cfg.region_dim, cfg.region_size,
+                                    cfg.embedding_dim) if cfg.region_size else None)
         kind = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
         directions = 2 if cfg.bidirectional else 1
         self.layers = nn.ModuleList(
@@ -59,7 +91,10 @@ class Recurrent(nn.Module):
     def forward(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         lengths = lengths.cpu()  # pack_padded_sequence wants them there on every device
         reverse = reversal_index(lengths, text.shape[1]).to(text.device)
-        x = self.dropout(self.embedding(text))
+        x = self.embedding(text)
+        if self.regions is not None:
+            x = x + self.regions(text)
+        x = self.dropout(x)
         for i, directions in enumerate(self.layers):
             if i:
                 x = self.dropout(x)
