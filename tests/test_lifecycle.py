@@ -513,6 +513,9 @@ def test_region_embeddings_are_learned_at_the_start_and_kept_on_resume(prepared_
     assert "region embeddings" not in capsys.readouterr().err
     assert torch.equal(runs.load_checkpoint(run / runs.LAST).weights["regions.table"], table)
     assert runs.load_checkpoint(run / runs.LAST).meta["epoch"] == 2
+    assert run_cli(["explain", "--run", str(run), "a great film, not a bad one"]) == 0
+    explained = json.loads(capsys.readouterr().out)  # the word embeddings' share, complete
+    assert explained["complete"] and len(explained["tokens"]) == 8  # "," a token
 
 
 def test_region_embeddings_learn_from_the_training_reviews_alone_without_unlabeled_ones(
