@@ -491,3 +491,19 @@ def test_nproc_refuses_what_resume_or_an_ensemble_cannot_take_before_starting(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and ("no CUDA device is available here" in err
                                          or "local rank 1 has no GPU of its own" in err)
+
+
+def test_every_rank_learns_the_region_embeddings_that_one_process_learns(prepared_dir, tmp_path):
+    """Two processes train with the seeded region embeddings that one process learns (each
+    rank learns them itself, since a rank waiting minutes for rank 0's would pass the
+    --dist-timeout on full data)."""
+    recipe = _recipe(tmp_path, prepared_dir, SMALL_GRU.replace(
+        'pooling = "max"', 'pooling = "max"\nregion_size = 3\nregion_dim = 8'))
+    tables = []
+    for nproc in ("1", "2"):
+        run = tmp_path / f"run{nproc}"
+        done = run_exe(["train", "--config", str(recipe), "--run-dir", str(run), "--nproc",
+                        nproc, "--epochs", "1"])
+        assert done.returncode == 0, done.stderr
+        tables.append(runs.load_checkpoint(run / runs.BEST).weights["regions.table"])
+    assert tables[0].abs().sum() > 0 and torch.equal(*tables)

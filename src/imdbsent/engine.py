@@ -439,8 +439,10 @@ class Trainer:
         if self.world.rank:  # dropout of its own; rank 0 keeps a one-process run's stream
             torch.manual_seed(t.seed + self.world.rank)
         last = distributed.on_main(self._load_last) if resume else None
-        if last is None and self.world.main:  # the others start from rank 0's weights (wrap)
-            self._initialise()
+        if last is None:
+            self._learn_regions()
+            if self.world.main:  # the others start from rank 0's weights (wrap)
+                self._initialise()
         self.model.to(self.device)
         shard, pin = self.world.size > 1, self.device.type == "cuda"
         self.train_batches = Batches(data.split("train"), t.batch_size, shuffle=True, seed=t.seed,
@@ -470,16 +472,20 @@ class Trainer:
             self._restore(last)
         self.net = distributed.wrap(self.model, self.device)
 
-    def _initialise(self) -> None:
-        """A fresh start: word vectors into the embedding, region embeddings learned from the
-        training and unlabeled reviews, a prior from the training data."""
-        t = self.cfg.train
-        if t.vectors:
-            vectors.load_into(self.model, self.data.tokenizer, self.data.vectors_file(t.vectors))
+    def _learn_regions(self) -> None:
+        """A fresh start of a model with region embeddings: learn them from the training and
+        unlabeled reviews. Every rank learns the same ones (a seeded pass), rank 0's kept
+        (wrap): a rank that waited minutes for rank 0's would pass the --dist-timeout."""
         regions = getattr(self.model, "regions", None)
         if regions is not None:
             texts = [self.data.split(n).flat for n in ("train", "unsupervised") if self.data.has(n)]
-            regions.learn(np.concatenate(texts), t.seed, self.on_regions)
+            regions.learn(np.concatenate(texts), self.cfg.train.seed, self.on_regions)
+
+    def _initialise(self) -> None:
+        """A fresh start: word vectors into the embedding, a prior from the training data."""
+        t = self.cfg.train
+        if t.vectors:
+            vectors.load_into(self.model, self.data.tokenizer, self.data.vectors_file(t.vectors))
         if hasattr(self.model, "fit_prior"):  # models with a prior from the training data (nblr)
             self.model.fit_prior(Batches(self.data.split("train"), 256, max_length=self.max_length))
 
