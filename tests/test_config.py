@@ -34,6 +34,10 @@ def test_a_config_shown_to_people_leaves_out_what_goes_unused():
     keys = {line.split(" = ")[0] for line in shown.splitlines()[shown.splitlines().index("[train]"):]}
     assert keys == {"[train]", "seed", "device"}
     assert "optimizer = " in config.load("ensemble").to_toml()  # a run's config.toml: all
+    assert "region_size = 0" in config.load("default").to_toml(used=True)
+    assert "region_dim" not in config.load("default").to_toml(used=True)  # no regions: no size
+    assert "region_dim = 100" in config.load("tvlstm").to_toml(used=True)
+    assert "region_dim" not in config.load("cnn").to_toml(used=True)
 
 
 def test_resolved_config_round_trips_through_toml(tmp_path):

@@ -125,8 +125,9 @@ class Config:
 
     def to_toml(self, used: bool = False) -> str:
         """The resolved config as TOML, loadable again with `load`; `used`: without the fields
-        that go unused (for people to read): the [model] fields its model ignores, and an
-        ensemble's [train] fields but those its members take (ENSEMBLE_OWN)."""
+        that go unused (for people to read): the [model] fields its model ignores (and
+        `region_dim` without region embeddings), and an ensemble's [train] fields but those its
+        members take (ENSEMBLE_OWN)."""
         top = {k: v for k, v in self.to_dict().items() if not isinstance(v, dict)}
         lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
         for table in ("model", "train"):
@@ -138,6 +139,8 @@ class Config:
     def _uses(self, key: str) -> bool:
         table, name = key.split(".")
         if table == "model":
+            if name == "region_dim":  # the size of region embeddings that are not there
+                return self.model.region_size > 0 and name in MODEL_FIELDS[self.model.name]
             return name == "name" or name in MODEL_FIELDS[self.model.name]
         return self.model.name != "ensemble" or key in ENSEMBLE_OWN
 
