@@ -533,3 +533,19 @@ def test_region_embeddings_learn_from_the_training_reviews_alone_without_unlabel
                        on_regions=lambda step, steps: seen.append(steps))
     train_only = data.load_prepared(out).split("train").flat
     assert seen[0] == regions.steps(len(train_only), 3) < seen[-1]
+
+
+def test_a_run_killed_while_learning_region_embeddings_learns_them_again_on_resume(
+        prepared_dir, tmp_path, capsys):
+    """A run killed (SIGKILL) before its first epoch keeps its config and no checkpoint:
+    resumed, it starts afresh, and says that it learns the region embeddings."""
+    from imdbsent import config
+
+    recipe = tmp_path / "tv.toml"
+    recipe.write_text(SMALL_GRU.format(data=prepared_dir).replace("epochs = 3", "epochs = 1")
+                      .replace('pooling = "max"', 'pooling = "max"\nregion_size = 3'))
+    run = tmp_path / "run"
+    runs.init_run(run, config.load(recipe), prepared_dir)  # as the killed run left it
+    assert run_cli(["train", "--resume", str(run)]) == 0
+    assert "region embeddings learned in" in capsys.readouterr().err
+    assert runs.load_checkpoint(run / runs.BEST).weights["regions.table"].abs().sum() > 0

@@ -119,7 +119,8 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
             distributed.on_main(lambda: runs.write_config(run, cfg))
             return _interruptible(run, lambda: engine.fit_ensemble(cfg, prepared, run, shown,
                                                                    resume=True))
-        trainer = _interruptible(run, lambda: engine.Trainer(cfg, prepared, run, resume=True))
+        trainer = _interruptible(run, lambda: engine.Trainer(
+            cfg, prepared, run, resume=True, on_regions=shown.regions))  # none kept: learned
         distributed.on_main(lambda: runs.write_config(run, cfg))
         return _interruptible(run, lambda: trainer.fit(shown))
 
