@@ -213,7 +213,7 @@ def train_one(name: str, seed: int, data_dir: Path, work: Path, reuse: bool = Fa
     test, _ = evaluate_run(run, split="test")
     return {"run": run, "seed": seed, "valid": valid, "test": test, "epochs": epochs,
             "best_epoch": test_record.get("best_epoch"), "command_seconds": wall,
-            "train_seconds": sum(e["seconds"] for e in epochs), "peak_rss_mib": rss}
+            "train_seconds": runs.training_seconds(epochs), "peak_rss_mib": rss}
 
 
 def score_short(run: Path, name: str, items: list) -> dict:

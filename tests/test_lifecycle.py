@@ -505,6 +505,10 @@ def test_region_embeddings_are_learned_at_the_start_and_kept_on_resume(prepared_
     steps = regions.steps(tokens, 3)
     assert f"region embeddings: {steps:,}/{steps:,}" in err
     assert "region embeddings learned in" in err
+    first = runs.epoch_records(run)[0]  # their time counts in the training's
+    assert first["regions_seconds"] > 0
+    assert runs.list_runs(run)[0]["train_seconds"] == round(
+        first["seconds"] + first["regions_seconds"], 1)
     table = runs.load_checkpoint(run / runs.LAST).weights["regions.table"]
     assert table.shape == (prepared.tokenizer.get_vocab_size(), 8)
     assert table.abs().sum() > 0 and not table[PAD_ID].any()
@@ -513,6 +517,7 @@ def test_region_embeddings_are_learned_at_the_start_and_kept_on_resume(prepared_
     assert "region embeddings" not in capsys.readouterr().err
     assert torch.equal(runs.load_checkpoint(run / runs.LAST).weights["regions.table"], table)
     assert runs.load_checkpoint(run / runs.LAST).meta["epoch"] == 2
+    assert "regions_seconds" not in runs.epoch_records(run)[1]  # learned once, counted once
     assert run_cli(["explain", "--run", str(run), "a great film, not a bad one"]) == 0
     explained = json.loads(capsys.readouterr().out)  # the word embeddings' share, complete
     assert explained["complete"] and len(explained["tokens"]) == 8  # "," a token

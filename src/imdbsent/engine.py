@@ -439,6 +439,7 @@ class Trainer:
         if self.world.rank:  # dropout of its own; rank 0 keeps a one-process run's stream
             torch.manual_seed(t.seed + self.world.rank)
         last = distributed.on_main(self._load_last) if resume else None
+        self.regions_seconds = 0.0  # learning the region embeddings: epoch 1 records it
         if last is None:
             self._learn_regions()
             if self.world.main:  # the others start from rank 0's weights (wrap)
@@ -478,8 +479,10 @@ class Trainer:
         (wrap): a rank that waited minutes for rank 0's would pass the --dist-timeout."""
         regions = getattr(self.model, "regions", None)
         if regions is not None:
+            start = time.time()
             texts = [self.data.split(n).flat for n in ("train", "unsupervised") if self.data.has(n)]
             regions.learn(np.concatenate(texts), self.cfg.train.seed, self.on_regions)
+            self.regions_seconds = round(time.time() - start, 3)
 
     def _initialise(self) -> None:
         """A fresh start: word vectors into the embedding, a prior from the training data."""
@@ -586,7 +589,9 @@ class Trainer:
         return {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                 "valid_loss": valid_loss, "valid_acc": valid_acc,
                 "seconds": round(time.time() - start_time, 3), "best": improved,
-                "lr": self.scheduler.get_last_lr()[0]}
+                "lr": self.scheduler.get_last_lr()[0],
+                **({"regions_seconds": self.regions_seconds} if epoch == 1 and
+                   self.regions_seconds else {})}
 
     def unlabeled(self, epoch: int) -> Iterator[Batch] | None:
         """The unlabeled reviews' batches for virtual adversarial training in `epoch`, in an

@@ -330,6 +330,12 @@ def members(run: Path) -> list[Path]:
     return sorted((run / MEMBERS).glob("*"))
 
 
+def training_seconds(epochs: list[dict[str, Any]]) -> float:
+    """The time that epoch records say training took: their epochs, and the region embeddings
+    learned before the first (`regions_seconds`)."""
+    return sum(r.get("seconds", 0.0) + r.get("regions_seconds", 0.0) for r in epochs)
+
+
 def epoch_records(run: Path) -> list[dict[str, Any]]:
     """The finished epochs of a run, an ensemble's being those of its members."""
     return [m for r in (run, *members(run)) for m in read_metrics(r) if "epoch" in m]
@@ -447,7 +453,7 @@ def _described(run: Path) -> tuple[dict[str, Any], float]:
         epochs = epoch_records(run)
         row.update(recipe=cfg.recipe or None, model=cfg.model.name,
                    processes=cfg.train.world_size, epochs=len(epochs),
-                   train_seconds=round(sum(r.get("seconds", 0.0) for r in epochs), 1))
+                   train_seconds=round(training_seconds(epochs), 1))
         best = [r for r in records if r.get("best")] or [r for r in records if "members" in r]
         if best:
             row.update(best_epoch=best[-1].get("epoch"), best_valid_loss=best[-1]["valid_loss"],
