@@ -5,8 +5,8 @@ trained, over one pass of the token stream, to predict the words of the two regi
 (negative sampling; frequent target words subsampled as word2vec's; `<pad>` and `<unk>` never
 a target). A model then reads, at each word, z of the region centred on it (`centred`): what a
 word means in its neighbourhood ("not good", "good fun"), learned from the 50,000 unlabeled
-reviews as well as the training ones. On IMDB's 20 million tokens one pass takes about 6
-minutes on 2 CPU cores.
+reviews as well as the training ones. On IMDB's 20 million tokens one pass took 6 to 11
+minutes on 2 CPU cores, by the machine (benchmarks/notes.md).
 """
 
 from __future__ import annotations
