@@ -137,7 +137,7 @@ class TrainView:
         self._loss = self._acc = 0.0
         self._member: str | None = None  # the ensemble member being trained
         self._members_trained = False
-        self._stages: PrepareView | None = None  # a model's region embeddings, being learned
+        self._regions: tuple[PrepareView, float] | None = None  # being learned: view, start
 
     def start(self, run: Path, parameters: int, device: str, first_epoch: int) -> None:
         log(f"run directory: {run} (device {device}"
@@ -187,21 +187,22 @@ class TrainView:
         result(f"Test Loss: {record['test_loss']:.3f} | Test Acc: {record['test_acc']*100:.2f}%")
 
     def regions(self, step: int, steps: int) -> None:
-        if self._stages is None:
-            self._stages, self._start = PrepareView(), time.time()
-        self._stages("region embeddings", step, steps)
+        if self._regions is None:
+            self._regions = PrepareView(), time.time()
+        view, started = self._regions
+        view("region embeddings", step, steps)
         if step == steps:
-            self._stages.close()
-            self._stages = None
-            log(f"region embeddings learned in {time.time() - self._start:.0f} s")
+            view.close()
+            self._regions = None
+            log(f"region embeddings learned in {time.time() - started:.0f} s")
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        if self._stages is not None:
-            self._stages.close()
-            self._stages = None
+        if self._regions is not None:
+            self._regions[0].close()
+            self._regions = None
 
 
 class PrepareView:
