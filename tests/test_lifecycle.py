@@ -523,6 +523,27 @@ def test_region_embeddings_are_learned_at_the_start_and_kept_on_resume(prepared_
     assert explained["complete"] and len(explained["tokens"]) == 8  # "," a token
 
 
+def test_region_embeddings_are_learned_after_the_run_is_announced(prepared_dir, tmp_path):
+    """The reporter hears `start` (the run directory; an ensemble member's name) before the
+    minutes of learning region embeddings, so piped output says whose they are."""
+    from imdbsent import config
+
+    recipe = tmp_path / "tv.toml"
+    recipe.write_text(SMALL_GRU.format(data=prepared_dir).replace("epochs = 3", "epochs = 1")
+                      .replace('pooling = "max"', 'pooling = "max"\nregion_size = 3'))
+    heard: list[str] = []
+
+    class Recorder:
+        def __getattr__(self, name: str):
+            return lambda *args: heard.append(name)
+
+    run = tmp_path / "run"
+    runs.init_run(run, config.load(recipe), prepared_dir)
+    engine.Trainer(config.load(recipe), data.load_prepared(prepared_dir), run).fit(Recorder())
+    calls = [name for i, name in enumerate(heard) if i == 0 or heard[i - 1] != name]
+    assert calls[:3] == ["start", "regions", "epoch_start"]
+
+
 def test_region_embeddings_learn_from_the_training_reviews_alone_without_unlabeled_ones(
         source_dir, prepared_dir, tmp_path):
     from imdbsent import config, regions
@@ -534,8 +555,8 @@ def test_region_embeddings_learn_from_the_training_reviews_alone_without_unlabel
         cfg = config.from_dict({"data": str(folder), "model": {
             "name": "lstm", "embedding_dim": 8, "hidden_dim": 8, "region_size": 3}},
             "test")
-        engine.Trainer(cfg, data.load_prepared(folder), tmp_path / folder.name,
-                       on_regions=lambda step, steps: seen.append(steps))
+        engine.Trainer(cfg, data.load_prepared(folder), tmp_path / folder.name).learn_regions(
+            lambda step, steps: seen.append(steps))
     train_only = data.load_prepared(out).split("train").flat
     assert seen[0] == regions.steps(len(train_only), 3) < seen[-1]
 

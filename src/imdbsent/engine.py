@@ -308,7 +308,8 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
 
 class Reporter(Protocol):
     """What the fit loop tells its caller; the CLI draws it, tests record it. `regions` is the
-    progress of learning a model's region embeddings, before `start`."""
+    progress of learning a model's region embeddings, after `start` and before the first
+    epoch."""
 
     def start(self, run: Path, parameters: int, device: str, first_epoch: int) -> None: ...
     def epoch_start(self, epoch: int, batches: int) -> None: ...
@@ -424,9 +425,8 @@ class Trainer:
     rank 0 alone reads and writes the run.
     """
 
-    def __init__(self, cfg: Config, data: Prepared, run: Path, *, resume: bool = False,
-                 on_regions: Callable[[int, int], None] = lambda _step, _steps: None) -> None:
-        self.cfg, self.data, self.run, self.on_regions = cfg, data, run, on_regions
+    def __init__(self, cfg: Config, data: Prepared, run: Path, *, resume: bool = False) -> None:
+        self.cfg, self.data, self.run = cfg, data, run
         t = cfg.train
         self.world = distributed.world()
         seed_everything(t.seed)
@@ -440,8 +440,8 @@ class Trainer:
             torch.manual_seed(t.seed + self.world.rank)
         last = distributed.on_main(self._load_last) if resume else None
         self.regions_seconds = 0.0  # learning the region embeddings: epoch 1 records it
-        if last is None:
-            self._learn_regions()
+        self.fresh = last is None  # region embeddings to learn (in fit, once its run is said)
+        if self.fresh:
             if self.world.main:  # the others start from rank 0's weights (wrap)
                 self._initialise()
         self.model.to(self.device)
@@ -473,15 +473,16 @@ class Trainer:
             self._restore(last)
         self.net = distributed.wrap(self.model, self.device)
 
-    def _learn_regions(self) -> None:
+    def learn_regions(self, report: Callable[[int, int], None]) -> None:
         """A fresh start of a model with region embeddings: learn them from the training and
-        unlabeled reviews. Every rank learns the same ones (a seeded pass), rank 0's kept
-        (wrap): a rank that waited minutes for rank 0's would pass the --dist-timeout."""
+        unlabeled reviews, `report(step, steps)` as they go. Every rank learns the same ones (a
+        seeded pass on the CPU): a rank that waited minutes for rank 0's would pass the
+        --dist-timeout."""
         regions = getattr(self.model, "regions", None)
         if regions is not None:
             start = time.time()
             texts = [self.data.split(n).flat for n in ("train", "unsupervised") if self.data.has(n)]
-            regions.learn(np.concatenate(texts), self.cfg.train.seed, self.on_regions)
+            regions.learn(np.concatenate(texts), self.cfg.train.seed, report)
             self.regions_seconds = round(time.time() - start, 3)
 
     def _initialise(self) -> None:
@@ -548,6 +549,8 @@ class Trainer:
         a number (the weights diverged) is not kept: training stops there, and the best epoch
         before it is tested, or, with none, the run fails."""
         reporter.start(self.run, count_parameters(self.model), str(self.device), self.first_epoch)
+        if self.fresh:
+            self.learn_regions(reporter.regions)
         epoch, diverged = self.first_epoch - 1, None
         patience = self.cfg.train.patience
         while epoch < self.cfg.train.epochs and not (patience and self.stale >= patience):
@@ -669,7 +672,7 @@ def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: b
     trains its members first (`fit_ensemble`)."""
     if cfg.model.name == "ensemble":
         return fit_ensemble(cfg, data, run, reporter, resume=resume)
-    return Trainer(cfg, data, run, resume=resume, on_regions=reporter.regions).fit(reporter)
+    return Trainer(cfg, data, run, resume=resume).fit(reporter)
 
 
 def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,

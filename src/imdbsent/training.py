@@ -119,8 +119,7 @@ def resume(run: Path, overrides: dict[str, Any], reporter: engine.Reporter, *,
             distributed.on_main(lambda: runs.write_config(run, cfg))
             return _interruptible(run, lambda: engine.fit_ensemble(cfg, prepared, run, shown,
                                                                    resume=True))
-        trainer = _interruptible(run, lambda: engine.Trainer(
-            cfg, prepared, run, resume=True, on_regions=shown.regions))  # none kept: learned
+        trainer = _interruptible(run, lambda: engine.Trainer(cfg, prepared, run, resume=True))
         distributed.on_main(lambda: runs.write_config(run, cfg))
         return _interruptible(run, lambda: trainer.fit(shown))
 
