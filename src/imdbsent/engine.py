@@ -440,8 +440,7 @@ class Trainer:
             torch.manual_seed(t.seed + self.world.rank)
         last = distributed.on_main(self._load_last) if resume else None
         self.regions_seconds = 0.0  # learning the region embeddings: epoch 1 records it
-        self.fresh = last is None  # region embeddings to learn (in fit, once its run is said)
-        if self.fresh:
+        if last is None:  # a fresh start (its region embeddings are learned in fit)
             if self.world.main:  # the others start from rank 0's weights (wrap)
                 self._initialise()
         self.model.to(self.device)
@@ -549,7 +548,7 @@ class Trainer:
         a number (the weights diverged) is not kept: training stops there, and the best epoch
         before it is tested, or, with none, the run fails."""
         reporter.start(self.run, count_parameters(self.model), str(self.device), self.first_epoch)
-        if self.fresh:
+        if self.first_epoch == 1:  # a fresh start: no checkpoint held them
             self.learn_regions(reporter.regions)
         epoch, diverged = self.first_epoch - 1, None
         patience = self.cfg.train.patience
