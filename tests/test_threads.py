@@ -265,3 +265,19 @@ def test_mapped_stops_at_a_failure_or_an_interruption(monkeypatch: pytest.Monkey
     # the workers took at most items 1 and 2 after 0; those queued behind them were dropped
     assert started[0] == 0 and set(started) <= {0, 1, 2}
     assert torch.get_num_threads() == 2
+
+
+@pytest.mark.usefixtures("torch_threads")
+def test_a_count_above_the_cores_is_cut_and_said_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeMachine(monkeypatch, cores=1)
+    said: list[str] = []
+    assert threads.configure(3, warn=said.append) == 1 and torch.get_num_threads() == 1
+    assert said == ["warning: --threads 3 is more than the 1 cores this process may run on: "
+                    "computing with 1"]
+    said.clear()
+    assert threads.configure(1, warn=said.append) == 1 and said == []
+    assert threads.configure(None, warn=said.append) == 1 and said == []  # measured: not asked
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert threads.configure(None, warn=said.append) == 1
+    assert said == ["warning: OMP_NUM_THREADS=4 is more than the 1 cores this process may run "
+                    "on: computing with 1"]

@@ -163,7 +163,7 @@ def prepare(
     threads_: ThreadsOption = None,
 ) -> None:
     """Load IMDB, split train into train/valid, build the vocabulary, encode every split."""
-    _configure_threads(threads_)
+    threads.configure(threads_, warn=console.log)
     from imdbsent import data
 
     args = data.PrepareArgs(source=source, split_ratio=split_ratio, seed=seed, max_vocab=max_vocab,
@@ -239,7 +239,7 @@ def train_cmd(
         raise Usage("--resume continues a run with its own config; drop --config/--run-dir")
     if nproc and nproc > 1:
         _launch(ctx, nproc, config_name, overrides, resume, threads_)
-    _configure_threads(threads_)
+    threads.configure(threads_, warn=console.log)
     from imdbsent import training
 
     view = console.TrainView()
@@ -324,7 +324,7 @@ def report_cmd(
     threads_: ThreadsOption = None,
 ) -> None:
     """Figures of runs: learning curves; on test, confusion, ROC, PR, reliability; PNGs and report.html."""
-    _configure_threads(threads_)
+    threads.configure(threads_, warn=console.log)
     from imdbsent import report, runs
 
     folder = out or (run_dirs[0] / "report" if len(run_dirs) == 1 else Path("report"))
@@ -365,7 +365,7 @@ def evaluate_cmd(
     threads_: ThreadsOption = None,
 ) -> None:
     """Loss, accuracy, precision, recall, F1, confusion matrix and calibration of a run."""
-    _configure_threads(threads_)
+    threads.configure(threads_, warn=console.log)
     from imdbsent.predict import check_threshold, evaluate_run
 
     check_threshold(threshold)  # before the run is looked for
@@ -404,7 +404,7 @@ def predict_cmd(
     threads_: ThreadsOption = None,
 ) -> None:
     """Label texts pos or neg with the probability of pos: `label<TAB>prob_pos<TAB>text`."""
-    _configure_threads(threads_)
+    threads.configure(threads_, warn=console.log)
     from imdbsent.predict import Predictor, check_threshold
 
     check_threshold(threshold)  # before the run is looked for
@@ -430,7 +430,7 @@ def explain_cmd(
     threads_: ThreadsOption = None,
 ) -> None:
     """Word by word, how much each moved the score (exact for nbow/nblr, integrated gradients else)."""
-    _configure_threads(threads_)
+    threads.configure(threads_, warn=console.log)
     from imdbsent import explain
     from imdbsent.predict import Predictor, check_threshold
 
@@ -473,18 +473,6 @@ def _chosen_run(run: Path | None) -> Path:
         return runs.latest_run(report=console.log)
     runs.say_unfinished(runs.check_run(run), console.log)
     return run
-
-
-def _configure_threads(asked: int | None) -> None:
-    """Set the compute threads (`threads.configure`), saying so where --threads or
-    OMP_NUM_THREADS asked for more than the cores this process may run on."""
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    what, wanted = ((f"--threads {asked}", asked) if asked is not None
-                    else (f"OMP_NUM_THREADS={env}", int(env)) if env.isdigit() else ("", 0))
-    used = threads.configure(asked)
-    if used < wanted:
-        console.log(f"warning: {what} is more than the {used} cores this process may run on: "
-                    f"computing with {used}")
 
 
 def _inputs(texts: list[str], files: list[Path] | None) -> Iterator[str | None]:

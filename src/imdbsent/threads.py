@@ -102,12 +102,14 @@ def idle_share(others: float, ceiling: int) -> int:
     return max(1, min(ceiling, ceiling - int(others + 1 - TAKEN)))
 
 
-def configure(threads: int | None = None) -> int:
+def configure(threads: int | None = None,
+              warn: Callable[[str], None] = lambda _message: None) -> int:
     """Set the number of compute threads and return it.
 
     An explicit `threads` (`--threads N`) wins; else OMP_NUM_THREADS, when set, stands as
     torch read it at import; either up to the cores this process may run on (more only wait
-    at each other's barriers: a review saw 1,000 threads on 2 cores run far slower). Else the
+    at each other's barriers: a review saw 1,000 threads on 2 cores run far slower; `warn`
+    is told when a count is cut so, in one line that names what asked for it). Else the
     cores this process may run on that other processes leave idle (measured over
     SAMPLE_SECONDS), and from then on `balance()` follows the load. Call it at the start of a
     command, from the thread that will compute.
@@ -125,12 +127,16 @@ def configure(threads: int | None = None) -> int:
     import torch  # here, not at module level: --help and --version must not load torch
 
     _ceiling, _mark = 0, None
-    if threads is not None:
-        ceiling = threads = min(threads, available_cores())
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if threads is not None or env:
+        count = threads if threads is not None else torch.get_num_threads()
+        what, asked = ((f"--threads {threads}", threads) if threads is not None
+                       else (f"OMP_NUM_THREADS={env}", int(env) if env.isdigit() else count))
+        ceiling = threads = min(count, available_cores())
         torch.set_num_threads(threads)
-    elif os.environ.get("OMP_NUM_THREADS", "").strip():
-        ceiling = threads = min(torch.get_num_threads(), available_cores())
-        torch.set_num_threads(threads)
+        if threads < asked:
+            warn(f"warning: {what} is more than the {threads} cores this process may run on: "
+                 f"computing with {threads}")
     else:
         ceiling = threads = available_cores()
         first = _sample()
