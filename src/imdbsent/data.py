@@ -252,8 +252,7 @@ def prepare(args: PrepareArgs, out: Path, *, force: bool = False,
     Building holds `out`'s lock: a second prepare into the same folder stops with a UserError.
     """
     args.check()
-    sources.check_columns(args.source, args.text_column, args.label_column)
-    sources.check_exists(args.source)
+    sources.check(args.source, args.text_column, args.label_column)
     out = Path(out)
     _check_apart(args.source, out)
     wanted = {"args": dataclasses.asdict(args), "source_path": sources.local_path(args.source),

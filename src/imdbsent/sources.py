@@ -164,8 +164,7 @@ def load_source(
     in `scratch` (default: the system's)."""
     path = Path(source).expanduser()
     tmp, ignored = None, []
-    check_columns(source, text_column, label_column)
-    check_exists(source)
+    check(source, text_column, label_column)
     if path.exists():
         if _is_acl(path):
             tmp = tempfile.TemporaryDirectory(prefix=".source-", dir=scratch)
@@ -199,12 +198,14 @@ def load_source(
     return src
 
 
-def check_exists(source: str) -> None:
-    """Refuse a source written as a path that is not there (a Hub name is looked for on the
-    Hub); before any work, so that `prepare` says nothing of the folder it would build."""
+def check(source: str, text_column: str, label_column: str) -> None:
+    """Refuse, before any work (so that `prepare` says nothing of the folder it would build),
+    a source written as a path that is not there (a Hub name is looked for on the Hub), and
+    columns named for a source that has none (`check_columns`)."""
     if _looks_like_path(source) and not Path(source).expanduser().exists():
         hub = "" if "/" in source else f" (a Hub dataset is named owner/name: {HUB_DEFAULT})"
         raise UserError(f"{source}: no such file or folder{hub}")
+    check_columns(source, text_column, label_column)
 
 
 def _is_acl(path: Path) -> bool:
