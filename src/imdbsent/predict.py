@@ -209,7 +209,7 @@ def score_run(run: str | Path, *, split: str = "test", data_file: str | Path | N
         prepared = load_prepared(Path(data_dir) if data_dir is not None
                                  else runs.data_folder(run, predictor.config.data))
         runs.check_data(run, prepared, runs.recorded_fingerprint(run),
-                        other_ok=data_dir is not None)
+                        "named" if data_dir is not None else "score")
         enc = prepared.split(split)
         what, skipped = f"{prepared.folder} [{split}]", None
     batches = Batches(enc, MODEL_BATCH, max_length=predictor.max_length)

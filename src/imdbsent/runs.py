@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from safetensors import SafetensorError
@@ -230,20 +230,20 @@ def load_tokenizer(run: Path) -> Tokenizer:
     return text.load(run / TOKENIZER)
 
 
-def check_data(run: Path, data: Prepared, recorded: str | None, *,
-               other_ok: bool | None = None) -> None:
+def check_data(run: Path, data: Prepared, recorded: str | None,
+               use: Literal["train", "score", "named"] = "train") -> None:
     """Refuse prepared data that is not what `run` was trained on: another fingerprint
-    (`recorded`, None for runs that predate fingerprints) unless `other_ok` (the user named
-    the data; None: no other data is ever taken, as for training on), or in any case another
-    vocabulary."""
-    if recorded and data.fingerprint != recorded and not other_ok:
+    (`recorded`, None for runs that predate fingerprints) unless `use` is "named" (scoring
+    data the user named; "score": the run's own data, found from its config; "train": no other
+    data is ever taken), or in any case another vocabulary."""
+    if recorded and data.fingerprint != recorded and use != "named":
         anyway = (f"name the data with --data {data.folder} to use it all the same, or "
-                  if other_ok is False else "")
+                  if use == "score" else "")
         raise UserError(f"{data.folder} is not the prepared data {run} was trained on (it was "
                         f"prepared again, or is another dataset); {anyway}give the run's own "
                         "data (a copy of it) with --data")
     if load_tokenizer(run).get_vocab() != data.tokenizer.get_vocab():
-        other = ("" if other_ok is None else
+        other = ("" if use == "train" else
                  f"; to score other labeled reviews: imdbsent evaluate {run} --data-file FILE")
         raise UserError(f"{data.folder} was prepared with another vocabulary than {run} was "
                         f"trained on; use the run's data (--data){other}")
