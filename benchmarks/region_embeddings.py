@@ -14,6 +14,8 @@ members of finished runs. Reads no test review before the final scoring.
 
     python benchmarks/region_embeddings.py --data benchmarks/work/data-0.9 \\
         --members benchmarks/work/runs/stack-1234/members/{default,gru,nblr,nbow}
+
+`--tv-from RUN` takes the tv-embedding a `tvlstm` run learned instead (its region size).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from imdbsent import data, engine, regions, threads
@@ -75,6 +78,9 @@ def main() -> None:
     parser.add_argument("--members", type=Path, nargs="*", default=[],
                         help="finished runs on the same data, to stack with")
     parser.add_argument("--no-tv", action="store_true", help="the region CNN alone (control)")
+    parser.add_argument("--tv-from", type=Path,
+                        help="a run of a model with region embeddings (tvlstm) on the same data: "
+                             "take the tv-embedding it learned instead of learning one")
     parser.add_argument("--region", type=int, default=5)
     parser.add_argument("--tv-dim", type=int, default=100)
     parser.add_argument("--hidden", type=int, default=500)
@@ -87,7 +93,10 @@ def main() -> None:
     vocab = prepared.tokenizer.get_vocab_size()
     train, valid = prepared.split("train"), prepared.split("valid")
     tv = None
-    if not args.no_tv:
+    if args.tv_from is not None:
+        weights = load_file(args.tv_from / "best.safetensors")
+        tv = weights["regions.table"], weights["regions.bias"]
+    elif not args.no_tv:
         start = time.time()
         stream = np.concatenate([train.flat, prepared.split("unsupervised").flat])
         tv = regions.learn(stream, vocab, args.region, args.tv_dim, args.seed)
