@@ -129,9 +129,12 @@ def configure(threads: int | None = None,
     _ceiling, _mark = 0, None
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if threads is not None or env:
-        count = threads if threads is not None else torch.get_num_threads()
-        what, asked = ((f"--threads {threads}", threads) if threads is not None
-                       else (f"OMP_NUM_THREADS={env}", int(env) if env.isdigit() else count))
+        if threads is not None:
+            what, count = f"--threads {threads}", threads
+            asked = count
+        else:  # torch's count (it caps OMP_NUM_THREADS at the cores), but the user's to say
+            what, count = f"OMP_NUM_THREADS={env}", torch.get_num_threads()
+            asked = int(env) if env.isdigit() else count
         ceiling = threads = min(count, available_cores())
         torch.set_num_threads(threads)
         if threads < asked:
