@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from imdbsent import data, engine, regions, threads
+from imdbsent import data, engine, regions, runs, threads
 from imdbsent.data import Batches, Encoded
 from imdbsent.predict import score_run
 from imdbsent.regions import region_sums
@@ -77,12 +77,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("benchmarks/work/data-0.9"))
     parser.add_argument("--members", type=Path, nargs="*", default=[],
                         help="finished runs on the same data, to stack with")
-    parser.add_argument("--no-tv", action="store_true", help="the region CNN alone (control)")
-    parser.add_argument("--tv-from", type=Path,
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--no-tv", action="store_true", help="the region CNN alone (control)")
+    source.add_argument("--tv-from", type=Path,
                         help="a run of a model with region embeddings (tvlstm) on the same data: "
                              "take the tv-embedding it learned instead of learning one")
-    parser.add_argument("--region", type=int, default=5)
-    parser.add_argument("--tv-dim", type=int, default=100)
+    parser.add_argument("--region", type=int, default=5, help="words a region (with --tv-from: "
+                        "the run's)")
+    parser.add_argument("--tv-dim", type=int, default=100, help="ignored with --tv-from")
     parser.add_argument("--hidden", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--max-length", type=int, default=1000)
@@ -96,6 +98,7 @@ def main() -> None:
     if args.tv_from is not None:
         weights = load_file(args.tv_from / "best.safetensors")
         tv = weights["regions.table"], weights["regions.bias"]
+        args.region = runs.load_config(args.tv_from).model.region_size
     elif not args.no_tv:
         start = time.time()
         stream = np.concatenate([train.flat, prepared.split("unsupervised").flat])
