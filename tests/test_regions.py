@@ -20,8 +20,7 @@ def test_region_embeddings_learn_which_words_occur_together(monkeypatch):
     """Regions of words of one set and of the other: far apart once learned, against the
     spread within a set (about 0.5 for the initial random embedding; 11 learned)."""
     monkeypatch.setattr(regions, "BATCH", 64)  # enough steps, large enough, for a small stream
-    monkeypatch.setattr(regions, "LR", 3e-2)
-    table, bias = regions.learn(_two_topics(), 42, region=3, dim=8, seed=1)
+    table, bias = regions.learn(_two_topics(), 42, region=3, dim=8, seed=1, lr=3e-2)
     assert table.shape == (42, 8) and bias.shape == (8,)
     assert not table[PAD_ID].any()
     first = torch.randint(2, 22, (200, 3), generator=torch.Generator().manual_seed(0))
@@ -40,6 +39,16 @@ def test_region_embeddings_are_seeded_and_report_each_step():
     assert seen == [(step, total) for step in range(1, total + 1)]
     assert all(torch.equal(a, b) for a, b in zip(one, regions.learn(stream, 42, 3, 8, seed=7)))
     assert not torch.equal(one[0], regions.learn(stream, 42, 3, 8, seed=8)[0])
+
+
+def test_each_pass_reads_every_region_once_more_and_goes_on_learning(monkeypatch):
+    monkeypatch.setattr(regions, "BATCH", 64)
+    stream = _two_topics(blocks=40)  # 1,200 words: 1,191 regions of 3 with both neighbours
+    seen = []
+    twice = regions.learn(stream, 42, 3, 8, seed=7, passes=2,
+                          report=lambda step, steps: seen.append((step, steps)))
+    assert seen == [(step, 38) for step in range(1, 39)]  # 2 x 1,191 regions, 64 a step
+    assert not torch.equal(twice[0], regions.learn(stream, 42, 3, 8, seed=7)[0])
 
 
 def test_a_stream_too_short_for_a_region_and_its_neighbours_learns_nothing():

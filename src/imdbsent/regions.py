@@ -28,29 +28,31 @@ LR = 3e-3
 SUBSAMPLE = 1e-4
 
 
-def steps(tokens: int, region: int) -> int:
+def steps(tokens: int, region: int, passes: int = 1) -> int:
     """The number of steps `learn` takes over a stream of `tokens` tokens."""
-    return math.ceil(max(tokens - 3 * region, 0) / BATCH)
+    return math.ceil(passes * max(tokens - 3 * region, 0) / BATCH)
 
 
 def learn(ids: np.ndarray, vocab_size: int, region: int, dim: int, seed: int,
-          report: Callable[[int, int], None] = lambda _done, _total: None
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """E [vocab_size, dim] (`<pad>`'s row zero) and b [dim], from one pass over every region of
-    the token stream `ids` (texts end to end) in a seeded order; `report(step, steps)` after
-    each step. The same ids and arguments give the same embedding."""
+          report: Callable[[int, int], None] = lambda _done, _total: None, *,
+          passes: int = 1, lr: float = LR) -> tuple[torch.Tensor, torch.Tensor]:
+    """E [vocab_size, dim] (`<pad>`'s row zero) and b [dim], from `passes` passes over every
+    region of the token stream `ids` (texts end to end), each in a seeded order; `report(step,
+    steps)` after each step. The same ids and arguments give the same embedding. More passes
+    and a higher lr than the recipes' one pass were measured and gained nothing
+    (benchmarks/notes.md)."""
     gen = torch.Generator().manual_seed(seed)
     counts = np.bincount(ids, minlength=vocab_size).astype(np.float64)
     counts[[PAD_ID, UNK_ID]] = 0
     embed = nn.EmbeddingBag(vocab_size, dim, mode="sum", sparse=True, padding_idx=PAD_ID)
     nn.init.uniform_(embed.weight, -0.5 / dim, 0.5 / dim, generator=gen)
     bias = nn.Parameter(torch.zeros(dim))
-    total = steps(len(ids), region)
+    total = steps(len(ids), region, passes)
     if total and counts.sum():
         keep, table = word2vec.sampling(counts, SUBSAMPLE, np.random.default_rng(seed))
         keep[[PAD_ID, UNK_ID]] = 0.0  # never a target
         _fit(torch.from_numpy(ids.astype(np.int64)), embed, bias, region,
-             torch.from_numpy(keep).float(), table, gen, report, total)
+             torch.from_numpy(keep).float(), table, gen, report, total, passes, lr)
     weight = embed.weight.detach().clone()
     weight[PAD_ID] = 0.0
     return weight, bias.detach().clone()
@@ -58,14 +60,15 @@ def learn(ids: np.ndarray, vocab_size: int, region: int, dim: int, seed: int,
 
 def _fit(tokens: torch.Tensor, embed: nn.EmbeddingBag, bias: nn.Parameter, region: int,
          keep: torch.Tensor, table: torch.Tensor, gen: torch.Generator,
-         report: Callable[[int, int], None], total: int) -> None:
+         report: Callable[[int, int], None], total: int, passes: int, lr: float) -> None:
     out = nn.Embedding(len(keep), embed.embedding_dim, sparse=True)
     nn.init.zeros_(out.weight)
-    sparse = torch.optim.SparseAdam([embed.weight, out.weight], lr=LR)
-    dense = torch.optim.Adam([bias], lr=LR)
+    sparse = torch.optim.SparseAdam([embed.weight, out.weight], lr=lr)
+    dense = torch.optim.Adam([bias], lr=lr)
     inside = torch.arange(region)
     beside = torch.cat([torch.arange(-region, 0), torch.arange(region, 2 * region)])
-    order = torch.randperm(len(tokens) - 3 * region, generator=gen) + region
+    order = torch.cat([torch.randperm(len(tokens) - 3 * region, generator=gen)
+                       for _ in range(passes)]) + region
     for step, start in enumerate(threads.balanced(range(0, len(order), BATCH)), 1):
         at = order[start:start + BATCH]
         z = F.relu(embed(tokens[at[:, None] + inside]) + bias)
