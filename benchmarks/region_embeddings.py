@@ -67,6 +67,14 @@ class RegionCNN(nn.Module):
         return self.fc(self.dropout(pooled)).squeeze(1)
 
 
+def tv_of(run: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The tv-embedding (E, b) that a run of a model with region embeddings learned, and its
+    region size."""
+    weights = load_file(run / "best.safetensors")
+    return (weights["regions.table"], weights["regions.bias"],
+            runs.load_config(run).model.region_size)
+
+
 def logits_of(model: nn.Module, split: Encoded, max_length: int) -> tuple[torch.Tensor, ...]:
     """Logits and labels in evaluation order (by length), as `score_run` gives a run's."""
     return engine.predict_logits(model, Batches(split, 256, max_length=max_length))
@@ -96,9 +104,8 @@ def main() -> None:
     train, valid = prepared.split("train"), prepared.split("valid")
     tv = None
     if args.tv_from is not None:
-        weights = load_file(args.tv_from / "best.safetensors")
-        tv = weights["regions.table"], weights["regions.bias"]
-        args.region = runs.load_config(args.tv_from).model.region_size
+        table, bias, args.region = tv_of(args.tv_from)
+        tv = table, bias
     elif not args.no_tv:
         start = time.time()
         stream = np.concatenate([train.flat, prepared.split("unsupervised").flat])
