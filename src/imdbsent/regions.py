@@ -38,9 +38,8 @@ def learn(ids: np.ndarray, vocab_size: int, region: int, dim: int, seed: int,
           passes: int = 1, lr: float = LR) -> tuple[torch.Tensor, torch.Tensor]:
     """E [vocab_size, dim] (`<pad>`'s row zero) and b [dim], from `passes` passes over every
     region of the token stream `ids` (texts end to end), each in a seeded order; `report(step,
-    steps)` after each step. The same ids and arguments give the same embedding. More passes
-    and a higher lr than the recipes' one pass were measured and gained nothing
-    (benchmarks/notes.md)."""
+    steps)` after each step. The same ids and arguments give the same embedding. (The recipes
+    make one pass; more, measured by a linear probe, in benchmarks/notes.md.)"""
     gen = torch.Generator().manual_seed(seed)
     counts = np.bincount(ids, minlength=vocab_size).astype(np.float64)
     counts[[PAD_ID, UNK_ID]] = 0
