@@ -1,11 +1,11 @@
 """Region embeddings learned from unlabeled text: Johnson & Zhang's (2015) "tv-embeddings".
 
 A region of `region` consecutive words (a bag) is embedded as z = relu(E r + b), E and b
-trained, over one pass of the token stream, to predict the words of the two regions beside it
+trained, over a pass of the token stream, to predict the words of the two regions beside it
 (negative sampling; frequent target words subsampled as word2vec's; `<pad>` and `<unk>` never
 a target). A model then reads, at each word, z of the region centred on it (`centred`): what a
 word means in its neighbourhood ("not good", "good fun"), learned from the 50,000 unlabeled
-reviews as well as the training ones. On IMDB's 20 million tokens one pass took 6 to 11
+reviews as well as the training ones. On IMDB's 20 million tokens one pass took 5 to 11
 minutes on 2 CPU cores, by the machine (benchmarks/notes.md).
 """
 
@@ -29,7 +29,7 @@ SUBSAMPLE = 1e-4
 
 
 def steps(tokens: int, region: int, passes: int = 1) -> int:
-    """The number of steps `learn` takes over a stream of `tokens` tokens."""
+    """The number of steps `learn` takes in `passes` passes over a stream of `tokens` tokens."""
     return math.ceil(passes * max(tokens - 3 * region, 0) / BATCH)
 
 
