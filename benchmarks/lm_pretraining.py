@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="the recipe's learning rate after pre-training")
     args = parser.parse_args()
     prepared = data.load_prepared(args.data)
-    stream = np.concatenate([prepared.split("train").flat, prepared.split("unsupervised").flat])
+    stream = prepared.unlabeled_stream()
     vocab = prepared.tokenizer.get_vocab_size()
     recipe_start = engine.Trainer._initialise
     pretrained = []  # when the language model ended

@@ -24,7 +24,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -108,7 +107,7 @@ def main() -> None:
         tv = table, bias
     elif not args.no_tv:
         start = time.time()
-        stream = np.concatenate([train.flat, prepared.split("unsupervised").flat])
+        stream = prepared.unlabeled_stream()
         tv = regions.learn(stream, vocab, args.region, args.tv_dim, args.seed)
         print(f"tv-embedding: {len(stream):,} tokens in {time.time() - start:.0f} s", flush=True)
     model = RegionCNN(vocab, args.hidden, args.region, tv)

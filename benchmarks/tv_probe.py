@@ -68,7 +68,7 @@ def main() -> None:
         what = str(args.tv_from)
     else:
         start = time.time()
-        stream = np.concatenate([prepared.split(s).flat for s in ("train", "unsupervised")])
+        stream = prepared.unlabeled_stream()
         table, bias = regions.learn(stream, prepared.tokenizer.get_vocab_size(), args.region,
                                     args.dim, args.seed, passes=args.passes, lr=args.lr)
         region = args.region

@@ -601,3 +601,16 @@ def test_prepare_args_say_the_flags_that_make_them(prepared_dir, source_dir):
     assert data.PrepareArgs(HUB_DEFAULT).flags() == ""
     assert data.prepared_args(prepared_dir) == data.PrepareArgs(str(source_dir))
     assert data.prepared_args(source_dir) is None  # not a prepared dataset
+
+
+def test_the_unlabeled_stream_is_train_and_unsupervised_never_valid_or_test(prepared_dir,
+                                                                             source_dir, tmp_path):
+    prepared = data.load_prepared(prepared_dir)
+    stream = prepared.unlabeled_stream()
+    train, unsup = prepared.split("train").flat, prepared.split("unsupervised").flat
+    assert np.array_equal(stream, np.concatenate([train, unsup]))
+    data.prepare(data.PrepareArgs(source=str(source_dir), unsupervised=False, vectors_dim=0),
+                 tmp_path / "p")
+    alone = data.load_prepared(tmp_path / "p")
+    assert not alone.has("unsupervised")
+    assert np.array_equal(alone.unlabeled_stream(), alone.split("train").flat)

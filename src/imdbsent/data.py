@@ -192,6 +192,13 @@ class Prepared:
             self._cache[name] = read_encoded(self.require(name, missing))
         return self._cache[name]
 
+    def unlabeled_stream(self) -> np.ndarray:
+        """The token ids of the training split and the unlabeled reviews (when prepared), end
+        to end: what may be learned from before training without labels, never valid or test
+        reviews."""
+        return np.concatenate([self.split(n).flat for n in ("train", "unsupervised")
+                               if self.has(n)])
+
     def has(self, name: str) -> bool:
         """Whether the split was prepared (`unsupervised` may not be)."""
         return name in self._cache or (self.folder / f"{name}.parquet").exists()

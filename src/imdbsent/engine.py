@@ -480,8 +480,7 @@ class Trainer:
         regions = getattr(self.model, "regions", None)
         if regions is not None:
             start = time.time()
-            texts = [self.data.split(n).flat for n in ("train", "unsupervised") if self.data.has(n)]
-            regions.learn(np.concatenate(texts), self.cfg.train.seed, report)
+            regions.learn(self.data.unlabeled_stream(), self.cfg.train.seed, report)
             self.regions_seconds = round(time.time() - start, 3)
 
     def _initialise(self) -> None:
