@@ -33,9 +33,8 @@ def pooled(split: Encoded, table: torch.Tensor, bias: torch.Tensor, region: int
     with torch.no_grad():
         for batch in Batches(split, 256, max_length=800):
             z = regions.centred(F.embedding(batch.text, table), bias, region)
-            inside = (torch.arange(z.shape[1])[None] < batch.lengths[:, None])[..., None]
-            features.append(torch.cat([(z * inside).max(1).values,
-                                       (z * inside).sum(1) / batch.lengths[:, None]], 1))
+            z = z * (torch.arange(z.shape[1])[None] < batch.lengths[:, None])[..., None]
+            features.append(torch.cat([z.max(1).values, z.sum(1) / batch.lengths[:, None]], 1))
             labels.append(batch.label)
     return torch.cat(features).numpy(), torch.cat(labels).numpy()
 
@@ -54,9 +53,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("benchmarks/work/data-0.9"))
     parser.add_argument("--tv-from", type=Path,
-                        help="a run of a model with region embeddings (tvlstm): probe its own")
-    parser.add_argument("--region", type=int, default=5, help="ignored with --tv-from")
-    parser.add_argument("--dim", type=int, default=100, help="ignored with --tv-from")
+                        help="a run of a model with region embeddings (tvlstm): probe its own "
+                             "(the options below are then ignored)")
+    parser.add_argument("--region", type=int, default=5)
+    parser.add_argument("--dim", type=int, default=100)
     parser.add_argument("--passes", type=int, default=1)
     parser.add_argument("--lr", type=float, default=regions.LR)
     parser.add_argument("--seed", type=int, default=1234)
