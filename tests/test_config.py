@@ -36,6 +36,8 @@ def test_a_config_shown_to_people_leaves_out_what_goes_unused():
     assert "optimizer = " in config.load("ensemble").to_toml()  # a run's config.toml: all
     assert "region_size = 0" in config.load("default").to_toml(used=True)
     assert "region_dim" not in config.load("default").to_toml(used=True)  # no regions: no size
+    assert "region_passes" not in config.load("default").to_toml(used=True)
+    assert "region_passes = 1" in config.load("tvlstm").to_toml(used=True)
     assert "region_dim = 100" in config.load("tvlstm").to_toml(used=True)
     assert "region_dim" not in config.load("cnn").to_toml(used=True)
 
@@ -171,6 +173,8 @@ def test_an_ensemble_cannot_hold_an_ensemble(tmp_path):
     ('[model]\nname = "gru"\nregion_size = -3\n', "model.region_size must be 0"),
     ('[model]\nname = "lstm"\nregion_size = 3\nregion_dim = 0\n',
      "model.region_dim must be positive"),
+    ('[model]\nname = "gru"\nregion_size = 3\nregion_passes = 0\n',
+     "model.region_passes must be at least 1"),
     ('[model]\nname = "cnn"\nregion_size = 3\n', "model.region_size: cnn does not use it"),
 ])
 def test_a_recipe_that_would_train_something_else_than_it_says_is_refused(tmp_path, text,

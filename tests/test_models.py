@@ -284,7 +284,7 @@ def test_hashed_ngram_weights_load_only_under_the_hash_they_were_trained_with(tm
 _CHANGED = {"embedding_dim": 5, "hidden_dim": 7, "num_layers": 2, "bidirectional": True,
             "dropout": 0.5, "pooling": "max", "packed": True, "filter_sizes": [2],
             "num_filters": 3, "ngram_buckets": 77, "ngrams": 3, "prior_tokens": 5.0,
-            "region_size": 3, "region_dim": 4}
+            "region_size": 3, "region_dim": 4, "region_passes": 2}
 
 
 @pytest.mark.parametrize("cfg", [c for i, c in enumerate(EVERY_MODEL)

@@ -51,6 +51,18 @@ def test_each_pass_reads_every_region_once_more_and_goes_on_learning(monkeypatch
     assert not torch.equal(twice[0], regions.learn(stream, 42, 3, 8, seed=7)[0])
 
 
+def test_a_model_learns_its_region_embeddings_in_the_passes_its_recipe_asks(monkeypatch):
+    monkeypatch.setattr(regions, "BATCH", 64)
+    stream = _two_topics(blocks=40)
+    cfg = ModelConfig(name="lstm", embedding_dim=8, hidden_dim=6, region_size=3, region_dim=8,
+                      region_passes=2)
+    model = models.build(cfg, 42)
+    seen = []
+    model.regions.learn(stream, seed=7, report=lambda step, steps: seen.append(steps))
+    assert set(seen) == {regions.steps(len(stream), 3, passes=2)}
+    assert torch.equal(model.regions.table, regions.learn(stream, 42, 3, 8, seed=7, passes=2)[0])
+
+
 def test_a_stream_too_short_for_a_region_and_its_neighbours_learns_nothing():
     seen = []
     table, bias = regions.learn(np.array([5, 6, 7], dtype=np.int32), 10, 3, 4, seed=0,

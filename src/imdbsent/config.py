@@ -23,7 +23,7 @@ DATA_DEFAULT = "data/imdb"  # where `prepare` puts it, and where recipes read it
 MODELS = ("rnn", "lstm", "gru", "cnn", "nbow", "nblr", "ensemble")
 EMBEDDED = ("rnn", "lstm", "gru", "cnn")  # the models with a word embedding of their own
 _RECURRENT = ("embedding_dim", "hidden_dim", "num_layers", "bidirectional", "dropout", "pooling",
-              "packed", "region_size", "region_dim")
+              "packed", "region_size", "region_dim", "region_passes")
 #: The [model] fields each model reads; it ignores the others (models.build is the truth, and a
 #: test checks this against it).
 MODEL_FIELDS = {"rnn": ("embedding_dim", "hidden_dim"), "lstm": _RECURRENT, "gru": _RECURRENT,
@@ -49,7 +49,7 @@ class ModelConfig:
     all zero vectors, so that a text of a few words scores near the bias instead of as
     confidently as a whole review. `region_size` (lstm, gru; odd, 0 for none) adds to each
     word's embedding a region embedding of `region_dim` dimensions, learned before training from
-    the training and unlabeled reviews (`regions`). An `ensemble` names its `members`: recipes
+    the training and unlabeled reviews in `region_passes` passes (`regions`). An `ensemble` names its `members`: recipes
     (names or paths) trained one after another."""
 
     name: str = "gru"
@@ -67,6 +67,7 @@ class ModelConfig:
     prior_tokens: float = 0.0
     region_size: int = 0
     region_dim: int = 100
+    region_passes: int = 1
     members: list[str] = field(default_factory=list)
 
 
@@ -139,7 +140,7 @@ class Config:
     def _uses(self, key: str) -> bool:
         table, name = key.split(".")
         if table == "model":
-            if name == "region_dim":  # the size of region embeddings that are not there
+            if name in ("region_dim", "region_passes"):  # of region embeddings not there
                 return self.model.region_size > 0 and name in MODEL_FIELDS[self.model.name]
             return name == "name" or name in MODEL_FIELDS[self.model.name]
         return self.model.name != "ensemble" or key in ENSEMBLE_OWN
@@ -291,6 +292,7 @@ def problem(cfg: Config) -> str | None:
         (m.region_size == 0 or (m.region_size > 0 and m.region_size % 2 == 1),
          "model.region_size must be 0 (none) or an odd number of words, to centre on a word"),
         (m.region_dim > 0, "model.region_dim must be positive"),
+        (m.region_passes > 0, "model.region_passes must be at least 1"),
         (m.name != "ensemble" or len(m.members) >= 2,
          "model.name ensemble needs model.members: two or more recipes"),
         (m.name == "ensemble" or not m.members,

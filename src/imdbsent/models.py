@@ -38,11 +38,13 @@ class RegionInput(nn.Module):
     """Each word's region embedding (`regions`: relu(E r + b) of the region of `region` words
     centred on it, E and b learned beforehand from unlabeled text and kept frozen) through a
     trained projection to the word embedding's size. The projection starts at zero, so that a
-    model starts where it would without the region embedding."""
+    model starts where it would without the region embedding. `passes`: over the stream, when
+    E and b are learned."""
 
-    def __init__(self, vocab_size: int, dim: int, region: int, out_dim: int) -> None:
+    def __init__(self, vocab_size: int, dim: int, region: int, out_dim: int,
+                 passes: int = 1) -> None:
         super().__init__()
-        self.region = region
+        self.region, self.passes = region, passes
         self.register_buffer("table", torch.zeros(vocab_size, dim))
         self.register_buffer("bias", torch.zeros(dim))
         self.project = nn.Linear(dim, out_dim, bias=False)
@@ -51,7 +53,7 @@ class RegionInput(nn.Module):
     def learn(self, ids: np.ndarray, seed: int, report: Callable[[int, int], None]) -> None:
         """Learn E and b from the token stream `ids` (`regions.learn`)."""
         table, bias = regions.learn(ids, self.table.shape[0], self.region, self.table.shape[1],
-                                    seed, report)
+                                    seed, report, passes=self.passes)
         self.table.copy_(table)
         self.bias.copy_(bias)
 
@@ -78,7 +80,8 @@ class Recurrent(nn.Module):
         self.pooling, self.packed, self.hidden_dim = cfg.pooling, cfg.packed, cfg.hidden_dim
         self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=PAD_ID)
         self.regions = (RegionInput(vocab_size, cfg.region_dim, cfg.region_size,
-                                    cfg.embedding_dim) if cfg.region_size else None)
+                                    cfg.embedding_dim, cfg.region_passes)
+                        if cfg.region_size else None)
         kind = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
         directions = 2 if cfg.bidirectional else 1
         self.layers = nn.ModuleList(
