@@ -176,6 +176,9 @@ def test_an_ensemble_cannot_hold_an_ensemble(tmp_path):
     ('[model]\nname = "gru"\nregion_size = 3\nregion_passes = 0\n',
      "model.region_passes must be at least 1"),
     ('[model]\nname = "cnn"\nregion_size = 3\n', "model.region_size: cnn does not use it"),
+    ('[model]\nname = "rcnn"\nhidden_dim = 50\n', "model.region_size: rcnn reads regions"),
+    ('[model]\nname = "rcnn"\nregion_size = 5\n[train]\nvectors = "prepared"\n',
+     "train.vectors needs a model with word embeddings \\(rcnn has none"),
 ])
 def test_a_recipe_that_would_train_something_else_than_it_says_is_refused(tmp_path, text,
                                                                           message):

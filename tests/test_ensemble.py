@@ -5,8 +5,9 @@ import json
 import shutil
 
 import pytest
+import torch
 
-from conftest import SMALL_GRU, run_cli
+from conftest import SMALL_GRU, run_cli, small_recipe
 from imdbsent import runs
 
 SMALL_NBLR = """
@@ -148,3 +149,33 @@ def test_resuming_a_finished_ensemble_is_refused(ensemble_run, tmp_path, capsys)
     assert capsys.readouterr().err == (f"imdbsent: error: {run} has finished: its members were "
                                        "trained and it was tested\n")
     assert (run / "metrics.jsonl").read_bytes() == before
+
+
+def test_members_with_alike_region_embeddings_learn_them_once(prepared_dir, tmp_path, capsys):
+    """A region CNN beside a GRU with the same region embeddings (size, dimensions, passes,
+    seed) takes the GRU's instead of spending the same pass again; one of other dimensions
+    learns its own."""
+    regions = "region_size = 3\nregion_dim = 8\n"
+    recipes = {"gru": SMALL_GRU.replace('pooling = "max"', 'pooling = "max"\n' + regions),
+               "rcnn": small_recipe("rcnn", regions + "dropout = 0.5"),
+               "wide": small_recipe("rcnn", regions.replace("8", "6"))}
+    for name, text in recipes.items():
+        (tmp_path / f"{name}.toml").write_text(text.format(data=prepared_dir)
+                                               .replace("epochs = 3", "epochs = 1"))
+    members = ", ".join(f'"{tmp_path / name}.toml"' for name in recipes)
+    (tmp_path / "ens.toml").write_text(
+        f'data = "{prepared_dir}"\n[model]\nname = "ensemble"\nmembers = [{members}]\n')
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert run_cli(["train", "--config", str(tmp_path / "ens.toml"), "--run-dir", str(run)]) == 0
+    assert capsys.readouterr().err.count("region embeddings learned in") == 2  # gru's, wide's
+    table = {n: runs.load_checkpoint(run / "members" / n / runs.BEST).weights["regions.table"]
+             for n in recipes}
+    assert torch.equal(table["rcnn"], table["gru"]) and table["gru"].abs().sum() > 0
+    assert table["wide"].shape[1] == 6
+    for name, learned in (("gru", True), ("rcnn", False), ("wide", True)):
+        first = runs.epoch_records(run / "members" / name)[0]
+        assert ("regions_seconds" in first) == learned  # counted once, where they were learned
+    capsys.readouterr()
+    assert run_cli(["explain", "--run", str(run / "members" / "rcnn"), "a great film"]) == 0
+    assert json.loads(capsys.readouterr().out)["complete"]  # the region CNN explained, in full

@@ -21,6 +21,7 @@ EVERY_MODEL = [
     ModelConfig(name="lstm", embedding_dim=8, hidden_dim=6, bidirectional=True, pooling="max",
                 region_size=3, region_dim=4),
     ModelConfig(name="cnn", embedding_dim=8, num_filters=4, filter_sizes=[2, 3, 7]),
+    ModelConfig(name="rcnn", hidden_dim=6, dropout=0.5, region_size=3, region_dim=4),
     ModelConfig(name="nbow", embedding_dim=8, ngram_buckets=100),
     ModelConfig(name="nblr", ngram_buckets=100, ngrams=3),
 ]
@@ -124,6 +125,7 @@ def _invariance_models():
         ModelConfig(name="ensemble"),
         ModelConfig(name="lstm", embedding_dim=8, hidden_dim=6, bidirectional=True,
                     pooling="max", region_size=5, region_dim=4),
+        ModelConfig(name="rcnn", hidden_dim=6, region_size=5, region_dim=4),
     ]
 
 

@@ -20,7 +20,7 @@ from imdbsent.errors import BadValue, UserError
 CONFIG_VERSION = 1
 HUB_DEFAULT = "stanfordnlp/imdb"  # where `prepare` gets IMDB by default (the CLI shows it)
 DATA_DEFAULT = "data/imdb"  # where `prepare` puts it, and where recipes read it, by default
-MODELS = ("rnn", "lstm", "gru", "cnn", "nbow", "nblr", "ensemble")
+MODELS = ("rnn", "lstm", "gru", "cnn", "rcnn", "nbow", "nblr", "ensemble")
 EMBEDDED = ("rnn", "lstm", "gru", "cnn")  # the models with a word embedding of their own
 _RECURRENT = ("embedding_dim", "hidden_dim", "num_layers", "bidirectional", "dropout", "pooling",
               "packed", "region_size", "region_dim", "region_passes")
@@ -28,6 +28,7 @@ _RECURRENT = ("embedding_dim", "hidden_dim", "num_layers", "bidirectional", "dro
 #: test checks this against it).
 MODEL_FIELDS = {"rnn": ("embedding_dim", "hidden_dim"), "lstm": _RECURRENT, "gru": _RECURRENT,
                 "cnn": ("embedding_dim", "dropout", "filter_sizes", "num_filters"),
+                "rcnn": ("hidden_dim", "dropout", "region_size", "region_dim", "region_passes"),
                 "nbow": ("embedding_dim", "dropout", "ngram_buckets", "ngrams", "prior_tokens"),
                 "nblr": ("ngram_buckets", "ngrams"), "ensemble": ("members",)}
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -49,7 +50,8 @@ class ModelConfig:
     all zero vectors, so that a text of a few words scores near the bias instead of as
     confidently as a whole review. `region_size` (lstm, gru; odd, 0 for none) adds to each
     word's embedding a region embedding of `region_dim` dimensions, learned before training from
-    the training and unlabeled reviews in `region_passes` passes (`regions`). An `ensemble` names its `members`: recipes
+    the training and unlabeled reviews in `region_passes` passes (`regions`); rcnn reads
+    regions of that many words (bags, and their region embeddings) and needs it. An `ensemble` names its `members`: recipes
     (names or paths) trained one after another."""
 
     name: str = "gru"
@@ -291,6 +293,8 @@ def problem(cfg: Config) -> str | None:
          "model.prior_tokens must be a number, 0 or more"),
         (m.region_size == 0 or (m.region_size > 0 and m.region_size % 2 == 1),
          "model.region_size must be 0 (none) or an odd number of words, to centre on a word"),
+        (m.name != "rcnn" or m.region_size > 0,
+         "model.region_size: rcnn reads regions of an odd number of words; set it (e.g. 5)"),
         (m.region_dim > 0, "model.region_dim must be positive"),
         (m.region_passes > 0, "model.region_passes must be at least 1"),
         (m.name != "ensemble" or len(m.members) >= 2,
@@ -307,8 +311,8 @@ def problem(cfg: Config) -> str | None:
         *((not getattr(t, key) or m.name in EMBEDDED, f"train.{key} needs a model with a word "
            f"embedding ({', '.join(EMBEDDED)}), not {m.name}")
           for key in ("adversarial", "virtual_adversarial")),
-        (not t.vectors or m.name != "nblr", "train.vectors needs a model with word embeddings "
-         "(nblr has none: --vectors none)"),
+        (not t.vectors or m.name not in ("nblr", "rcnn"), "train.vectors needs a model with word "
+         f"embeddings ({m.name} has none: --vectors none)"),
         (0.0 <= t.warmup < 1.0, "train.warmup is a fraction of training, in [0, 1)"),
         (t.patience >= 0, "train.patience must be 0 or more"),
         (t.max_length >= 0, "train.max_length must be 0 (all tokens) or more"),

@@ -425,8 +425,9 @@ class Trainer:
     rank 0 alone reads and writes the run.
     """
 
-    def __init__(self, cfg: Config, data: Prepared, run: Path, *, resume: bool = False) -> None:
-        self.cfg, self.data, self.run = cfg, data, run
+    def __init__(self, cfg: Config, data: Prepared, run: Path, *, resume: bool = False,
+                 regions: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        self.cfg, self.data, self.run, self.shared_regions = cfg, data, run, regions
         t = cfg.train
         self.world = distributed.world()
         seed_everything(t.seed)
@@ -474,11 +475,15 @@ class Trainer:
 
     def learn_regions(self, report: Callable[[int, int], None]) -> None:
         """A fresh start of a model with region embeddings: learn them from the training and
-        unlabeled reviews, `report(step, steps)` as they go. Every rank learns the same ones (a
-        seeded pass on the CPU): a rank that waited minutes for rank 0's would pass the
-        --dist-timeout."""
+        unlabeled reviews, `report(step, steps)` as they go, or take the `regions` (E, b) that
+        another member of its ensemble learned alike (`shared_regions`). Every rank learns the
+        same ones (a seeded pass on the CPU): a rank that waited minutes for rank 0's would
+        pass the --dist-timeout."""
         regions = getattr(self.model, "regions", None)
-        if regions is not None:
+        if regions is not None and self.shared_regions is not None:
+            regions.table.copy_(self.shared_regions[0])
+            regions.bias.copy_(self.shared_regions[1])
+        elif regions is not None:
             start = time.time()
             regions.learn(self.data.unlabeled_stream(), self.cfg.train.seed, report)
             self.regions_seconds = round(time.time() - start, 3)
@@ -663,21 +668,47 @@ class Trainer:
         return record
 
 
-def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: bool = False
-        ) -> FitResult:
+def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: bool = False,
+        regions: tuple[torch.Tensor, torch.Tensor] | None = None) -> FitResult:
     """Train `cfg` on the prepared data into `run`, keeping `best` and `last` checkpoints, then
     test the best. With `resume`, continue from `last` (at its epoch boundary). An ensemble
-    trains its members first (`fit_ensemble`)."""
+    trains its members first (`fit_ensemble`). `regions`: region embeddings to take instead
+    of learning them (`Trainer.learn_regions`)."""
     if cfg.model.name == "ensemble":
         return fit_ensemble(cfg, data, run, reporter, resume=resume)
-    return Trainer(cfg, data, run, resume=resume).fit(reporter)
+    return Trainer(cfg, data, run, resume=resume, regions=regions).fit(reporter)
+
+
+def regions_recipe(cfg: Config) -> tuple[int, int, int, int] | None:
+    """What decides a model's region embeddings on given data (region size, dimensions,
+    passes, seed), or None for a model without them: two recipes with the same learn the same
+    ones."""
+    m = cfg.model
+    if not m.region_size or "region_size" not in configs.MODEL_FIELDS[m.name]:
+        return None
+    return m.region_size, m.region_dim, m.region_passes, cfg.train.seed
+
+
+def _learned_regions(run: Path, cfg: Config) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The region embeddings (E, b) that a member of the ensemble at `run` has learned as
+    `cfg`'s would be learned (`regions_recipe`), from its last checkpoint, or None."""
+    wanted = regions_recipe(cfg)
+    if wanted is None:
+        return None
+    for member in runs.members(run):
+        if ((member / runs.LAST).exists() and (member / runs.CONFIG).exists()
+                and regions_recipe(runs.load_config(member)) == wanted):
+            weights = runs.load_checkpoint(member / runs.LAST).weights
+            return weights["regions.table"], weights["regions.bias"]
+    return None
 
 
 def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
                  resume: bool = False) -> FitResult:
     """Train each member recipe into `run/members/NAME` (a run of its own; with `resume`,
     finished members are kept and unfinished ones continued), fit the stacking weights on the
-    validation split, then test the ensemble."""
+    validation split, then test the ensemble. Members whose region embeddings would be learned
+    alike (`regions_recipe`) learn them once: the later take the earlier's."""
     names = configs.member_names(cfg)
     world = distributed.world()
 
@@ -699,9 +730,11 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
         return todo
 
     for member_run, member_cfg, fresh in distributed.on_main(plan):
+        shared = None  # region embeddings an earlier member learned alike: learned once
         if fresh:
+            shared = distributed.on_main(partial(_learned_regions, run, member_cfg))
             distributed.on_main(partial(runs.init_run, member_run, member_cfg, data.folder))
-        fit(member_cfg, data, member_run, reporter, resume=not fresh)
+        fit(member_cfg, data, member_run, reporter, resume=not fresh, regions=shared)
     if not world.main:  # rank 0 fits the stacker and tests the ensemble alone
         return FitResult(run, 0, 0, {})
 

@@ -182,6 +182,35 @@ class CNN(nn.Module):
         return self.fc(self.dropout(torch.cat(pooled, dim=1))).squeeze(1)
 
 
+class RegionCNN(nn.Module):
+    """Johnson & Zhang's (2015) one-layer CNN over bags of words with a tv-embedding: at each
+    word h = relu(W r + U z + c), r the bag of the `region_size` words centred on it (W r a
+    sum of rows of `embedding`, [vocab, hidden_dim]) and z their region embedding
+    (`RegionInput`, learned beforehand from unlabeled text), then the maximum of h over the
+    review, dropout and one logit. Cheap on a CPU: no recurrence, one layer."""
+
+    def __init__(self, vocab_size: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.region = cfg.region_size
+        self.embedding = nn.Embedding(vocab_size, cfg.hidden_dim, padding_idx=PAD_ID)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        with torch.no_grad():
+            self.embedding.weight[PAD_ID] = 0.0
+        self.bias = nn.Parameter(torch.zeros(cfg.hidden_dim))
+        self.regions = RegionInput(vocab_size, cfg.region_dim, cfg.region_size, cfg.hidden_dim,
+                                   cfg.region_passes)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(cfg.hidden_dim, 1)
+
+    def forward(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        bags = regions.centred_sums(self.embedding(text), self.region)
+        h = torch.relu(bags + self.bias + self.regions(text))
+        inside = (torch.arange(text.shape[1], device=text.device)[None, :]
+                  < lengths.to(text.device)[:, None])
+        pooled = h.masked_fill(~inside[:, :, None], 0.0).amax(dim=1)  # h >= 0: 0 is no maximum
+        return self.fc(self.dropout(pooled)).squeeze(1)
+
+
 def ngram_ids(text: torch.Tensor, vocab_size: int, buckets: int, n: int) -> torch.Tensor:
     """Word ids followed by hashed ids of word 2..n-grams, in [vocab_size, vocab_size + buckets);
     any n-gram touching padding maps to padding. Computed on the batch's device, no Python per
@@ -360,6 +389,7 @@ REGISTRY: dict[str, Builder] = {
     "lstm": lambda vocab, cfg: Recurrent("lstm", vocab, cfg),
     "gru": lambda vocab, cfg: Recurrent("gru", vocab, cfg),
     "cnn": CNN,
+    "rcnn": RegionCNN,
     "nbow": NBOW,
     "nblr": NBLR,
 }

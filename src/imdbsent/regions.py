@@ -92,8 +92,14 @@ def region_sums(x: torch.Tensor, region: int) -> torch.Tensor:
     return cum[:, region:] - cum[:, :-region]
 
 
+def centred_sums(x: torch.Tensor, region: int) -> torch.Tensor:
+    """[batch, time, dim] -> [batch, time, dim]: the sum over the `region` positions centred on
+    each position (a region past a text's ends holds only its positions)."""
+    half = (region - 1) // 2
+    return region_sums(x, region)[:, half:half + x.shape[1]]
+
+
 def centred(embedded: torch.Tensor, bias: torch.Tensor, region: int) -> torch.Tensor:
     """relu(E r + b) of the region centred on each position of `embedded` [batch, time, dim]
     (rows of E; `<pad>`'s are zero, so a region past a text's ends holds only its words)."""
-    half = (region - 1) // 2
-    return F.relu(region_sums(embedded, region)[:, half:half + embedded.shape[1]] + bias)
+    return F.relu(centred_sums(embedded, region) + bias)
