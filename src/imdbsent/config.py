@@ -51,8 +51,8 @@ class ModelConfig:
     confidently as a whole review. `region_size` (lstm, gru; odd, 0 for none) adds to each
     word's embedding a region embedding of `region_dim` dimensions, learned before training from
     the training and unlabeled reviews in `region_passes` passes (`regions`); rcnn reads
-    regions of that many words (bags, and their region embeddings) and needs it. An `ensemble` names its `members`: recipes
-    (names or paths) trained one after another."""
+    regions of that many words (bags, and their region embeddings) and needs it. An `ensemble`
+    names its `members`: recipes (names or paths) trained one after another."""
 
     name: str = "gru"
     embedding_dim: int = 100
