@@ -125,7 +125,7 @@ class Recurrent(nn.Module):
             return torch.cat(parts, dim=1)
         mask = token_mask(device_lengths, x)
         if self.pooling == "max":
-            return x.masked_fill(~mask, float("-inf")).amax(dim=1)
+            return x.masked_fill(~mask, float("-inf")).max(dim=1).values
         return (x * mask).sum(dim=1) / device_lengths[:, None].clamp(min=1)
 
 
@@ -178,7 +178,7 @@ class CNN(nn.Module):
             features = torch.relu(conv(embedded))  # [batch, filters, windows]
             windows = (lengths - conv.kernel_size[0] + 1).clamp(min=1)
             inside = torch.arange(features.shape[2], device=text.device)[None, :] < windows[:, None]
-            pooled.append(features.masked_fill(~inside.unsqueeze(1), float("-inf")).amax(dim=2))
+            pooled.append(features.masked_fill(~inside.unsqueeze(1), float("-inf")).max(dim=2).values)
         return self.fc(self.dropout(torch.cat(pooled, dim=1))).squeeze(1)
 
 
