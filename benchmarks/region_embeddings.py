@@ -101,6 +101,10 @@ def main() -> None:
     prepared = data.load_prepared(args.data)
     vocab = prepared.tokenizer.get_vocab_size()
     train, valid = prepared.split("train"), prepared.split("valid")
+    members = {}  # scored first: a member that cannot be scored stops the script before training
+    for run in args.members:  # on --data, as the region CNN (a run's recorded folder may differ)
+        runs_scored = {s: score_run(run, split=s, data_dir=args.data) for s in ("valid", "test")}
+        members[run.name] = {s: (r.logits.float(), r.labels) for s, r in runs_scored.items()}
     tv = None
     if args.tv_from is not None:
         table, bias, args.region = tv_of(args.tv_from)
@@ -134,9 +138,7 @@ def main() -> None:
     model.load_state_dict(best[2])
     scored = {"region CNN": {s: logits_of(model, prepared.split(s), args.max_length)
                              for s in ("valid", "test")}}
-    for run in args.members:
-        runs_scored = {s: score_run(run, split=s) for s in ("valid", "test")}
-        scored[run.name] = {s: (r.logits.float(), r.labels) for s, r in runs_scored.items()}
+    scored.update(members)
     report(scored, best[1])
 
 
