@@ -97,7 +97,6 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args()
-    torch.manual_seed(args.seed)
     prepared = data.load_prepared(args.data)
     vocab = prepared.tokenizer.get_vocab_size()
     train, valid = prepared.split("train"), prepared.split("valid")
@@ -105,6 +104,7 @@ def main() -> None:
     for run in args.members:  # on --data, as the region CNN (a run's recorded folder may differ)
         runs_scored = {s: score_run(run, split=s, data_dir=args.data) for s in ("valid", "test")}
         members[run.name] = {s: (r.logits.float(), r.labels) for s, r in runs_scored.items()}
+    torch.manual_seed(args.seed)  # after the members, whose loading draws: one CNN whatever they are
     tv = None
     if args.tv_from is not None:
         table, bias, args.region = tv_of(args.tv_from)
