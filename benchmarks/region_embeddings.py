@@ -31,10 +31,9 @@ from torch import nn
 
 from imdbsent import data, engine, regions, runs, threads
 from imdbsent.data import Batches, Encoded
-from imdbsent.predict import score_run
 from imdbsent.regions import region_sums
 from imdbsent.text import PAD_ID
-from stacking import stacked_accuracy  # benchmarks/, beside this script
+from stacking import scored_members, stacked_accuracy  # benchmarks/, beside this script
 
 
 class RegionCNN(nn.Module):
@@ -101,9 +100,9 @@ def main() -> None:
     vocab = prepared.tokenizer.get_vocab_size()
     train, valid = prepared.split("train"), prepared.split("valid")
     members = {}  # scored first: a member that cannot be scored stops the script before training
-    for run in args.members:  # on --data, as the region CNN (a run's recorded folder may differ)
-        runs_scored = {s: score_run(run, split=s, data_dir=args.data) for s in ("valid", "test")}
-        members[run.name] = {s: (r.logits.float(), r.labels) for s, r in runs_scored.items()}
+    if args.members:  # on --data, as the region CNN (a run's recorded folder may differ)
+        logits, yv, yt = scored_members({run.name: [run] for run in args.members}, args.data)
+        members = {name: {"valid": (v, yv), "test": (t, yt)} for name, (v, t) in logits.items()}
     torch.manual_seed(args.seed)  # after the members, whose loading draws: one CNN whatever they are
     tv = None
     if args.tv_from is not None:
