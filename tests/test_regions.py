@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from imdbsent import models, regions
@@ -76,6 +77,19 @@ def test_centred_sums_the_region_around_each_word_and_stops_at_the_ends():
     assert out[0, :, 0].tolist() == [1.0, 4.0, 7.0, 10.0, 7.0]  # relu(neighbours' sum - 2)
     five = regions.centred(embedded, torch.zeros(1), region=5)
     assert five[0, :, 0].tolist() == [6.0, 10.0, 15.0, 14.0, 12.0]
+
+
+@pytest.mark.parametrize("region", [1, 3, 5])
+def test_centred_sums_are_exact_sums_and_their_own_gradient(region):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
+    half = (region - 1) // 2
+    padded = torch.nn.functional.pad(x, (0, 0, half, half))
+    by_hand = sum(padded[:, k:k + 6] for k in range(region))
+    assert torch.allclose(regions.centred_sums(x, region), by_hand, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: regions.centred_sums(t, region), (x,))
+    running = regions.region_sums(x, region)[:, half:half + 6]  # what `centred` sums
+    assert torch.allclose(regions.centred_sums(x, region), running)
 
 
 def test_a_recurrent_model_with_region_embeddings_starts_as_it_would_without():

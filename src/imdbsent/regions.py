@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,12 +95,36 @@ def region_sums(x: torch.Tensor, region: int) -> torch.Tensor:
 
 def centred_sums(x: torch.Tensor, region: int) -> torch.Tensor:
     """[batch, time, dim] -> [batch, time, dim]: the sum over the `region` positions centred on
-    each position (a region past a text's ends holds only its positions)."""
-    half = (region - 1) // 2
-    return region_sums(x, region)[:, half:half + x.shape[1]]
+    each position, `region` odd (a region past a text's ends holds only its positions). Summed
+    shift by shift in place, forward and backward (the window is symmetric, so the gradient is
+    the same sum of the output's gradient): exact, and about three times as fast on the CPU as
+    the running sums of `region_sums`, or autograd's own backward of the shifted slices."""
+    return _CentredSums.apply(x, region)
+
+
+class _CentredSums(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, region: int) -> torch.Tensor:
+        ctx.region = region
+        return _shifted_sums(x, region)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _shifted_sums(grad, ctx.region), None
+
+
+def _shifted_sums(x: torch.Tensor, region: int) -> torch.Tensor:
+    out = x.clone()
+    for k in range(1, (region - 1) // 2 + 1):
+        out[:, k:] += x[:, :-k]
+        out[:, :-k] += x[:, k:]
+    return out
 
 
 def centred(embedded: torch.Tensor, bias: torch.Tensor, region: int) -> torch.Tensor:
     """relu(E r + b) of the region centred on each position of `embedded` [batch, time, dim]
-    (rows of E; `<pad>`'s are zero, so a region past a text's ends holds only its words)."""
-    return F.relu(centred_sums(embedded, region) + bias)
+    (rows of E; `<pad>`'s are zero, so a region past a text's ends holds only its words). By
+    running sums (`region_sums`), not `centred_sums`: the recipes that read region embeddings
+    were measured with them, and exact sums differ in the last bits, enough to train otherwise."""
+    half = (region - 1) // 2
+    return F.relu(region_sums(embedded, region)[:, half:half + embedded.shape[1]] + bias)
