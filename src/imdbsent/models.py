@@ -125,8 +125,15 @@ class Recurrent(nn.Module):
             return torch.cat(parts, dim=1)
         mask = token_mask(device_lengths, x)
         if self.pooling == "max":
-            return x.masked_fill(~mask, float("-inf")).max(dim=1).values
+            return masked_max(x, mask, dim=1)
         return (x * mask).sum(dim=1) / device_lengths[:, None].clamp(min=1)
+
+
+def masked_max(x: torch.Tensor, inside: torch.Tensor, dim: int) -> torch.Tensor:
+    """The maximum of `x` over `dim` among the positions where `inside` (broadcast to `x`) is
+    True: padding is never the maximum. `max`, not `amax`, whose backward pass (spreading the
+    gradient over ties) made an epoch of the region CNN half as slow again on the CPU."""
+    return x.masked_fill(~inside, float("-inf")).max(dim=dim).values
 
 
 def token_mask(lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +185,7 @@ class CNN(nn.Module):
             features = torch.relu(conv(embedded))  # [batch, filters, windows]
             windows = (lengths - conv.kernel_size[0] + 1).clamp(min=1)
             inside = torch.arange(features.shape[2], device=text.device)[None, :] < windows[:, None]
-            pooled.append(features.masked_fill(~inside.unsqueeze(1), float("-inf")).max(dim=2).values)
+            pooled.append(masked_max(features, inside.unsqueeze(1), dim=2))
         return self.fc(self.dropout(torch.cat(pooled, dim=1))).squeeze(1)
 
 
@@ -205,11 +212,7 @@ class RegionCNN(nn.Module):
     def forward(self, text: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         bags = regions.centred_sums(self.embedding(text), self.region)
         h = torch.relu(bags + self.bias + self.regions(text))
-        inside = (torch.arange(text.shape[1], device=text.device)[None, :]
-                  < lengths.to(text.device)[:, None])
-        # h >= 0, so a zeroed pad is no maximum; max, not amax, whose backward pass (spreading
-        # the gradient over ties) made an epoch half as slow again on the CPU
-        pooled = (h * inside[:, :, None]).max(dim=1).values
+        pooled = masked_max(h, token_mask(lengths, h), dim=1)
         return self.fc(self.dropout(pooled)).squeeze(1)
 
 
