@@ -225,3 +225,12 @@ def test_score_command_end_to_end(trained_run, source_dir, tmp_path, capsys, mon
         with pytest.raises(SystemExit) as stopped:
             score.main([str(trained_run), *bad])
         assert stopped.value.code == 2
+
+
+def test_the_machine_line_names_the_cpu_and_the_kernels_torch_runs(monkeypatch):
+    import torch
+
+    line = suite.machine()
+    assert f"{torch.backends.cpu.get_cpu_capability()} kernels" in line and "cores (" in line
+    monkeypatch.setattr(suite.Path, "read_text", lambda self: (_ for _ in ()).throw(OSError()))
+    assert suite.machine().startswith(f"{len(suite.os.sched_getaffinity(0))} cores (unknown CPU")

@@ -195,14 +195,18 @@ def machine() -> str:
     """The machine in one line, as benchmarks/run.py describes it."""
     import torch
 
-    cpu = "unknown CPU"
+    info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    # the family and model tell apart CPUs sold under one name (AMD EPYC), and the kernels
+    # torch picks (AVX2, AVX512) change both the speed and the last bits of a training run
+    cpu = ", ".join([info.get("model name", "unknown CPU")]
+                    + [f"{key} {info[key]}" for key in ("cpu family", "model") if key in info]
+                    + [f"{torch.backends.cpu.get_cpu_capability()} kernels"])
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
