@@ -142,6 +142,18 @@ def test_resume_finishes_an_unfinished_member_and_only_it(ensemble_run, tmp_path
     assert len(again) == len(lines) and json.loads(again[-1])["split"] == "test"
 
 
+def test_resume_trains_a_member_whose_run_was_removed_and_stacks_again(ensemble_run, tmp_path):
+    run = _copy(ensemble_run, tmp_path)
+    gru_before = (run / "members" / "gru" / "metrics.jsonl").read_bytes()
+    shutil.rmtree(run / "members" / "nblr")  # to train it anew, e.g. after its recipe changed
+    assert run_cli(["train", "--resume", str(run)]) == 0
+    assert (run / "members" / "gru" / "metrics.jsonl").read_bytes() == gru_before
+    assert runs.tested(run / "members" / "nblr")
+    stacked = [r for r in runs.read_metrics(run) if "members" in r]
+    assert len(stacked) == 2 and stacked[-1]["members"] == ["gru", "nblr"]
+    assert runs.tested(run)
+
+
 def test_resuming_a_finished_ensemble_is_refused(ensemble_run, tmp_path, capsys):
     run = _copy(ensemble_run, tmp_path)
     before = (run / "metrics.jsonl").read_bytes()
