@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 import shutil
 
 import numpy as np
@@ -235,6 +236,18 @@ def test_prepare_rebuilds_when_the_source_files_change(source_dir, tmp_path):
     again, built = data.prepare(args, out, report=said.append)
     assert built and said[0] == f"{out}: {source} changed since it was prepared from it: preparing again"
     assert again["splits"]["test"]["total"] == first["splits"]["test"]["total"] - 1
+
+
+def test_prepare_reuses_a_source_copied_or_touched_with_the_same_contents(source_dir, tmp_path):
+    source = shutil.copytree(source_dir, tmp_path / "source")
+    out, said = tmp_path / "p", []
+    args = data.PrepareArgs(source=str(source), unsupervised=False, vectors_dim=0)
+    data.prepare(args, out)
+    fingerprint = data.load_prepared(out).fingerprint
+    for path in source.iterdir():
+        os.utime(path, (1, 1))  # as a copy without its times, or a fresh checkout, leaves them
+    assert not data.prepare(args, out, report=said.append)[1] and said == []
+    assert data.load_prepared(out).fingerprint == fingerprint  # runs trained on it still fit
 
 
 def test_a_failed_rebuild_leaves_the_prepared_folder_whole(source_dir, tmp_path):

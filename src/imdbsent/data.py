@@ -843,11 +843,20 @@ def _parse_manifest(raw: bytes | None) -> dict | None:
 def _reusable(folder: Path, manifest: dict | None, wanted: dict) -> bool:
     """Whether `folder` holds a complete dataset made by this format from the `wanted`
     arguments and a local source whose files have not changed since (`sources.local_stamp`;
-    a manifest from before stamps were recorded is taken as it is)."""
+    a manifest from before stamps were recorded is taken as it is). Files whose times changed
+    but not their contents (copied, touched) are the same source: a rebuild would give the
+    data a new fingerprint, which every run trained on it would then refuse."""
     return (manifest is not None and manifest.get("format") == PREPARE_FORMAT
             and not _changed_args(manifest, wanted)
-            and manifest.get("source_stamp", wanted["source_stamp"]) == wanted["source_stamp"]
+            and (manifest.get("source_stamp", wanted["source_stamp"]) == wanted["source_stamp"]
+                 or _same_content(manifest, wanted["args"]))
             and _complete(folder, manifest))
+
+
+def _same_content(manifest: dict, args: dict) -> bool:
+    """Whether a local folder source holds the files the manifest's data was made from."""
+    now = sources.local_fingerprint(args["source"], args["unsupervised"])
+    return now is not None and manifest.get("source_fingerprint") == now
 
 
 def _changed_args(manifest: dict, wanted: dict) -> list[str]:

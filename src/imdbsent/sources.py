@@ -297,11 +297,9 @@ def _from_folder(folder: Path, text_column: str, label_column: str, unsupervised
     the data files that no split names (a `valid.parquet`: imdbsent makes its own; a
     `train_old.csv`), to be said. A split's files in two folders (a backup copy in a
     subfolder) are refused rather than read twice."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in LOCAL_FORMATS and p.is_file())
+    files, named = _split_files(folder)
     splits = {}
     used: list[Path] = []
-    named = {s: [p for p in files if re.fullmatch(rf"{s}(-\d+(-of-\d+)?)?", p.stem, re.I)]
-             for s in SPLITS}
     for split, mine in named.items():
         if not mine or split == "unsupervised" and not unsupervised:
             continue
@@ -323,6 +321,14 @@ def _from_folder(folder: Path, text_column: str, label_column: str, unsupervised
                         "no aclImdb/")
     unnamed = [str(p.relative_to(folder)) for p in files if not any(p in m for m in named.values())]
     return splits, _hash_files(used), unnamed
+
+
+def _split_files(folder: Path) -> tuple[list[Path], dict[str, list[Path]]]:
+    """A folder source's data files, and each split's among them, by name."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in LOCAL_FORMATS and p.is_file())
+    named = {s: [p for p in files if re.fullmatch(rf"{s}(-\d+(-of-\d+)?)?", p.stem, re.I)]
+             for s in SPLITS}
+    return files, named
 
 
 def _file_split(fmt: str, paths: list[Path], where: str, text_column: str, label_column: str,
@@ -538,6 +544,18 @@ def local_stamp(source: str) -> str | None:
         st = p.stat()
         digest.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return "stat:" + digest.hexdigest()
+
+
+def local_fingerprint(source: str, unsupervised: bool) -> str | None:
+    """The fingerprint that loading a local folder of split files records (their contents,
+    hashed), without parsing them: a second of reading for IMDB, where `local_stamp` changes
+    whenever the files are copied or touched. None for another source (the Hub, aclImdb)."""
+    path = Path(source).expanduser()
+    if not path.is_dir() or _is_acl(path):
+        return None
+    named = _split_files(path)[1]
+    return _hash_files([p for split, mine in named.items() for p in mine
+                        if unsupervised or split != "unsupervised"])
 
 
 def _hash_files(paths: list[Path]) -> str:
