@@ -548,7 +548,7 @@ def local_stamp(source: str) -> str | None:
 
 def local_fingerprint(source: str, unsupervised: bool) -> str | None:
     """The fingerprint that loading a local folder of split files records (their contents,
-    hashed), without parsing them: a second of reading for IMDB, where `local_stamp` changes
+    hashed), without parsing them: well under a second for IMDB, where `local_stamp` changes
     whenever the files are copied or touched. None for another source (the Hub, aclImdb)."""
     path = Path(source).expanduser()
     if not path.is_dir() or _is_acl(path):
