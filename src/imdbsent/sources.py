@@ -297,12 +297,10 @@ def _from_folder(folder: Path, text_column: str, label_column: str, unsupervised
     the data files that no split names (a `valid.parquet`: imdbsent makes its own; a
     `train_old.csv`), to be said. A split's files in two folders (a backup copy in a
     subfolder) are refused rather than read twice."""
-    files, named = _split_files(folder)
+    files, named, read = _split_files(folder, unsupervised)
     splits = {}
     used: list[Path] = []
-    for split, mine in named.items():
-        if not mine or split == "unsupervised" and not unsupervised:
-            continue
+    for split, mine in read.items():
         places = sorted({str(p.parent.relative_to(folder)) for p in mine})
         if len(places) > 1:
             raise UserError(f"{folder}: {split} files in {len(places)} folders ("
@@ -323,12 +321,16 @@ def _from_folder(folder: Path, text_column: str, label_column: str, unsupervised
     return splits, _hash_files(used), unnamed
 
 
-def _split_files(folder: Path) -> tuple[list[Path], dict[str, list[Path]]]:
-    """A folder source's data files, and each split's among them, by name."""
+def _split_files(folder: Path, unsupervised: bool
+                 ) -> tuple[list[Path], dict[str, list[Path]], dict[str, list[Path]]]:
+    """A folder source's data files, each split's among them by name, and those of the splits
+    a load reads (not the unlabeled one unless `unsupervised`; none without files)."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in LOCAL_FORMATS and p.is_file())
     named = {s: [p for p in files if re.fullmatch(rf"{s}(-\d+(-of-\d+)?)?", p.stem, re.I)]
              for s in SPLITS}
-    return files, named
+    read = {s: mine for s, mine in named.items()
+            if mine and (unsupervised or s != "unsupervised")}
+    return files, named, read
 
 
 def _file_split(fmt: str, paths: list[Path], where: str, text_column: str, label_column: str,
@@ -553,9 +555,8 @@ def local_fingerprint(source: str, unsupervised: bool) -> str | None:
     path = Path(source).expanduser()
     if not path.is_dir() or _is_acl(path):
         return None
-    named = _split_files(path)[1]
-    return _hash_files([p for split, mine in named.items() for p in mine
-                        if unsupervised or split != "unsupervised"])
+    read = _split_files(path, unsupervised)[2]
+    return _hash_files([p for mine in read.values() for p in mine])
 
 
 def _hash_files(paths: list[Path]) -> str:
