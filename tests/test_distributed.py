@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import EXE, SMALL_GRU, run_cli, run_exe, small_recipe
-from imdbsent import data, distributed, launch, runs, training
+from imdbsent import data, distributed, engine, launch, runs, training
 
 LONG = SMALL_GRU.replace("epochs = 3", "epochs = 6")
 
@@ -217,6 +217,37 @@ def test_bf16_autocast_trains_on_the_cpu_and_scores_in_fp32(prepared_dir, tmp_pa
     assert run_cli(["evaluate", str(bf16), "--json"]) == 0  # the test line was scored in fp32
     assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(
         runs.read_metrics(bf16)[-1]["test_loss"], abs=1e-6)
+
+
+def test_an_lstm_in_bf16_on_a_cpu_without_bf16_is_refused_before_anything_trains(
+        prepared_dir, tmp_path, capsys, monkeypatch):
+    # torch's LSTM fails in bf16 on an AVX2-only CPU ("could not create a primitive
+    # descriptor"), after an ensemble's earlier members or a region pass would have run
+    monkeypatch.setattr(engine, "cpu_bf16", lambda: False)
+    lstm = tmp_path / "lstm.toml"
+    lstm.write_text(small_recipe("lstm").format(data=prepared_dir)
+                    + 'precision = "bf16"\n')
+    run = tmp_path / "single"
+    capsys.readouterr()
+    assert run_cli(["train", "--config", str(lstm), "--run-dir", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "an LSTM trains in bf16 only on a CPU with AVX-512 BF16 or AMX" in err
+    assert len(err.strip().splitlines()) == 1 and not run.exists()
+    ensemble = tmp_path / "ens.toml"
+    ensemble.write_text(f'version = 1\ndata = "{prepared_dir}"\n[model]\nname = "ensemble"\n'
+                        'members = ["nblr", "lstm.toml"]\n')
+    run = tmp_path / "ensemble"
+    assert run_cli(["train", "--config", str(ensemble), "--run-dir", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "error: lstm: an LSTM trains in bf16" in err and len(err.strip().splitlines()) == 1
+    assert not (run / runs.MEMBERS / "nblr").exists()  # refused before NB-LR trained
+    # a GRU has a bf16 kernel there, and fp32 is never refused
+    gru = tmp_path / "gru.toml"
+    gru.write_text(small_recipe("gru").format(data=prepared_dir).replace("epochs = 3", "epochs = 1"))
+    assert run_cli(["train", "--config", str(gru), "--run-dir", str(tmp_path / "gru"),
+                    "--precision", "bf16"]) == 0
+    assert run_cli(["train", "--config", str(lstm), "--run-dir", str(tmp_path / "fp32"),
+                    "--precision", "fp32", "--epochs", "1"]) == 0
 
 
 # --- several processes ----------------------------------------------------------------------

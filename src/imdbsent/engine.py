@@ -352,9 +352,26 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     """Training's forward precision: bf16 autocast (matrix products in bfloat16, losses and
     reductions in float32; on the CPU too), or float32 throughout. Validation, calibration
     and the test run in float32, as `evaluate` and `predict` do."""
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("--precision bf16: this GPU has no bfloat16; use --precision fp32")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def check_precision(cfg: Config, device: torch.device) -> None:
+    """Refuse, before anything trains, a precision `device` cannot train `cfg`'s model in: bf16
+    on a GPU without bfloat16, or an LSTM in bf16 on a CPU without oneDNN's bfloat16 (AVX-512
+    BF16 or AMX; with AVX2 alone torch's LSTM fails in bf16, where other layers emulate it)."""
+    if cfg.train.precision != "bf16":
+        return
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--precision bf16: this GPU has no bfloat16; use --precision fp32")
+    if device.type == "cpu" and cfg.model.name == "lstm" and not cpu_bf16():
+        raise UserError(f"{cfg.recipe or 'the recipe'}: an LSTM trains in bf16 only on a CPU with "
+                        "AVX-512 BF16 or AMX, which this one lacks; train it in fp32 (--precision "
+                        "fp32, or precision = \"fp32\" in its recipe)")
+
+
+def cpu_bf16() -> bool:
+    """Whether this CPU has oneDNN's bfloat16 kernels (AVX-512 BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def seed_everything(seed: int) -> None:
@@ -432,6 +449,7 @@ class Trainer:
         self.world = distributed.world()
         seed_everything(t.seed)
         self.device = resolve_device(t.device, self.world.local_rank)
+        check_precision(cfg, self.device)
         self.vocab_size = data.tokenizer.get_vocab_size()
         self.max_length = t.max_length or None
         self.model = models.build(cfg.model, self.vocab_size)
@@ -727,6 +745,7 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
                 member_cfg = configs.load_member(cfg, ref)
                 member_cfg.train.world_size = world.size
                 todo.append((member_run, member_cfg, True))
+            check_precision(todo[-1][1], resolve_device(cfg.train.device, world.local_rank))
         return todo
 
     for member_run, member_cfg, fresh in distributed.on_main(plan):
