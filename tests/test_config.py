@@ -37,7 +37,7 @@ def test_a_config_shown_to_people_leaves_out_what_goes_unused():
     assert "region_size = 0" in config.load("default").to_toml(used=True)
     assert "region_dim" not in config.load("default").to_toml(used=True)  # no regions: no size
     assert "region_passes" not in config.load("default").to_toml(used=True)
-    assert "region_passes = 1" in config.load("tvlstm").to_toml(used=True)
+    assert "region_passes = 3" in config.load("tvlstm").to_toml(used=True)
     assert "region_dim = 100" in config.load("tvlstm").to_toml(used=True)
     assert "region_dim" not in config.load("cnn").to_toml(used=True)
 
