@@ -191,3 +191,10 @@ def test_members_with_alike_region_embeddings_learn_them_once(prepared_dir, tmp_
     capsys.readouterr()
     assert run_cli(["explain", "--run", str(run / "members" / "rcnn"), "a great film"]) == 0
     assert json.loads(capsys.readouterr().out)["complete"]  # the region CNN explained, in full
+    # the region CNN trained as it would alone, where it learns them itself: learning them
+    # draws nothing from torch's global generator, which dropout and the batches' order use
+    alone = tmp_path / "alone"
+    assert run_cli(["train", "--config", str(tmp_path / "rcnn.toml"), "--run-dir", str(alone)]) == 0
+    shared, own = (runs.epoch_records(r)[0] for r in (run / "members" / "rcnn", alone))
+    assert "regions_seconds" in own and shared["train_loss"] == own["train_loss"]
+    assert shared["valid_loss"] == own["valid_loss"]

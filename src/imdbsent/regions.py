@@ -44,7 +44,10 @@ def learn(ids: np.ndarray, vocab_size: int, region: int, dim: int, seed: int,
     gen = torch.Generator().manual_seed(seed)
     counts = np.bincount(ids, minlength=vocab_size).astype(np.float64)
     counts[[PAD_ID, UNK_ID]] = 0
-    embed = nn.EmbeddingBag(vocab_size, dim, mode="sum", padding_idx=PAD_ID)
+    # tables made without their default init, which would draw from torch's global generator:
+    # a model then trains the same whether it learned its region embeddings or took them
+    embed = nn.EmbeddingBag(vocab_size, dim, mode="sum", padding_idx=PAD_ID,
+                            _weight=torch.empty(vocab_size, dim))
     nn.init.uniform_(embed.weight, -0.5 / dim, 0.5 / dim, generator=gen)
     bias = nn.Parameter(torch.zeros(dim))
     total = steps(len(ids), region, passes)
@@ -61,8 +64,7 @@ def learn(ids: np.ndarray, vocab_size: int, region: int, dim: int, seed: int,
 def _fit(tokens: torch.Tensor, embed: nn.EmbeddingBag, bias: nn.Parameter, region: int,
          keep: torch.Tensor, table: torch.Tensor, gen: torch.Generator,
          report: Callable[[int, int], None], total: int, passes: int, lr: float) -> None:
-    out = nn.Embedding(len(keep), embed.embedding_dim)
-    nn.init.zeros_(out.weight)
+    out = nn.Embedding(len(keep), embed.embedding_dim, _weight=torch.zeros(len(keep), embed.embedding_dim))
     # dense Adam over the whole tables, where a row not drawn in a step still moves by its
     # moments: 1.6 times as fast a step as SparseAdam on 2 CPU cores, its region embeddings as
     # good by a linear probe (benchmarks/notes.md)
