@@ -5,7 +5,7 @@ trained, over a pass of the token stream, to predict the words of the two region
 (negative sampling; frequent target words subsampled as word2vec's; `<pad>` and `<unk>` never
 a target). A model then reads, at each word, z of the region centred on it (`centred`): what a
 word means in its neighbourhood ("not good", "good fun"), learned from the 50,000 unlabeled
-reviews as well as the training ones. On IMDB's 20 million tokens a pass took 195-200 s on 2
+reviews as well as the training ones. On IMDB's 20 million tokens a pass took 195-203 s on 2
 cores of a Xeon with AVX-512 and 205-286 s on an AMD EPYC with AVX2 (benchmarks/notes.md).
 """
 
