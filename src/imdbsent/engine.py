@@ -745,7 +745,7 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
                 member_cfg = configs.load_member(cfg, ref)
                 member_cfg.train.world_size = world.size
                 todo.append((member_run, member_cfg, True))
-            check_precision(todo[-1][1], resolve_device(cfg.train.device, world.local_rank))
+            check_precision(member_cfg, resolve_device(cfg.train.device, world.local_rank))
         return todo
 
     for member_run, member_cfg, fresh in distributed.on_main(plan):
