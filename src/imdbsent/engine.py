@@ -733,7 +733,7 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
     def plan() -> list[tuple[Path, Config, bool]]:
         todo = []  # every member recipe is loaded (and checked) before any training starts
         for ref, name in zip(cfg.model.members, names):
-            member_run = run / runs.MEMBERS / name
+            member_run = runs.member_run(run, name)
             if resume and (member_run / runs.CONFIG).exists():
                 if runs.tested(member_run):
                     runs.check_data(member_run, data, runs.recorded_fingerprint(member_run))
@@ -813,7 +813,7 @@ def load_best(run: Path, cfg: Config, vocab_size: int) -> nn.Module:
 def _load_ensemble(run: Path, names: list[str], vocab_size: int) -> models.Ensemble:
     members, limits = [], []
     for name in names:
-        member_run = runs.check_run(run / runs.MEMBERS / name)
+        member_run = runs.check_run(runs.member_run(run, name))
         member_cfg = runs.load_config(member_run)
         members.append(load_best(member_run, member_cfg, vocab_size))
         limits.append(member_cfg.train.max_length)

@@ -330,6 +330,11 @@ def members(run: Path) -> list[Path]:
     return sorted((run / MEMBERS).glob("*"))
 
 
+def member_run(run: Path, name: str) -> Path:
+    """Where an ensemble run keeps its member `name`'s run."""
+    return run / MEMBERS / name
+
+
 def training_seconds(epochs: list[dict[str, Any]]) -> float:
     """The time that epoch records say training took: their epochs, and the region embeddings
     learned before the first (`regions_seconds`)."""
@@ -513,7 +518,7 @@ def _missing_file(run: Path) -> str | None:
     try:
         needed = [run / TOKENIZER, run / BEST]
         if (run / BEST).is_file():
-            needed += [run / MEMBERS / name / BEST
+            needed += [member_run(run, name) / BEST
                        for name in checkpoint_meta(run / BEST).get("members", [])]
         missing = next((path for path in needed if not path.is_file()), None)
         if missing:

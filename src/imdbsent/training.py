@@ -238,7 +238,7 @@ def planned_resume(run: Path, overrides: dict[str, Any]) -> tuple[config.Config,
         runs.data_folder(run, old.data)
     cfg = config.load(run / runs.CONFIG, overrides, written=True)
     if cfg.model.name == "ensemble" and all(map(runs.tested, [run, *(
-            run / runs.MEMBERS / name for name in config.member_names(cfg))])):
+            runs.member_run(run, name) for name in config.member_names(cfg))])):
         raise UserError(f"{run} has finished: its members were trained and it was tested")
     own = tuple(k for k in RESUMABLE if cfg.model.name != "ensemble" or k in config.ENSEMBLE_OWN)
     _refuse(cfg, {k: v for k, v in overrides.items() if _get(old, k) != _get(cfg, k)}, own,
