@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -298,18 +297,15 @@ measured.discarded = 0
 # --- the report --------------------------------------------------------------------------------
 
 def machine(src: Path) -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    torch = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__, "
-                            "torch.get_num_threads())"], env=env_for(src), capture_output=True,
-                           text=True, check=True).stdout.split()
+    """The machine as the other benchmarks describe it, with its memory and the intra-op
+    threads torch starts with under the environment the timed commands get."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "short"))
+    import suite
+    threads = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                             env=env_for(src), capture_output=True, text=True,
+                             check=True).stdout.strip()
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
-    return (f"{len(os.sched_getaffinity(0))} cores ({cpu}), {mem:.0f} GiB, {platform.system()} "
-            f"{platform.machine()} (a virtual machine), Python {platform.python_version()}, "
-            f"torch {torch[0]} (CPU build, GNU OpenMP; {torch[1]} intra-op threads by default)")
+    return f"{suite.machine()}, {mem:.0f} GiB, {threads} intra-op threads by default (GNU OpenMP)"
 
 
 def explain(median: dict[str, float], new_commit: str, loops_balance: bool) -> str:
