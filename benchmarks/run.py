@@ -213,7 +213,7 @@ def train_one(name: str, seed: int, data_dir: Path, work: Path, reuse: bool = Fa
     test, _ = evaluate_run(run, split="test")
     return {"run": run, "seed": seed, "valid": valid, "test": test, "epochs": epochs,
             "best_epoch": test_record.get("best_epoch"), "command_seconds": wall,
-            "train_seconds": runs.training_seconds(epochs), "peak_rss_mib": rss}
+            "train_seconds": runs.training_seconds(run), "peak_rss_mib": rss}
 
 
 def score_short(run: Path, name: str, items: list) -> dict:
@@ -248,7 +248,8 @@ def summary(row: dict) -> dict:
         "test": [s["test"]["accuracy"] for s in seeds],
         "ece": [s["test"]["ece"] for s in seeds],
         "epochs": f"{n} ({first['best_epoch']})" if single else "-",
-        "epoch_seconds": f"{first['train_seconds'] / n:.1f}" if single else "-",
+        "epoch_seconds": (f"{first['train_seconds'] / n:.1f}"
+                          if single and first["train_seconds"] is not None else "-"),
         "train_seconds": first["train_seconds"],
         "command_seconds": measured["command_seconds"] if measured else None,
         "peak_rss_mib": measured["peak_rss_mib"] if measured else None,
@@ -305,7 +306,9 @@ def write_results(path: Path, rows: list[dict], short: dict, ref: dict | None, m
         *(["- reused (--reuse), trained by an earlier invocation and scored here: "
            + "; ".join(f"{n} seed(s) {', '.join(map(str, r['reused']))}"
                        for n, r in by_name.items() if r["reused"])
-           + "; whole-command time and peak RSS are of the first seed trained here"]
+           + "; whole-command time and peak RSS are of the first seed trained here; training "
+           "s is - where a member took region embeddings whose learning no record timed (the "
+           "member that learned them was removed and trained again by `train --resume`)"]
           if any(r["reused"] for r in by_name.values()) else []),
         "", "| recipe | model | valid acc | test acc | test ECE | short suite | IMDB sentences "
         "| epochs (best) | s/epoch | training s | whole command s | predict reviews/s "
@@ -370,6 +373,13 @@ def check_targets(by_name: dict[str, dict], best: dict, own: list[dict] = ()) ->
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
+    def timed(seconds: float | None, accurate: bool, limit: float) -> str:
+        """An accuracy-within-a-time target's verdict; not met when untimed and accurate."""
+        if seconds is None:
+            return ("NOT met" if not accurate else
+                    "not measured (a reused run whose region embeddings no record timed)")
+        return verdict(accurate and seconds <= limit)
+
     out = []
     if d := by_name.get("default"):
         acc, command = mean(d["test"]), d["command_seconds"]
@@ -384,15 +394,15 @@ def check_targets(by_name: dict[str, dict], best: dict, own: list[dict] = ()) ->
         who = (f"best on validation ({r['recipe']})" if r is best
                else f"{r['recipe']} (on its own split)")
         out.append(f"{who}: test accuracy >= 92.0%, training <= 1,200 s: {acc * 100:.2f}%, "
-                   f"{seconds:.0f} s: {verdict(acc >= 0.92 and seconds <= 1200)}")
+                   f"{_number(seconds)} s: {timed(seconds, acc >= 0.92, 1200)}")
         out.append(f"{who}: mean test accuracy over 3 seeds or more >= 93.0% (stretch 93.5%), "
                    f"training <= 1,800 s: {spread(r['test'])}% over {seeds} seed(s), "
-                   f"{seconds:.0f} s: {verdict(acc >= 0.93 and seeds >= 3 and seconds <= 1800)}")
+                   f"{_number(seconds)} s: {timed(seconds, acc >= 0.93 and seeds >= 3, 1800)}")
     if n := by_name.get("nbow"):
         acc = mean(n["test"])
         out.append(f"nbow: test accuracy >= 89.5% within 120 s of training: "
-                   f"{acc * 100:.2f}%, {n['train_seconds']:.0f} s: "
-                   f"{verdict(acc >= 0.895 and n['train_seconds'] <= 120)}")
+                   f"{acc * 100:.2f}%, {_number(n['train_seconds'])} s: "
+                   f"{timed(n['train_seconds'], acc >= 0.895, 120)}")
         out.append(f"nbow: predict >= 6,000 reviews/s: {n['predict_per_second']:,.0f}: "
                    f"{verdict(n['predict_per_second'] >= 6000)}")
     if b := by_name.get("baseline"):

@@ -198,3 +198,11 @@ def test_members_with_alike_region_embeddings_learn_them_once(prepared_dir, tmp_
     shared, own = (runs.epoch_records(r)[0] for r in (run / "members" / "rcnn", alone))
     assert "regions_seconds" in own and shared["train_loss"] == own["train_loss"]
     assert shared["valid_loss"] == own["valid_loss"]
+    records = runs.epoch_records(run)  # the training's time counts each pass once
+    assert runs.training_seconds(run) == sum(r["seconds"] + r.get("regions_seconds", 0.0)
+                                             for r in records)
+    shutil.rmtree(run / "members" / "gru")  # trained again on the region CNN's embeddings
+    assert run_cli(["train", "--resume", str(run)]) == 0
+    assert "regions_seconds" not in runs.epoch_records(run / "members" / "gru")[0]
+    assert runs.training_seconds(run) is None  # the pass that learned them is in no record
+    assert runs.list_runs(run)[0]["train_seconds"] is None

@@ -421,3 +421,13 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return repr(value)
+
+
+def regions_recipe(cfg: Config) -> tuple[int, int, int, int] | None:
+    """What decides a model's region embeddings on given data (region size, dimensions,
+    passes, seed), or None for a model without them: two recipes with the same learn the same
+    ones."""
+    m = cfg.model
+    if not m.region_size or "region_size" not in MODEL_FIELDS[m.name]:
+        return None
+    return m.region_size, m.region_dim, m.region_passes, cfg.train.seed

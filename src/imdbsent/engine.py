@@ -458,7 +458,7 @@ class Trainer:
         if self.world.rank:  # dropout of its own; rank 0 keeps a one-process run's stream
             torch.manual_seed(t.seed + self.world.rank)
         last = distributed.on_main(self._load_last) if resume else None
-        self.regions_seconds = 0.0  # learning the region embeddings: epoch 1 records it
+        self.regions_seconds: float | None = None  # learning region embeddings; epoch 1 says
         if last is None:  # a fresh start (its region embeddings are learned in fit)
             if self.world.main:  # the others start from rank 0's weights (wrap)
                 self._initialise()
@@ -615,7 +615,7 @@ class Trainer:
                 "seconds": round(time.time() - start_time, 3), "best": improved,
                 "lr": self.scheduler.get_last_lr()[0],
                 **({"regions_seconds": self.regions_seconds} if epoch == 1 and
-                   self.regions_seconds else {})}
+                   self.regions_seconds is not None else {})}
 
     def unlabeled(self, epoch: int) -> Iterator[Batch] | None:
         """The unlabeled reviews' batches for virtual adversarial training in `epoch`, in an
@@ -697,25 +697,15 @@ def fit(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *, resume: b
     return Trainer(cfg, data, run, resume=resume, regions=regions).fit(reporter)
 
 
-def regions_recipe(cfg: Config) -> tuple[int, int, int, int] | None:
-    """What decides a model's region embeddings on given data (region size, dimensions,
-    passes, seed), or None for a model without them: two recipes with the same learn the same
-    ones."""
-    m = cfg.model
-    if not m.region_size or "region_size" not in configs.MODEL_FIELDS[m.name]:
-        return None
-    return m.region_size, m.region_dim, m.region_passes, cfg.train.seed
-
-
 def _learned_regions(run: Path, cfg: Config) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The region embeddings (E, b) that a member of the ensemble at `run` has learned as
-    `cfg`'s would be learned (`regions_recipe`), from its last checkpoint, or None."""
-    wanted = regions_recipe(cfg)
+    `cfg`'s would be learned (`config.regions_recipe`), from its last checkpoint, or None."""
+    wanted = configs.regions_recipe(cfg)
     if wanted is None:
         return None
     for member in runs.members(run):
         if ((member / runs.LAST).exists() and (member / runs.CONFIG).exists()
-                and regions_recipe(runs.load_config(member)) == wanted):
+                and configs.regions_recipe(runs.load_config(member)) == wanted):
             weights = runs.load_checkpoint(member / runs.LAST).weights
             return weights["regions.table"], weights["regions.bias"]
     return None
@@ -726,7 +716,7 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
     """Train each member recipe into `run/members/NAME` (a run of its own; with `resume`,
     finished members are kept and unfinished ones continued), fit the stacking weights on the
     validation split, then test the ensemble. Members whose region embeddings would be learned
-    alike (`regions_recipe`) learn them once: the later take the earlier's."""
+    alike (`config.regions_recipe`) learn them once: the later take the earlier's."""
     names = configs.member_names(cfg)
     world = distributed.world()
 

@@ -335,10 +335,19 @@ def member_run(run: Path, name: str) -> Path:
     return run / MEMBERS / name
 
 
-def training_seconds(epochs: list[dict[str, Any]]) -> float:
-    """The time that epoch records say training took: their epochs, and the region embeddings
-    learned before the first (`regions_seconds`)."""
-    return sum(r.get("seconds", 0.0) + r.get("regions_seconds", 0.0) for r in epochs)
+def training_seconds(run: Path) -> float | None:
+    """The time that a run's epoch records (its members', for an ensemble) say training took:
+    their epochs, and the region embeddings learned before the first (`regions_seconds`). None
+    when a model trained on region embeddings and no record says what learning them took:
+    `train --resume` gives a member that was removed those that another member learned alike,
+    so when that one was removed too, their time is in no record."""
+    epochs = {r: [m for m in read_metrics(r) if "epoch" in m] for r in (run, *members(run))}
+    trained = [(configs.regions_recipe(load_config(r)), e) for r, e in epochs.items() if e]
+    timed = {recipe for recipe, e in trained if any("regions_seconds" in m for m in e)}
+    if any(recipe is not None and recipe not in timed for recipe, _ in trained):
+        return None
+    return sum(m.get("seconds", 0.0) + m.get("regions_seconds", 0.0)
+               for e in epochs.values() for m in e)
 
 
 def epoch_records(run: Path) -> list[dict[str, Any]]:
@@ -455,10 +464,10 @@ def _described(run: Path) -> tuple[dict[str, Any], float]:
         if unread is not None:
             raise unread
         records = read_metrics(run)
-        epochs = epoch_records(run)
+        seconds = training_seconds(run)
         row.update(recipe=cfg.recipe or None, model=cfg.model.name,
-                   processes=cfg.train.world_size, epochs=len(epochs),
-                   train_seconds=round(training_seconds(epochs), 1))
+                   processes=cfg.train.world_size, epochs=len(epoch_records(run)),
+                   train_seconds=None if seconds is None else round(seconds, 1))
         best = [r for r in records if r.get("best")] or [r for r in records if "members" in r]
         if best:
             row.update(best_epoch=best[-1].get("epoch"), best_valid_loss=best[-1]["valid_loss"],
