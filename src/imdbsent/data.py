@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
@@ -145,9 +146,9 @@ class Encoded:
 
     @classmethod
     def from_lists(cls, ids: list[list[int]], labels: list[int] | np.ndarray) -> Encoded:
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         offsets = offsets_of(lengths)
-        flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
+        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
         return cls(flat, offsets, np.asarray(labels, dtype=np.int64))
 
     def take(self, rows: np.ndarray) -> Encoded:
