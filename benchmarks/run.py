@@ -374,7 +374,8 @@ def check_targets(by_name: dict[str, dict], best: dict, own: list[dict] = ()) ->
         return "met" if ok else "NOT met"
 
     def timed(seconds: float | None, accurate: bool, limit: float) -> str:
-        """An accuracy-within-a-time target's verdict; not met when untimed and accurate."""
+        """An accuracy-within-a-time target's verdict; untimed, not measured unless the accuracy
+        alone misses it."""
         if seconds is None:
             return ("NOT met" if not accurate else
                     "not measured (a reused run whose region embeddings no record timed)")
