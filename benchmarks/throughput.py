@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "benchmarks" / "THROUGHPUT.md"
 
 
 def throughput(run: Path, source: Path) -> dict:
@@ -84,7 +85,7 @@ def main() -> None:
                         "with the one run on THREADS compute threads, as JSON, and stop")
     parser.add_argument("--json", action="store_true",
                         help="measure the one run here and print JSON (benchmarks/run.py)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "THROUGHPUT.md")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     if args.json or args.peak:
         if len(args.runs) > 1:
@@ -99,6 +100,8 @@ def main() -> None:
     lines = ["# Predict's speed", "", f"- machine: {suite.machine()}", f"- date: {started}",
              "- command: `python benchmarks/throughput.py --source ../shared/data/imdb"
              + (f" --before {args.before}" if args.before else "")
+             + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
+             + (f" --out {args.out}" if args.out != DEFAULT_OUT else "")
              + " " + " ".join(str(r) for r in args.runs) + "`",
              "- reviews a second of `Predictor.stream` over the 25,000 raw test reviews, as "
              "`imdbsent predict` scores a stream (model load excluded), one fresh interpreter "
