@@ -112,6 +112,20 @@ def test_predict_reads_every_file_given_in_order_standard_input_among_them(train
         "an argument", "first file", "from standard input", "second file"]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_predict_reads_a_named_pipe_given_as_a_file(trained_run, tmp_path):
+    # `--file <(producer)` and mkfifo: a pipe has one writer; opening it once to check it and
+    # again to read it lost the writer's lines (or waited for a second writer forever)
+    fifo = tmp_path / "reviews.fifo"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"printf 'great film\\nawful mess\\n' > '{fifo}'"])
+    res = run_exe(["predict", "--run", str(trained_run), "--file", str(fifo)], timeout=60)
+    writer.wait(timeout=10)
+    assert res.returncode == 0, res.stderr
+    assert [r.split("\t")[2] for r in res.stdout.decode().splitlines()] == [
+        "great film", "awful mess"]
+
+
 def test_predict_from_stdin_in_every_format(trained_run):
     lines = ["great wonderful film", "", "awful, boring\tmess", "   ", "superb", "<br /><br/>"]
     stdin = "\n".join(lines).encode() + b"\n"

@@ -486,10 +486,23 @@ def _inputs(texts: list[str], files: list[Path] | None) -> Iterator[str | None]:
         raise Usage(f"standard input (-) is given {stdin} times: it can be read once")
     for file in files:
         if str(file) != "-":
-            _open(file).close()
+            _check_readable(file)
     if stdin and sys.stdin is None:
         raise UserError("- reads standard input, but it is closed")
     return _texts(texts, files)
+
+
+def _check_readable(file: Path) -> None:
+    """Refuses a file that cannot be read, without opening one that is not a regular file: a
+    named pipe (`--file <(producer)`) has one writer, which opening it twice would lose."""
+    try:
+        regular = stat.S_ISREG(os.stat(file).st_mode)
+    except OSError as exc:
+        raise UserError(f"{file}: {exc.strerror}") from None
+    if regular or file.is_dir():  # opened here, where open() says what is wrong
+        _open(file).close()
+    elif not os.access(file, os.R_OK):
+        raise UserError(f"{file}: Permission denied")
 
 
 def _open(file: Path) -> BinaryIO:
@@ -509,8 +522,8 @@ def _texts(texts: list[str], files: list[Path]) -> Iterator[str | None]:
         if str(file) == "-":
             yield from _reading("standard input", live_lines(sys.stdin.buffer))
         else:
-            with _open(file) as fh:
-                yield from _reading(str(file), read_lines(fh))
+            with _open(file) as fh:  # a pipe's lines are scored as they come, as stdin's
+                yield from _reading(str(file), live_lines(fh))
 
 
 def _reading(name: str, lines: Iterator[str | None]) -> Iterator[str | None]:
