@@ -238,6 +238,38 @@ def test_adversarial_flags_set_the_run_recipe(prepared_dir, tmp_path):
     assert (train.adversarial, train.virtual_adversarial) == (0.5, 2.0)
 
 
+@pytest.mark.parametrize("files, holds", [
+    (["train.csv", "test.csv"], "test.csv, train.csv"),
+    (["train.jsonl", "test.jsonl"], "test.jsonl, train.jsonl"),
+    (["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet",
+      "data/test-00000-of-00001.parquet"], "data/test-00000-of-00001.parquet, data/train-00000"),
+    (["aclImdb/train/pos/1_9.txt", "aclImdb/train/neg/2_1.txt"],
+     "aclImdb/train/neg/, aclImdb/train/pos/"),
+])
+def test_train_on_a_source_folder_says_to_prepare_it_elsewhere(tmp_path, capsys, files, holds):
+    # prepare --out SOURCE, what "no prepared dataset: run imdbsent prepare --out X" said, would
+    # be refused: the folder holds a source's files
+    for name in files:
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_text("")
+    src = tmp_path / "src"
+    assert run_cli(["train", "--data", str(src), "--run-dir", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"imdbsent: error: no prepared dataset in {src}, which holds {holds}")
+    assert err.endswith(f"if it is a source, prepare it with imdbsent prepare --source {src} "
+                        "--out OTHER_FOLDER, and give that folder\n")
+
+
+def test_train_on_a_source_archive_says_to_prepare_it(tmp_path, capsys):
+    archive = tmp_path / "aclImdb_v1.tar.gz"
+    archive.write_bytes(b"")
+    assert run_cli(["train", "--data", str(archive), "--run-dir", str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err == (
+        f"imdbsent: error: {archive} is an aclImdb archive, a source, not a prepared dataset: "
+        f"prepare it with imdbsent prepare --source {archive} --out OTHER_FOLDER, and give that "
+        "folder\n")
+
+
 def test_python_dash_m_runs_the_cli():
     import subprocess
     import sys

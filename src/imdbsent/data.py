@@ -549,9 +549,13 @@ def load_prepared(folder: Path, flags: Callable[[], str] = str) -> Prepared:
     raw = _read_manifest_bytes(folder)
     manifest = _parse_manifest(raw)
     if manifest is None:
+        if folder.is_file() and sources.is_acl(folder):
+            raise UserError(f"{folder} is an aclImdb archive, a source, not a prepared dataset: "
+                            f"prepare it with imdbsent prepare --source {folder} --out "
+                            "OTHER_FOLDER, and give that folder")
         if folder.exists() and not folder.is_dir():  # prepare --out there would fail too
             raise UserError(f"{folder} is a file, not a prepared dataset folder")
-        theirs = sorted(p.name for p in folder.glob("*.parquet") if p.name in PREPARED_FILES)
+        theirs = sources.source_files(folder)
         if theirs:  # prepare would refuse this --out: a source's files, most likely
             raise UserError(f"no prepared dataset in {folder}, which holds {', '.join(theirs)}: "
                             f"if it is a source, prepare it with imdbsent prepare --source "

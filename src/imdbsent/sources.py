@@ -166,7 +166,7 @@ def load_source(
     tmp, ignored = None, []
     check(source, text_column, label_column)
     if path.exists():
-        if _is_acl(path):
+        if is_acl(path):
             tmp = tempfile.TemporaryDirectory(prefix=".source-", dir=scratch)
             try:
                 members = _acl_folder(_acl_root(path)) if path.is_dir() else _tar_members(path)
@@ -208,7 +208,7 @@ def check(source: str, text_column: str, label_column: str) -> None:
     check_columns(source, text_column, label_column)
 
 
-def _is_acl(path: Path) -> bool:
+def is_acl(path: Path) -> bool:
     """Whether `path` is an aclImdb folder (or holds one) or a tarball of it."""
     return (path.is_dir() and _acl_root(path) is not None
             or path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")))
@@ -220,7 +220,7 @@ def check_columns(source: str, text_column: str, label_column: str) -> None:
     named = [name for name, value, default in (("text_column", text_column, "text"),
                                                ("label_column", label_column, "label"))
              if value != default]
-    if named and _is_acl(Path(source).expanduser()):
+    if named and is_acl(Path(source).expanduser()):
         raise BadValue(named[0], f"names a column of Parquet/CSV/JSONL files or a Hub dataset; "
                                  f"{source} is an aclImdb source, which has none")
 
@@ -443,6 +443,18 @@ def _json_table(rows: list[dict[str, Any]]) -> pa.Table:
         return pa.table(columns)
 
 
+def source_files(folder: Path) -> list[str]:
+    """The files that make `folder` look like a source imdbsent reads (its split files, or an
+    aclImdb folder's label folders), relative to it; none for a folder that holds neither."""
+    if not folder.is_dir():
+        return []
+    root = _acl_root(folder)
+    if root is not None:
+        return [f"{(root / 'train' / label).relative_to(folder)}/" for label in ("neg", "pos")]
+    return sorted(str(p.relative_to(folder)) for split in _split_files(folder, True)[1].values()
+                  for p in split)
+
+
 def _acl_root(folder: Path) -> Path | None:
     for root in (folder, folder / "aclImdb"):
         if (root / "train" / "pos").is_dir() and (root / "train" / "neg").is_dir():
@@ -553,7 +565,7 @@ def local_fingerprint(source: str, unsupervised: bool) -> str | None:
     hashed), without parsing them: well under a second for IMDB, where `local_stamp` changes
     whenever the files are copied or touched. None for another source (the Hub, aclImdb)."""
     path = Path(source).expanduser()
-    if not path.is_dir() or _is_acl(path):
+    if not path.is_dir() or is_acl(path):
         return None
     read = _split_files(path, unsupervised)[2]
     return _hash_files([p for mine in read.values() for p in mine])
