@@ -462,6 +462,21 @@ def test_training_into_a_folder_of_files_named_as_a_runs_refuses_and_keeps_them(
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no .lock either
 
 
+def test_training_into_a_folder_of_runs_refuses_and_keeps_them_listed(trained_run, tmp_path,
+                                                                     capsys):
+    # --run-dir runs for --run-dir runs/NAME: the run made there would hide the runs in it
+    folder = tmp_path / "runs"
+    shutil.copytree(trained_run, folder / "gru-1")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    assert run_cli(["train", "--config", str(trained_run / "config.toml"),
+                    "--run-dir", str(folder)]) == 1
+    assert capsys.readouterr().err == (f"imdbsent: error: {folder} holds runs (gru-1): a run "
+                                       "would hide them; give a folder of its own, such as "
+                                       f"--run-dir {folder / 'NAME'}\n")
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert [r["name"] for r in runs.list_runs(folder)] == ["gru-1"]
+
+
 def test_checkpoint_and_tokenizer_that_do_not_match(trained_run, tmp_path, capsys):
     run = tmp_path / "mismatch"
     shutil.copytree(trained_run, run)

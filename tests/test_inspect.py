@@ -81,6 +81,15 @@ def test_a_damaged_metrics_file_is_named_in_one_line_by_every_command(trained_ru
     assert metrics.read_bytes() == before  # refused, never rewritten
 
 
+def test_a_run_listed_as_dot_or_dotdot_is_named_by_its_folder(trained_run, tmp_path,
+                                                            monkeypatch):
+    run = shutil.copytree(trained_run, tmp_path / "mine")
+    monkeypatch.chdir(run)
+    assert [r["name"] for r in runs.list_runs(Path("."))] == ["mine"]
+    (run / "sub").mkdir()
+    assert runs.describe(Path("sub/.."))["name"] == "mine"
+
+
 def test_runs_and_the_latest_run_agree_on_runs_started_within_one_second(trained_run,
                                                                          tmp_path):
     folder = tmp_path / "runs"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -112,6 +113,10 @@ def refuse_taken(run: Path) -> None:
     if names:
         raise UserError(f"{run} holds {', '.join(names)} but no run: training would overwrite "
                         f"{'them' if len(names) > 1 else 'it'}; choose another --run-dir")
+    held = sorted(p.parent.name for p in run.glob(f"*/{CONFIG}") if p.parent.name[:1] != ".")
+    if held:  # `imdbsent runs` lists a run's folder alone: they would be hidden
+        raise UserError(f"{run} holds runs ({', '.join(held)}): a run would hide them; give a "
+                        f"folder of its own, such as --run-dir {run / 'NAME'}")
 
 
 def latest_run(root: Path = Path("runs"), report: Callable[[str], None] = lambda _m: None
@@ -453,7 +458,8 @@ def _described(run: Path) -> tuple[dict[str, Any], float]:
     """`describe`'s row, and when the run started (`_started`: to order rows as `latest_run`
     does, to the fraction of a second the row's time leaves out)."""
     row: dict[str, Any] = dict.fromkeys(LISTED)
-    row["name"] = run.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    name = Path(os.path.abspath(run)).name  # `runs .` names the folder; links keep theirs
+    row["name"] = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     try:
         cfg, unread = load_config(run), None
     except Exception as exc:  # said below, as the row's status
