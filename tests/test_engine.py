@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from imdbsent import data, engine, models
+from imdbsent import data, engine, models, runs
 from imdbsent.config import Config, ModelConfig, TrainConfig
+from imdbsent.errors import UserError
 from imdbsent.training import Silent
 
 
@@ -312,3 +313,23 @@ def test_virtual_adversarial_training_without_unlabeled_reviews_says_how_to_prep
     empty._cache["unsupervised"] = data.Encoded.from_lists([], [])
     with pytest.raises(engine.UserError, match="'unsupervised' split is empty"):
         engine.Trainer(cfg, empty, tmp_path / "run2")
+
+
+def test_weights_that_do_not_fit_say_the_first_mismatch_whole(tmp_path):
+    # a long key's size mismatch was cut at 150 characters, in the middle of a shape
+    model = nn.ModuleDict({"a_rather_long_layer_name_for_the_reverse_direction": nn.Linear(3, 2)})
+    ckpt = runs.Checkpoint({k: torch.zeros(5, *v.shape[1:]) for k, v in
+                            model.state_dict().items()}, {})
+    with pytest.raises(UserError) as err:
+        engine._load_weights(model, ckpt, tmp_path / "best.safetensors")
+    assert str(err.value).endswith(
+        "(size mismatch for a_rather_long_layer_name_for_the_reverse_direction.weight: copying a "
+        "param with shape torch.Size([5, 3]) from checkpoint, the shape in current model is "
+        "torch.Size([2, 3]))")
+    many = nn.Sequential(*[nn.Linear(2, 2) for _ in range(40)])  # 80 missing keys: cut at one
+    with pytest.raises(UserError) as err:
+        engine._load_weights(many, runs.Checkpoint({}, {}), tmp_path / "best.safetensors")
+    said = str(err.value)
+    assert said.startswith(f"{tmp_path / 'best.safetensors'}: weights do not fit the configured "
+                           'model (Missing key(s) in state_dict: "0.weight", "0.bias", ')
+    assert said.endswith('.bias", ...)') and len(said) < len(str(tmp_path)) + 400

@@ -832,8 +832,17 @@ def _load_weights(model: nn.Module, ckpt: runs.Checkpoint, where: Path) -> None:
     except RuntimeError as exc:
         first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()),
                      str(exc))  # the first mismatch, not torch's header line that ends in ":"
-        raise UserError(f"{where}: weights do not fit the configured model ({first[:150]})"
-                        ) from None
+        raise UserError(f"{where}: weights do not fit the configured model "
+                        f"({_clipped(first.rstrip('.'))})") from None
+
+
+def _clipped(listing: str, limit: int = 300) -> str:
+    """`listing` whole up to `limit` characters, else cut after its last whole item (torch
+    lists every missing key: hundreds of them for another model's checkpoint)."""
+    if len(listing) <= limit:
+        return listing
+    head = listing[:limit]
+    return head[:head.rfind(", ")] + ", ..." if ", " in head else head + "..."
 
 
 def _device_of(model: nn.Module) -> torch.device:
