@@ -169,6 +169,28 @@ def test_json_labels_of_several_types_are_read_alike_and_a_bad_one_is_named(tmp_
         sources.read_labeled_file(path, "t", "y")
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_json_labels_of_several_types_still_check_each_text(tmp_path, fmt):
+    # the fallback for mixed labels wrote every value of a mixed column as JSON text: a text
+    # of 5 among strings was read as the review "5"
+    rows = [{"t": "great film", "y": "pos"}, {"t": "awful", "y": 0}, {"t": 5, "y": 1}]
+    path = tmp_path / f"s.{fmt}"
+    path.write_text(json.dumps(rows) if fmt == "json" else
+                    "\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(UserError, match=rf"s\.{fmt}, row 3: text is 5, not a string$"):
+        sources.read_labeled_file(path, "t", "y")
+
+
+def test_a_jsonl_parse_error_after_mixed_labels_names_its_row(tmp_path):
+    # pyarrow stops at the labels' change of type; the lines were then parsed again without
+    # a row number ("Expecting ',' delimiter: line 1 column 17 (char 16)")
+    rows = [json.dumps({"text": "fine", "label": 1}), json.dumps({"text": "ok", "label": "pos"}),
+            '{"text": "oops" "label": 0}']
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(UserError, match=r"train\.jsonl: cannot read as json: row 3: Expecting "):
+        sources.read_labeled_file(tmp_path / "train.jsonl")
+
+
 def test_missing_text_column_is_named(tmp_path):
     folder = tmp_path / "nocol"
     folder.mkdir()

@@ -23,6 +23,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -97,10 +98,7 @@ class Split:
                 if names.count(column) > 1:  # which one would be read is anyone's guess
                     raise UserError(f"{where}: {names.count(column)} columns are named {column!r}")
             texts = table.column(self.text_column).to_pylist()
-            for i, t in enumerate(texts):
-                if not isinstance(t, str):
-                    raise UserError(f"{where}, row {row + i + 1}: text is {_as_written(t)}, "
-                                    "not a string")
+            check_texts(texts, where, row + 1)
             if self.unlabeled:
                 labels = np.full(len(texts), -1, dtype=np.int64)
             else:
@@ -225,6 +223,14 @@ def check_columns(source: str, text_column: str, label_column: str) -> None:
                                  f"{source} is an aclImdb source, which has none")
 
 
+def check_texts(texts: list, where: str, first_row: int) -> None:
+    """Refuse a text that is not a string, naming its file and row (`first_row`: the first's)."""
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise UserError(f"{where}, row {first_row + i}: text is {_as_written(t)}, not a "
+                            "string")
+
+
 def _as_written(value: object) -> str:
     """A value of a row as its file wrote it: a missing one or a boolean as JSON does (null,
     false), anything else as Python's repr ('maybe', 2)."""
@@ -338,7 +344,8 @@ def _file_split(fmt: str, paths: list[Path], where: str, text_column: str, label
     for p in paths:
         if p.stat().st_size == 0:
             raise UserError(f"{p}: empty file")
-    read_one = {"parquet": _parquet_pieces, "csv": _csv_pieces, "json": _json_pieces}[fmt]
+    read_one = {"parquet": _parquet_pieces, "csv": _csv_pieces,
+                "json": partial(_json_pieces, text_column=text_column)}[fmt]
 
     def read(size: int) -> Iterator[tuple[str, list[str], pa.Table | pa.RecordBatch]]:
         for p in paths:
@@ -378,9 +385,10 @@ def _csv_pieces(path: Path, size: int) -> Iterator[tuple[list[str], pa.RecordBat
             yield batch.schema.names, batch.slice(start, size)
 
 
-def _json_pieces(path: Path, size: int) -> Iterator[tuple[list[str], pa.Table]]:
+def _json_pieces(path: Path, size: int, text_column: str
+                 ) -> Iterator[tuple[list[str], pa.Table]]:
     """`size` lines at a time of a JSON Lines file (blank lines skipped); a file holding one
-    JSON array is read whole."""
+    JSON array is read whole. `text_column` is checked where `_json_table` reads."""
     with open(path, "rb") as fh:
         if fh.read(64).removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"[":
             fh.seek(0)
@@ -388,7 +396,7 @@ def _json_pieces(path: Path, size: int) -> Iterator[tuple[list[str], pa.Table]]:
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
                 raise ValueError("not a JSON array of objects")
             for start in range(0, len(rows), size):
-                table = _json_table(rows[start:start + size])
+                table = _json_table(rows[start:start + size], text_column, str(path), start + 1)
                 yield table.column_names, table
             return
         fh.seek(0)
@@ -398,14 +406,15 @@ def _json_pieces(path: Path, size: int) -> Iterator[tuple[list[str], pa.Table]]:
             if line.strip():
                 block.append(line)
             if len(block) == size:
-                yield _json_block(block, done)
+                yield _json_block(block, done, text_column, str(path))
                 done += len(block)
                 block = []
         if block:
-            yield _json_block(block, done)
+            yield _json_block(block, done, text_column, str(path))
 
 
-def _json_block(lines: list[bytes], done: int) -> tuple[list[str], pa.Table]:
+def _json_block(lines: list[bytes], done: int, text_column: str, where: str
+                ) -> tuple[list[str], pa.Table]:
     """The table of a block of JSON lines that follows `done` rows of its file; pyarrow's
     "in row K" (from 0, within the block) is made the file's row, from 1, as a bad label's is.
     A column whose values change type (labels 1 and "pos") is read by `_json_table`. pyarrow
@@ -417,17 +426,27 @@ def _json_block(lines: list[bytes], done: int) -> tuple[list[str], pa.Table]:
                                   read_options=pa_json.ReadOptions(block_size=block_size))
     except pa.ArrowInvalid as exc:
         why = re.sub(r"in row (\d+)", lambda m: f"in row {done + int(m[1]) + 1}", str(exc))
-        rows = ([json.loads(line) for line in lines]  # valid JSON: pyarrow parsed it
-                if "changed from" in why else [])
-        if not rows or not all(isinstance(r, dict) for r in rows):
+        if "changed from" not in why:
             raise ValueError(why) from None
-        table = _json_table(rows)
+        rows = []  # pyarrow stopped at the change of type: the rest is parsed here
+        for i, line in enumerate(lines, done + 1):
+            try:
+                rows.append(json.loads(line))
+            except ValueError as bad:
+                raise ValueError(f"row {i}: {bad}") from None
+            if not isinstance(rows[-1], dict):
+                raise ValueError(f"row {i}: not a JSON object") from None
+        table = _json_table(rows, text_column, where, done + 1)
     return table.column_names, table
 
 
-def _json_table(rows: list[dict[str, Any]]) -> pa.Table:
+def _json_table(rows: list[dict[str, Any]], text_column: str, where: str, first_row: int
+                ) -> pa.Table:
     """JSON objects as a table; a column whose values are of several types (labels 1 and
-    "pos", read alike by `normalise_labels`) holds each as its JSON text, nulls kept."""
+    "pos", read alike by `normalise_labels`) holds each as its JSON text, nulls kept. Texts
+    are checked first, as that would make a text 5 the string "5"."""
+    if any(text_column in row for row in rows):  # a missing column is named by the split
+        check_texts([row.get(text_column) for row in rows], where, first_row)
     try:
         return pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
