@@ -606,3 +606,16 @@ def test_unbuffered_output_to_a_filling_disk_is_whole_or_an_error(room):
         assert len(disk.data) == room
     else:
         assert stream.write(rows) == len(rows) and disk.data.decode() == rows
+
+
+def test_a_stop_as_the_process_ends_is_said_or_comes_after_it(trained_run):
+    # Python removes its signal handlers before it unloads torch's modules (0.2 s): a SIGTERM
+    # then ended the process with -15 and no word, although the command had finished
+    for pause in (0.05, 0.1, 0.2):  # when it lands varies: each time, said or too late
+        proc = subprocess.Popen([str(EXE), "runs", str(trained_run)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.readline()  # the table's header: the command is ending
+        time.sleep(pause)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+        assert (proc.returncode, err) in ((0, b""), (143, b"imdbsent: error: terminated\n"))

@@ -6,14 +6,14 @@ def run() -> None:
     every rank as it starts them) ends it quietly with 130, never with a traceback; one while
     the process ends, after the command, is said (`say_late_stops`)."""
     try:
-        from imdbsent.cli import main, say_late_stops
+        from imdbsent.cli import leave, main, say_late_stops
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     try:
         main()
     except SystemExit as exc:
         say_late_stops(exc.code)
-        raise
+        leave(exc.code)
 
 
 if __name__ == "__main__":
