@@ -6,7 +6,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -124,6 +128,59 @@ def test_predict_reads_a_named_pipe_given_as_a_file(trained_run, tmp_path):
     assert res.returncode == 0, res.stderr
     assert [r.split("\t")[2] for r in res.stdout.decode().splitlines()] == [
         "great film", "awful mess"]
+
+
+def _fifo_writer(fifo: Path, wait: float = 30) -> io.TextIOWrapper:
+    """The writing end of a named pipe once its reader has opened it (opened before that, a
+    pipe waits: for ever if the reader never comes)."""
+    end = time.monotonic() + wait
+    while True:
+        try:
+            return os.fdopen(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "w")
+        except OSError:  # ENXIO: no reader yet
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")])
+def test_a_named_pipe_that_waits_is_scored_so_far_and_stops_at_once(trained_run, tmp_path, sig,
+                                                                    code, said):
+    # the texts before it are scored while it waits for its writer, and then its lines as
+    # they come; a stop while it waits hung on closing the pipe that its reader was reading
+    fifo = tmp_path / "reviews.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([str(EXE), "predict", "--run", str(trained_run), "an argument",
+                             "--file", str(fifo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    timer = threading.Timer(60, proc.kill)  # a hang fails the test, never waits for ever
+    timer.start()
+    try:
+        first = proc.stdout.readline()  # no writer yet: the argument alone
+        with _fifo_writer(fifo) as writer:  # a producer that writes one line and goes quiet
+            writer.write("great film\n")
+            writer.flush()
+            second = proc.stdout.readline()
+            proc.send_signal(sig)
+            _out, err = proc.communicate(timeout=30)
+    finally:
+        timer.cancel()
+        proc.kill()
+    assert first.split(b"\t")[2] == b"an argument\n"
+    assert second.split(b"\t")[2] == b"great film\n"
+    assert proc.returncode == code and err.decode() == f"imdbsent: error: {said}\n"
+
+
+def test_a_socket_given_as_a_file_is_refused_before_any_row(trained_run, tmp_path):
+    import socket
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        res = run_exe(["predict", "--run", str(trained_run), "--batch-size", "1", "great film",
+                       "--file", str(path)])
+    assert res.returncode == 1 and res.stdout == b""
+    assert res.stderr.decode() == f"imdbsent: error: {path}: No such device or address\n"
 
 
 def test_predict_from_stdin_in_every_format(trained_run):
@@ -265,9 +322,31 @@ def test_train_on_a_source_archive_says_to_prepare_it(tmp_path, capsys):
     archive.write_bytes(b"")
     assert run_cli(["train", "--data", str(archive), "--run-dir", str(tmp_path / "r")]) == 1
     assert capsys.readouterr().err == (
-        f"imdbsent: error: {archive} is an aclImdb archive, a source, not a prepared dataset: "
+        f"imdbsent: error: {archive} is an archive, not a prepared dataset: if it is aclImdb's, "
         f"prepare it with imdbsent prepare --source {archive} --out OTHER_FOLDER, and give that "
         "folder\n")
+
+
+def test_train_on_the_folder_above_a_prepared_dataset_names_it(prepared_dir, tmp_path, capsys):
+    # its encoded splits (train.parquet) looked like a source's, and prepare --source failed
+    shutil.copytree(prepared_dir, tmp_path / "parent" / "imdb")
+    assert run_cli(["train", "--data", str(tmp_path / "parent"), "--run-dir",
+                    str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err == (f"imdbsent: error: no prepared dataset in "
+                                       f"{tmp_path / 'parent'}, but in a folder in it: give "
+                                       f"--data {tmp_path / 'parent' / 'imdb'}\n")
+
+
+def test_a_folder_of_many_sources_is_named_in_short_and_not_searched_deep(tmp_path, capsys):
+    # `train --data /` listed every train.parquet on the disk, in 7 s
+    for n in range(6):
+        for name in (f"s{n}/train.csv", f"deep/er/s{n}/train.csv"):
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text("")
+    assert run_cli(["train", "--data", str(tmp_path), "--run-dir", str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"imdbsent: error: no prepared dataset in {tmp_path}, which holds s0/train.csv, "
+        "s1/train.csv, s2/train.csv, s3/train.csv, ... (6 in all): if it is a source")
 
 
 def test_python_dash_m_runs_the_cli():
@@ -467,14 +546,17 @@ def test_training_into_a_folder_of_runs_refuses_and_keeps_them_listed(trained_ru
     # --run-dir runs for --run-dir runs/NAME: the run made there would hide the runs in it
     folder = tmp_path / "runs"
     shutil.copytree(trained_run, folder / "gru-1")
+    (folder / "broken").mkdir()  # a run's files without its config: listed, as broken
+    shutil.copy(trained_run / "metrics.jsonl", folder / "broken")
     before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    listed = sorted(r["name"] for r in runs.list_runs(folder))
     assert run_cli(["train", "--config", str(trained_run / "config.toml"),
                     "--run-dir", str(folder)]) == 1
-    assert capsys.readouterr().err == (f"imdbsent: error: {folder} holds runs (gru-1): a run "
-                                       "would hide them; give a folder of its own, such as "
-                                       f"--run-dir {folder / 'NAME'}\n")
+    assert capsys.readouterr().err == (f"imdbsent: error: {folder} holds runs (broken, gru-1): "
+                                       "a run would hide them; give a folder of its own, such "
+                                       f"as --run-dir {folder / 'NAME'}\n")
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
-    assert [r["name"] for r in runs.list_runs(folder)] == ["gru-1"]
+    assert sorted(r["name"] for r in runs.list_runs(folder)) == listed == ["broken", "gru-1"]
 
 
 def test_checkpoint_and_tokenizer_that_do_not_match(trained_run, tmp_path, capsys):
@@ -601,7 +683,7 @@ def test_a_swallowed_signal_ends_a_wait_on_idle_standard_input(monkeypatch):
     import os
     import threading
 
-    from imdbsent.cli import STDIN_READER, live_lines
+    from imdbsent.cli import READER, live_lines
     from imdbsent.errors import Pending, Terminated
     read_end, write_end = os.pipe()  # a pipe that never speaks: `sleep 30 | imdbsent predict -`
     monkeypatch.setattr(Pending, "raised", Terminated)
@@ -622,7 +704,7 @@ def test_a_swallowed_signal_ends_a_wait_on_idle_standard_input(monkeypatch):
         os.close(write_end)  # the reader thread sees the end and lets go of the file
         waiting.join(timeout=5)
         for thread in threading.enumerate():
-            if thread.name == STDIN_READER:
+            if thread.name == READER:
                 thread.join(timeout=5)
     assert stopped_in_time and raised
 

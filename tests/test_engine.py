@@ -317,15 +317,15 @@ def test_virtual_adversarial_training_without_unlabeled_reviews_says_how_to_prep
 
 def test_weights_that_do_not_fit_say_the_first_mismatch_whole(tmp_path):
     # a long key's size mismatch was cut at 150 characters, in the middle of a shape
-    model = nn.ModuleDict({"a_rather_long_layer_name_for_the_reverse_direction": nn.Linear(3, 2)})
-    ckpt = runs.Checkpoint({k: torch.zeros(5, *v.shape[1:]) for k, v in
+    key = "a_rather_long_layer_name_for_the_reverse_direction" * 4  # a line of 300 and more
+    model = nn.ModuleDict({key: nn.Conv2d(3, 8, (3, 5))})
+    ckpt = runs.Checkpoint({k: torch.zeros(16, *v.shape[1:]) for k, v in
                             model.state_dict().items()}, {})
     with pytest.raises(UserError) as err:
         engine._load_weights(model, ckpt, tmp_path / "best.safetensors")
     assert str(err.value).endswith(
-        "(size mismatch for a_rather_long_layer_name_for_the_reverse_direction.weight: copying a "
-        "param with shape torch.Size([5, 3]) from checkpoint, the shape in current model is "
-        "torch.Size([2, 3]))")
+        f"(size mismatch for {key}.weight: copying a param with shape torch.Size([16, 3, 3, 5]) "
+        "from checkpoint, the shape in current model is torch.Size([8, 3, 3, 5]))")
     many = nn.Sequential(*[nn.Linear(2, 2) for _ in range(40)])  # 80 missing keys: cut at one
     with pytest.raises(UserError) as err:
         engine._load_weights(many, runs.Checkpoint({}, {}), tmp_path / "best.safetensors")

@@ -439,7 +439,7 @@ r, w = os.pipe()
 os.write(w, b"one\\n")
 lines = cli.live_lines(os.fdopen(r, "rb"), pause=0.05)
 assert next(lines) == "one" and next(lines) is None  # then waiting for more
-reader = next(t for t in threading.enumerate() if t.name == cli.STDIN_READER)
+reader = next(t for t in threading.enumerate() if t.name == cli.READER)
 threading.Timer(0.5, signal.pthread_kill, (reader.ident, signal.SIGINT)).start()
 try:
     next(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import codecs
 import contextlib
+import errno
 import io
 import json
 import os
@@ -82,7 +83,7 @@ app = typer.Typer(
 MAX_LINE_BYTES = 1 << 20  # predict cuts longer input lines to their first MiB (bounded memory)
 PAUSE_SECONDS = 0.2  # standard input silent this long: the lines read so far are scored
 QUEUED_LINES = 64  # lines read ahead of scoring from standard input (each at most 1 MiB)
-STDIN_READER = "imdbsent-stdin"  # the thread of live_lines, by name
+READER = "imdbsent-reader"  # the thread that reads a pipe or terminal, by name
 
 
 class Device(str, Enum):
@@ -494,16 +495,20 @@ def _inputs(texts: list[str], files: list[Path] | None) -> Iterator[str | None]:
 
 
 def _check_readable(file: Path) -> None:
-    """Refuses a file that cannot be read, without opening one that is not a regular file: a
-    named pipe (`--file <(producer)`) has one writer, which opening it twice would lose."""
-    try:
-        regular = stat.S_ISREG(os.stat(file).st_mode)
-    except OSError as exc:
-        raise UserError(f"{file}: {exc.strerror}") from None
-    if regular or file.is_dir():  # opened here, where open() says what is wrong
+    """Refuses a file that cannot be read. A named pipe (`--file <(producer)`, `mkfifo`) is
+    not opened to try it: opening it waits for its writer, and closing it loses the lines of
+    that writer, which a pipe has one of."""
+    if not stat.S_ISFIFO(_mode(file)):
         _open(file).close()
     elif not os.access(file, os.R_OK):
-        raise UserError(f"{file}: Permission denied")
+        raise UserError(f"{file}: {os.strerror(errno.EACCES)}")
+
+
+def _mode(file: Path) -> int:
+    try:
+        return os.stat(file).st_mode
+    except OSError as exc:
+        raise UserError(f"{file}: {exc.strerror}") from None
 
 
 def _open(file: Path) -> BinaryIO:
@@ -523,8 +528,7 @@ def _texts(texts: list[str], files: list[Path]) -> Iterator[str | None]:
         if str(file) == "-":
             yield from _reading("standard input", live_lines(sys.stdin.buffer))
         else:
-            with _open(file) as fh:  # a pipe's lines are scored as they come, as stdin's
-                yield from _reading(str(file), live_lines(fh))
+            yield from _reading(str(file), file_lines(file))
 
 
 def _reading(name: str, lines: Iterator[str | None]) -> Iterator[str | None]:
@@ -539,31 +543,54 @@ def _reading(name: str, lines: Iterator[str | None]) -> Iterator[str | None]:
 def live_lines(fh: BinaryIO, pause: float = PAUSE_SECONDS) -> Iterator[str | None]:
     """`read_lines` of a stream that may pause (a pipe, a terminal: `tail -f log | imdbsent
     predict -`), with a None whenever no line has come for `pause` seconds, so that the lines
-    already read are scored then instead of when a whole batch has come. A thread reads, at
-    most QUEUED_LINES ahead. A regular file never pauses and is read as it is."""
+    already read are scored then instead of when a whole batch has come (`_threaded`). A
+    regular file never pauses and is read as it is."""
     try:
         regular = stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
     except (OSError, ValueError):  # no descriptor (a test's stream): read as it is
         regular = True
     if regular:
         yield from read_lines(fh)
+    else:
+        yield from _threaded(lambda: read_lines(fh), pause)
+
+
+def file_lines(file: Path, pause: float = PAUSE_SECONDS) -> Iterator[str | None]:
+    """The lines of a `--file`, as `live_lines` gives a stream's. Any but a regular file (a
+    named pipe, a terminal) is opened by the thread that reads it, and closed by it: opening
+    a pipe waits for its writer (the texts before it are scored meanwhile), and closing it
+    from here while that thread waits in a read would wait too (a Ctrl-C hung the command)."""
+    if stat.S_ISREG(_mode(file)):
+        with _open(file) as fh:
+            yield from read_lines(fh)
         return
-    lines: queue.Queue = queue.Queue(QUEUED_LINES)
+
+    def lines() -> Iterator[str]:
+        with _open(file) as fh:
+            yield from read_lines(fh)
+
+    yield from _threaded(lines, pause)
+
+
+def _threaded(lines: Callable[[], Iterator[str]], pause: float) -> Iterator[str | None]:
+    """The items of `lines()`, taken in a thread of their own (at most QUEUED_LINES ahead),
+    with a None whenever none has come for `pause` seconds; what it raises is raised here."""
+    queued: queue.Queue = queue.Queue(QUEUED_LINES)
     done = object()
 
     def read() -> None:
         try:
-            for line in read_lines(fh):
-                lines.put(line)
+            for line in lines():
+                queued.put(line)
         except BaseException as exc:  # raised again where the lines are taken
-            lines.put(exc)
-        lines.put(done)
+            queued.put(exc)
+        queued.put(done)
 
-    threading.Thread(target=read, daemon=True, name=STDIN_READER).start()
+    threading.Thread(target=read, daemon=True, name=READER).start()
     paused = False  # a None was given for the pause going on
     while True:
         try:  # never an untimed wait: a Ctrl-C that the kernel hands to the reader thread
-            item = lines.get(timeout=pause)  # would not wake it, and it would wait forever
+            item = queued.get(timeout=pause)  # would not wake it, and it would wait forever
         except queue.Empty:
             Pending.raise_again()  # one that a library swallowed: no batch comes to raise it
             if not paused:
@@ -661,7 +688,7 @@ def main(argv: list[str] | None = None) -> None:
         Pending.raised, Pending.said = None, False
         for sig, handler in handlers.items():  # (None: not set from Python)
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        if worker or _reading_stdin():
+        if worker or _reader_waits():
             _leave_at_once(code)
 
 
@@ -695,11 +722,12 @@ def leave(code: int | str | None) -> None:
     _leave_at_once(code)
 
 
-def _reading_stdin() -> bool:
-    """Whether `live_lines`' reader thread still waits on standard input (the command ended
-    early: an interrupt, an error): Python's finalization would abort on the lock it holds
-    ("Fatal Python error: _enter_buffered_busy"), so the process must leave at once."""
-    return any(t.name == STDIN_READER and t.is_alive() for t in threading.enumerate())
+def _reader_waits() -> bool:
+    """Whether a reader thread (`_threaded`) still waits on standard input or a pipe (the
+    command ended early: an interrupt, an error): Python's finalization would abort on the
+    lock it holds ("Fatal Python error: _enter_buffered_busy"), so the process must leave at
+    once."""
+    return any(t.name == READER and t.is_alive() for t in threading.enumerate())
 
 
 def _leave_at_once(code: int | str | None) -> None:

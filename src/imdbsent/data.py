@@ -549,22 +549,38 @@ def load_prepared(folder: Path, flags: Callable[[], str] = str) -> Prepared:
     raw = _read_manifest_bytes(folder)
     manifest = _parse_manifest(raw)
     if manifest is None:
-        if folder.is_file() and sources.is_acl(folder):
-            raise UserError(f"{folder} is an aclImdb archive, a source, not a prepared dataset: "
-                            f"prepare it with imdbsent prepare --source {folder} --out "
-                            "OTHER_FOLDER, and give that folder")
-        if folder.exists() and not folder.is_dir():  # prepare --out there would fail too
-            raise UserError(f"{folder} is a file, not a prepared dataset folder")
-        theirs = sources.source_files(folder)
-        if theirs:  # prepare would refuse this --out: a source's files, most likely
-            raise UserError(f"no prepared dataset in {folder}, which holds {', '.join(theirs)}: "
-                            f"if it is a source, prepare it with imdbsent prepare --source "
-                            f"{folder} --out OTHER_FOLDER, and give that folder")
-        out = "" if folder == Path(DATA_DEFAULT) else f"--out {folder}"
-        command = " ".join(part for part in ("imdbsent prepare", flags(), out) if part)
-        raise UserError(f"no prepared dataset in {folder}: run {command}")
+        raise _not_prepared(folder, flags)
     tok = text.load(folder / TOKENIZER, fix="run imdbsent prepare --force")
     return Prepared(folder, manifest, tok, manifest_bytes=raw)
+
+
+def _not_prepared(folder: Path, flags: Callable[[], str]) -> UserError:
+    """What to say of a folder that holds no prepared dataset: the command that prepares
+    one there, unless it is a source (prepare would refuse it as --out), or holds prepared
+    datasets one level down (the folder above the one meant)."""
+    prepare = (f"prepare it with imdbsent prepare --source {folder} --out OTHER_FOLDER, and "
+               "give that folder")
+    if folder.exists() and not folder.is_dir():  # prepare --out there would fail too
+        if sources.is_acl(folder):  # by its name: .tar.gz, .tgz, .tar
+            return UserError(f"{folder} is an archive, not a prepared dataset: if it is "
+                             f"aclImdb's, {prepare}")
+        return UserError(f"{folder} is a file, not a prepared dataset folder")
+    inside = sorted(str(p.parent) for p in folder.glob(f"*/{MANIFEST}"))
+    if inside:
+        return UserError(f"no prepared dataset in {folder}, but in a folder in it: give --data "
+                         f"{_some(inside)}")
+    theirs = sources.source_files(folder)
+    if theirs:
+        return UserError(f"no prepared dataset in {folder}, which holds {_some(theirs)}: if it "
+                         f"is a source, {prepare}")
+    out = "" if folder == Path(DATA_DEFAULT) else f"--out {folder}"
+    command = " ".join(part for part in ("imdbsent prepare", flags(), out) if part)
+    return UserError(f"no prepared dataset in {folder}: run {command}")
+
+
+def _some(names: list[str], most: int = 4) -> str:
+    """`names` for a message: the first `most` of them, and how many in all."""
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def split(ds: datasets.Dataset, ratio: float, seed: int) -> TrainValid:

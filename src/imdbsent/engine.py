@@ -836,13 +836,12 @@ def _load_weights(model: nn.Module, ckpt: runs.Checkpoint, where: Path) -> None:
                         f"({_clipped(first.rstrip('.'))})") from None
 
 
-def _clipped(listing: str, limit: int = 300) -> str:
-    """`listing` whole up to `limit` characters, else cut after its last whole item (torch
-    lists every missing key: hundreds of them for another model's checkpoint)."""
-    if len(listing) <= limit:
-        return listing
-    head = listing[:limit]
-    return head[:head.rfind(", ")] + ", ..." if ", " in head else head + "..."
+def _clipped(line: str, limit: int = 300) -> str:
+    """torch's line whole, unless it lists more than `limit` characters of quoted keys (every
+    missing key: hundreds for another model's checkpoint): then up to the last whole key in
+    them. A size mismatch, whose shapes hold commas too, is never cut."""
+    cut = line.rfind(', "', 0, limit)
+    return line if len(line) <= limit or cut < 0 else line[:cut] + ", ..."
 
 
 def _device_of(model: nn.Module) -> torch.device:

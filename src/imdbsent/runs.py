@@ -113,7 +113,7 @@ def refuse_taken(run: Path) -> None:
     if names:
         raise UserError(f"{run} holds {', '.join(names)} but no run: training would overwrite "
                         f"{'them' if len(names) > 1 else 'it'}; choose another --run-dir")
-    held = sorted(p.parent.name for p in run.glob(f"*/{CONFIG}") if p.parent.name[:1] != ".")
+    held = sorted(p.name for p in _listed(run))
     if held:  # `imdbsent runs` lists a run's folder alone: they would be hidden
         raise UserError(f"{run} holds runs ({', '.join(held)}): a run would hide them; give a "
                         f"folder of its own, such as --run-dir {run / 'NAME'}")
@@ -432,7 +432,6 @@ def list_runs(folder: Path) -> list[dict[str, Any]]:
     """One row (`describe`) for each folder in `folder` that holds any of a run's files (not
     a report's figures, nor a prepared dataset's tokenizer), the most recently started first;
     the row of `folder` alone if it is a run itself."""
-    from imdbsent.data import MANIFEST  # here, as in _stale
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -440,12 +439,19 @@ def list_runs(folder: Path) -> list[dict[str, Any]]:
                         "of runs")
     if (folder / CONFIG).is_file():  # a run itself, not a folder of them
         return [describe(folder)]
-    found = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-             and any((p / name).exists() for name in RUN_FILES
-                     if name != TOKENIZER or not (p / MANIFEST).exists())]
-    rows = [(_described(p), p.name) for p in found]  # each config read once
+    rows = [(_described(p), p.name) for p in _listed(folder)]  # each config read once
     rows.sort(key=lambda r: (r[0][1], r[1]), reverse=True)  # as latest_run orders them
     return [row for (row, _started_at), _name in rows]
+
+
+def _listed(folder: Path) -> list[Path]:
+    """The folders in `folder` that `imdbsent runs` lists: each that holds any of a run's
+    files (not a hidden one, nor a prepared dataset, whose tokenizer a run's is named as)."""
+    from imdbsent.data import MANIFEST  # here, as in _stale
+
+    return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+            and any((p / name).exists() for name in RUN_FILES
+                    if name != TOKENIZER or not (p / MANIFEST).exists())]
 
 
 def describe(run: Path) -> dict[str, Any]:
@@ -458,7 +464,7 @@ def _described(run: Path) -> tuple[dict[str, Any], float]:
     """`describe`'s row, and when the run started (`_started`: to order rows as `latest_run`
     does, to the fraction of a second the row's time leaves out)."""
     row: dict[str, Any] = dict.fromkeys(LISTED)
-    name = Path(os.path.abspath(run)).name  # `runs .` names the folder; links keep theirs
+    name = Path(os.path.abspath(run)).name  # `runs .` and `runs ..` name their folder
     row["name"] = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     try:
         cfg, unread = load_config(run), None

@@ -21,7 +21,7 @@ import re
 import socket
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -223,7 +223,7 @@ def check_columns(source: str, text_column: str, label_column: str) -> None:
                                  f"{source} is an aclImdb source, which has none")
 
 
-def check_texts(texts: list, where: str, first_row: int) -> None:
+def check_texts(texts: Sequence[object], where: str, first_row: int) -> None:
     """Refuse a text that is not a string, naming its file and row (`first_row`: the first's)."""
     for i, t in enumerate(texts):
         if not isinstance(t, str):
@@ -331,12 +331,21 @@ def _split_files(folder: Path, unsupervised: bool
                  ) -> tuple[list[Path], dict[str, list[Path]], dict[str, list[Path]]]:
     """A folder source's data files, each split's among them by name, and those of the splits
     a load reads (not the unlabeled one unless `unsupervised`; none without files)."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in LOCAL_FORMATS and p.is_file())
-    named = {s: [p for p in files if re.fullmatch(rf"{s}(-\d+(-of-\d+)?)?", p.stem, re.I)]
-             for s in SPLITS}
+    files = _data_files(folder.rglob("*"))
+    named = _by_split(files)
     read = {s: mine for s, mine in named.items()
             if mine and (unsupervised or s != "unsupervised")}
     return files, named, read
+
+
+def _data_files(paths: Iterable[Path]) -> list[Path]:
+    return sorted(p for p in paths if p.suffix.lower() in LOCAL_FORMATS and p.is_file())
+
+
+def _by_split(files: list[Path]) -> dict[str, list[Path]]:
+    """Each split's files among `files`, by name (`train.csv`, `train-00000-of-00002.parquet`)."""
+    return {s: [p for p in files if re.fullmatch(rf"{s}(-\d+(-of-\d+)?)?", p.stem, re.I)]
+            for s in SPLITS}
 
 
 def _file_split(fmt: str, paths: list[Path], where: str, text_column: str, label_column: str,
@@ -463,14 +472,16 @@ def _json_table(rows: list[dict[str, Any]], text_column: str, where: str, first_
 
 
 def source_files(folder: Path) -> list[str]:
-    """The files that make `folder` look like a source imdbsent reads (its split files, or an
-    aclImdb folder's label folders), relative to it; none for a folder that holds neither."""
+    """The files that make `folder` look like a source imdbsent reads (split files in it or
+    in a folder in it, as the Hub's `data/`; an aclImdb folder's label folders), relative to
+    it; none for a folder that holds neither. Not deeper: a message asks, not a load."""
     if not folder.is_dir():
         return []
     root = _acl_root(folder)
     if root is not None:
         return [f"{(root / 'train' / label).relative_to(folder)}/" for label in ("neg", "pos")]
-    return sorted(str(p.relative_to(folder)) for split in _split_files(folder, True)[1].values()
+    files = _data_files([*folder.glob("*"), *folder.glob("*/*")])
+    return sorted(str(p.relative_to(folder)) for split in _by_split(files).values()
                   for p in split)
 
 
