@@ -349,6 +349,36 @@ def test_a_folder_of_many_sources_is_named_in_short_and_not_searched_deep(tmp_pa
         "s1/train.csv, s2/train.csv, s3/train.csv, ... (6 in all): if it is a source")
 
 
+@pytest.mark.parametrize("files, said", [
+    # split files three folders down: prepare --out there would have mixed its files in
+    (["a/b/train.csv", "a/b/test.csv"], "which holds a: if it is a source, prepare it with "
+                                        "imdbsent prepare --source {folder} --out OTHER_FOLDER"),
+    (["public/manifest.json"], "which holds public: if it is a source"),  # a web app's
+    ([".hidden/manifest.json", "train.csv", "test.csv"], "which holds test.csv, train.csv: if"),
+    ([".build-1/train.parquet", ".build-1/test.parquet"], "run imdbsent prepare --out {folder}"),
+])
+def test_train_on_a_folder_that_is_not_prepared_says_what_it_holds(tmp_path, capsys, files,
+                                                                   said):
+    folder = tmp_path / "d"
+    for name in files:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text('{"name": "app"}' if name.endswith(".json") else "")
+    assert run_cli(["train", "--data", str(folder), "--run-dir", str(tmp_path / "r")]) == 1
+    assert said.format(folder=folder) in capsys.readouterr().err
+
+
+def test_train_on_a_prepared_folder_whose_rebuild_was_killed_says_to_prepare_it(
+        prepared_dir, tmp_path, capsys):
+    # prepare removes the manifest before it moves the new files in: a kill between leaves its
+    # own files and lock, which looked like a source's
+    folder = shutil.copytree(prepared_dir, tmp_path / "d")
+    (folder / "manifest.json").unlink()
+    (folder / ".lock").write_text("")
+    assert run_cli(["train", "--data", str(folder), "--run-dir", str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err.startswith(f"imdbsent: error: no prepared dataset in {folder}: "
+                                              "run imdbsent prepare")
+
+
 def test_python_dash_m_runs_the_cli():
     import subprocess
     import sys
@@ -557,6 +587,29 @@ def test_training_into_a_folder_of_runs_refuses_and_keeps_them_listed(trained_ru
                                        f"as --run-dir {folder / 'NAME'}\n")
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
     assert sorted(r["name"] for r in runs.list_runs(folder)) == listed == ["broken", "gru-1"]
+
+
+def test_a_folder_of_runs_with_one_that_cannot_be_read_lists_and_refuses_the_rest(
+        trained_run, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "runs"
+    for n in range(6):
+        shutil.copytree(trained_run, folder / f"gru-{n}")
+    (folder / "locked").mkdir()
+    real = Path.exists
+
+    def exists(self: Path, *args, **kwargs) -> bool:  # Python 3.11's, in a folder chmod 000
+        if self.parent.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    assert len(runs.list_runs(folder)) == 6
+    assert run_cli(["train", "--config", str(trained_run / "config.toml"),
+                    "--run-dir", str(folder)]) == 1
+    assert capsys.readouterr().err == (f"imdbsent: error: {folder} holds runs (gru-0, gru-1, "
+                                       "gru-2, gru-3, ... (6 in all)): a run would hide them; "
+                                       f"give a folder of its own, such as --run-dir "
+                                       f"{folder / 'NAME'}\n")
 
 
 def test_checkpoint_and_tokenizer_that_do_not_match(trained_run, tmp_path, capsys):

@@ -505,6 +505,7 @@ def _check_readable(file: Path) -> None:
 
 
 def _mode(file: Path) -> int:
+    """The file's type and permissions (following links: `<(cmd)` is a link to a pipe)."""
     try:
         return os.stat(file).st_mode
     except OSError as exc:
@@ -560,22 +561,19 @@ def file_lines(file: Path, pause: float = PAUSE_SECONDS) -> Iterator[str | None]
     named pipe, a terminal) is opened by the thread that reads it, and closed by it: opening
     a pipe waits for its writer (the texts before it are scored meanwhile), and closing it
     from here while that thread waits in a read would wait too (a Ctrl-C hung the command)."""
-    if stat.S_ISREG(_mode(file)):
-        with _open(file) as fh:
-            yield from read_lines(fh)
-        return
-
     def lines() -> Iterator[str]:
         with _open(file) as fh:
             yield from read_lines(fh)
 
-    yield from _threaded(lines, pause)
+    yield from lines() if stat.S_ISREG(_mode(file)) else _threaded(lines, pause)
 
 
 def _threaded(lines: Callable[[], Iterator[str]], pause: float) -> Iterator[str | None]:
     """The items of `lines()`, taken in a thread of their own (at most QUEUED_LINES ahead),
-    with a None whenever none has come for `pause` seconds; what it raises is raised here."""
-    queued: queue.Queue = queue.Queue(QUEUED_LINES)
+    with a None whenever none has come for `pause` seconds; what it raises is raised here.
+    Left early, the thread may wait on for good in a read: the CLI then leaves at once
+    (`_reader_waits`)."""
+    queued: queue.Queue[object] = queue.Queue(QUEUED_LINES)
     done = object()
 
     def read() -> None:
@@ -723,8 +721,8 @@ def leave(code: int | str | None) -> None:
 
 
 def _reader_waits() -> bool:
-    """Whether a reader thread (`_threaded`) still waits on standard input or a pipe (the
-    command ended early: an interrupt, an error): Python's finalization would abort on the
+    """Whether a reader thread (`_threaded`) still waits on standard input, a pipe or a
+    terminal (the command ended early: an interrupt, an error): Python's finalization would abort on the
     lock it holds ("Fatal Python error: _enter_buffered_busy"), so the process must leave at
     once."""
     return any(t.name == READER and t.is_alive() for t in threading.enumerate())

@@ -44,7 +44,7 @@ from tokenizers import Tokenizer
 
 from imdbsent import __version__, distributed, sources, text, vectors, word2vec
 from imdbsent.config import DATA_DEFAULT, HUB_DEFAULT, SEED_LIMIT, flag
-from imdbsent.errors import BadValue, UserError
+from imdbsent.errors import BadValue, UserError, briefly
 from imdbsent.fsutil import LOCK_NAME, FolderLock, atomic_write, atomic_write_text, is_locked
 from imdbsent.sources import Source, Split, load_source
 from imdbsent.text import TOKENIZER
@@ -556,8 +556,10 @@ def load_prepared(folder: Path, flags: Callable[[], str] = str) -> Prepared:
 
 def _not_prepared(folder: Path, flags: Callable[[], str]) -> UserError:
     """What to say of a folder that holds no prepared dataset: the command that prepares
-    one there, unless it is a source (prepare would refuse it as --out), or holds prepared
-    datasets one level down (the folder above the one meant)."""
+    one there if it is missing, empty or prepare's own (a rebuild killed before its
+    manifest); else the prepared datasets one level down (the folder above the one meant),
+    or what it holds, a source's files first, with the command that prepares a source
+    elsewhere (prepared into, its files would mix with a source's or someone's)."""
     prepare = (f"prepare it with imdbsent prepare --source {folder} --out OTHER_FOLDER, and "
                "give that folder")
     if folder.exists() and not folder.is_dir():  # prepare --out there would fail too
@@ -565,22 +567,22 @@ def _not_prepared(folder: Path, flags: Callable[[], str]) -> UserError:
             return UserError(f"{folder} is an archive, not a prepared dataset: if it is "
                              f"aclImdb's, {prepare}")
         return UserError(f"{folder} is a file, not a prepared dataset folder")
-    inside = sorted(str(p.parent) for p in folder.glob(f"*/{MANIFEST}"))
-    if inside:
-        return UserError(f"no prepared dataset in {folder}, but in a folder in it: give --data "
-                         f"{_some(inside)}")
-    theirs = sources.source_files(folder)
-    if theirs:
-        return UserError(f"no prepared dataset in {folder}, which holds {_some(theirs)}: if it "
-                         f"is a source, {prepare}")
+    try:
+        held = _visible(folder) if folder.is_dir() else set()
+    except OSError as exc:
+        return UserError(f"{folder}: cannot read: {exc.strerror}")
+    if held and not _prepares_own(folder, None, held):
+        inside = sorted(str(folder / n) for n in held
+                        if _made_by_prepare(_parse_manifest(_read_manifest_bytes(folder / n))))
+        if inside:
+            return UserError(f"no prepared dataset in {folder}, but in a folder in it: give "
+                             f"--data {briefly(inside)}")
+        theirs = sources.source_files(folder) or sorted(held)
+        return UserError(f"no prepared dataset in {folder}, which holds {briefly(theirs)}: if "
+                         f"it is a source, {prepare}")
     out = "" if folder == Path(DATA_DEFAULT) else f"--out {folder}"
     command = " ".join(part for part in ("imdbsent prepare", flags(), out) if part)
     return UserError(f"no prepared dataset in {folder}: run {command}")
-
-
-def _some(names: list[str], most: int = 4) -> str:
-    """`names` for a message: the first `most` of them, and how many in all."""
-    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def split(ds: datasets.Dataset, ratio: float, seed: int) -> TrainValid:
@@ -943,16 +945,30 @@ def _check_foreign(out: Path, manifest: dict | None) -> None:
     no prepared dataset: they are someone's (a source's, a run's tokenizer), and would be
     replaced. A prepared dataset has prepare's manifest, or, when a rebuild was killed before
     writing it, nothing but prepare's own files beside the lock that prepare left."""
-    ours = manifest is not None and "args" in manifest and "splits" in manifest
-    visible = {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() \
-        else set()
-    if ours or ((out / LOCK_NAME).exists() and visible <= PREPARED_FILES):
+    visible = _visible(out) if out.is_dir() else set()
+    if _prepares_own(out, manifest, visible):
         return
     theirs = sorted(visible & PREPARED_FILES)
     if theirs:
         raise UserError(f"--out {out} holds {', '.join(theirs)} but is not a prepared dataset: "
                         f"prepare would overwrite {'them' if len(theirs) > 1 else 'it'}; give "
                         "another --out")
+
+
+def _prepares_own(folder: Path, manifest: dict | None, visible: set[str]) -> bool:
+    """Whether `folder` (holding `visible`) is prepare's: its manifest, or, a rebuild killed
+    before writing that, nothing but prepare's own files beside the lock prepare left."""
+    return _made_by_prepare(manifest) or ((folder / LOCK_NAME).exists()
+                                          and visible <= PREPARED_FILES)
+
+
+def _made_by_prepare(manifest: dict | None) -> bool:
+    """Whether a manifest is prepare's (a web app's manifest.json is not)."""
+    return manifest is not None and "args" in manifest and "splits" in manifest
+
+
+def _visible(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if not p.name.startswith(".")}
 
 
 PREPARED_FILES = {MANIFEST, VECTORS, TOKENIZER,  # what a prepared dataset holds

@@ -7,6 +7,12 @@ class UserError(Exception):
     """Something the user can fix: a missing file, a bad value, bad input. Never a bug."""
 
 
+def briefly(names: list[str], most: int = 4) -> str:
+    """`names` as a message lists them: the first `most`, and how many in all (a folder of
+    hundreds must not make a line of kilobytes)."""
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
 class Usage(UserError):
     """A command line that cannot run as given: nothing to read (`imdbsent predict` alone), or
     flags that conflict. A usage error: status 2 and a pointer to the command's help, as

@@ -34,7 +34,7 @@ from tokenizers import Tokenizer
 
 from imdbsent import config as configs
 from imdbsent import text
-from imdbsent.errors import UserError
+from imdbsent.errors import UserError, briefly
 from imdbsent.fsutil import LOCK_NAME, FolderLock, append_line, atomic_write, atomic_write_text, is_locked
 from imdbsent.text import TOKENIZER
 
@@ -115,7 +115,7 @@ def refuse_taken(run: Path) -> None:
                         f"{'them' if len(names) > 1 else 'it'}; choose another --run-dir")
     held = sorted(p.name for p in _listed(run))
     if held:  # `imdbsent runs` lists a run's folder alone: they would be hidden
-        raise UserError(f"{run} holds runs ({', '.join(held)}): a run would hide them; give a "
+        raise UserError(f"{run} holds runs ({briefly(held)}): a run would hide them; give a "
                         f"folder of its own, such as --run-dir {run / 'NAME'}")
 
 
@@ -447,11 +447,23 @@ def list_runs(folder: Path) -> list[dict[str, Any]]:
 def _listed(folder: Path) -> list[Path]:
     """The folders in `folder` that `imdbsent runs` lists: each that holds any of a run's
     files (not a hidden one, nor a prepared dataset, whose tokenizer a run's is named as)."""
+    try:
+        found = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot list: {exc.strerror}") from None
+    return [p for p in found if _holds_run_files(p)]
+
+
+def _holds_run_files(folder: Path) -> bool:
+    """Whether `folder` holds any of a run's files (a prepared dataset's tokenizer aside); a
+    folder that cannot be read is not known to."""
     from imdbsent.data import MANIFEST  # here, as in _stale
 
-    return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-            and any((p / name).exists() for name in RUN_FILES
-                    if name != TOKENIZER or not (p / MANIFEST).exists())]
+    try:
+        return folder.is_dir() and any((folder / name).exists() for name in RUN_FILES
+                                       if name != TOKENIZER or not (folder / MANIFEST).exists())
+    except OSError:  # Path.exists re-raises a permission error
+        return False
 
 
 def describe(run: Path) -> dict[str, Any]:

@@ -339,6 +339,7 @@ def _split_files(folder: Path, unsupervised: bool
 
 
 def _data_files(paths: Iterable[Path]) -> list[Path]:
+    """The files among `paths` in a format a source may hold (.parquet, .csv, .jsonl, .json)."""
     return sorted(p for p in paths if p.suffix.lower() in LOCAL_FORMATS and p.is_file())
 
 
@@ -480,7 +481,8 @@ def source_files(folder: Path) -> list[str]:
     root = _acl_root(folder)
     if root is not None:
         return [f"{(root / 'train' / label).relative_to(folder)}/" for label in ("neg", "pos")]
-    files = _data_files([*folder.glob("*"), *folder.glob("*/*")])
+    files = _data_files(p for p in [*folder.glob("*"), *folder.glob("*/*")]
+                        if not any(part.startswith(".") for part in p.relative_to(folder).parts))
     return sorted(str(p.relative_to(folder)) for split in _by_split(files).values()
                   for p in split)
 
