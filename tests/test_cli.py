@@ -183,6 +183,15 @@ def test_a_socket_given_as_a_file_is_refused_before_any_row(trained_run, tmp_pat
     assert res.stderr.decode() == f"imdbsent: error: {path}: No such device or address\n"
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/stdin"), reason="needs /dev/stdin")
+def test_standard_input_named_as_a_file_and_as_dash_is_refused(trained_run):
+    # the second read found the pipe at its end: its lines were scored once, silently
+    res = run_exe(["predict", "--run", str(trained_run), "--file", "/dev/stdin", "-"],
+                  input=b"great film\n")
+    assert res.returncode == 2 and res.stdout == b""
+    assert res.stderr.decode().startswith("imdbsent: error: standard input (-) is given 2 times")
+
+
 def test_predict_from_stdin_in_every_format(trained_run):
     lines = ["great wonderful film", "", "awful, boring\tmess", "   ", "superb", "<br /><br/>"]
     stdin = "\n".join(lines).encode() + b"\n"

@@ -483,7 +483,7 @@ def _inputs(texts: list[str], files: list[Path] | None) -> Iterator[str | None]:
     here, so that one that cannot be opened is refused before anything is printed, and read
     in its turn (one open at a time, however many are given)."""
     files = files or []
-    stdin = [*texts, *map(str, files)].count("-")
+    stdin = [*texts, *map(str, files)].count("-") + sum(map(_is_stdin_pipe, files))
     if stdin > 1:  # the second would find it at its end, and read nothing
         raise Usage(f"standard input (-) is given {stdin} times: it can be read once")
     for file in files:
@@ -492,6 +492,17 @@ def _inputs(texts: list[str], files: list[Path] | None) -> Iterator[str | None]:
     if stdin and sys.stdin is None:
         raise UserError("- reads standard input, but it is closed")
     return _texts(texts, files)
+
+
+def _is_stdin_pipe(file: Path) -> bool:
+    """Whether `file` is the pipe on standard input (`--file /dev/stdin`), which a `-` would
+    find read to its end."""
+    try:
+        mine, theirs = os.fstat(0), os.stat(file)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mine.st_mode) and (mine.st_dev, mine.st_ino) == (theirs.st_dev,
+                                                                          theirs.st_ino)
 
 
 def _check_readable(file: Path) -> None:
