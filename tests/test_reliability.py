@@ -619,3 +619,42 @@ def test_a_stop_as_the_process_ends_is_said_or_comes_after_it(trained_run):
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
         assert (proc.returncode, err) in ((0, b""), (143, b"imdbsent: error: terminated\n"))
+
+
+def _predicting_into_a_full_pipe(run: Path, folder: Path) -> tuple[subprocess.Popen, bytes]:
+    """predict of 3,000 long reviews, its first row read and its output pipe full again."""
+    words = ["great", "awful", "film", "plot", "acting", "boring", "superb", "mess"]
+    (folder / "long.txt").write_text("".join(" ".join(words[(i + j) % 8] for j in range(300))
+                                             + "\n" for i in range(3000)))
+    proc = subprocess.Popen([str(EXE), "predict", "--run", str(run), "--file",
+                             str(folder / "long.txt")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    first = proc.stdout.readline()  # writing has begun; the pipe fills behind it
+    time.sleep(1)
+    return proc, first
+
+
+def test_a_stop_while_the_output_waits_for_its_reader_leaves_whole_rows(trained_run, tmp_path):
+    # a pipe full, its reader busy: the batch's write waits, and a SIGTERM then cut it in the
+    # middle of a row, which the reader took for a whole (shorter) review
+    proc, first = _predicting_into_a_full_pipe(trained_run, tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()  # not communicate(): it reads the descriptor past readline's buffer
+    err = proc.stderr.read()
+    rows = (first + rest).decode()
+    assert proc.wait(timeout=60) == 143 and err == b"imdbsent: error: terminated\n"
+    assert rows.endswith("\n") and all(len(r.split("\t")) == 3 and len(r.split()) == 302
+                                       for r in rows.splitlines())
+
+
+def test_a_second_stop_gives_up_a_row_that_its_reader_never_takes(trained_run, tmp_path):
+    proc, _first = _predicting_into_a_full_pipe(trained_run, tmp_path)
+    try:
+        proc.send_signal(signal.SIGTERM)  # held: the row's rest waits for room in the pipe
+        time.sleep(1)
+        held = proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143 and held
+        assert proc.stderr.read() == b"imdbsent: error: terminated\n"
+    finally:
+        proc.kill()

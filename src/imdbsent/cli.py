@@ -694,7 +694,7 @@ def main(argv: list[str] | None = None) -> None:
         raise
     finally:  # the handlers found (for a rank, SIGTERM's default: torchrun stopping it as it
         # exits ends it, with no traceback from an atexit hook), and no mark left
-        Pending.raised, Pending.said = None, False
+        Pending.raised, Pending.said, Pending.held = None, False, False
         for sig, handler in handlers.items():  # (None: not set from Python)
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         if worker or _reader_waits():
@@ -876,6 +876,11 @@ def _rank_prefix() -> str:
 
 
 def _raise_pending(signum: int, _frame: object) -> None:
-    """SIGINT and SIGTERM: raised, and kept as `Pending` for a library that swallows it."""
+    """SIGINT and SIGTERM: raised, and kept as `Pending` for a library that swallows it; the
+    first while output is being written is held until its row is whole (`console`), a second
+    raised at once."""
     Pending.raised = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    if Pending.holding and not Pending.held:
+        Pending.held = True
+        return
     raise Pending.raised()

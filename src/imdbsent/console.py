@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from imdbsent.errors import OutputFailed
+from imdbsent.errors import OutputFailed, Pending
 
 if TYPE_CHECKING:  # not at run time: importing predict imports torch, and --help must start fast
     from imdbsent.explain import Explanation
@@ -67,23 +67,37 @@ class _Guarded:
             raise OutputFailed(exc) from None
 
     def write(self, text: str) -> int:
-        raw = getattr(self._stream, "buffer", None)
-        if not isinstance(raw, io.RawIOBase):
+        """Writes `text` to the descriptor itself, until all is out or a write fails: the
+        text layer, unbuffered (python -u, PYTHONUNBUFFERED), drops what a short write leaves
+        (a disk that fills: the batch's tail lost, status 0), and a Ctrl-C or SIGTERM while a
+        reader is slow cut a row in two. A first stop while it writes is held (`Pending`) until
+        the row being written is whole, then raised; a second gives the row up (a reader that
+        never reads), so a reader never takes a cut row for a whole one unless told twice."""
+        raw = self._raw()
+        if raw is None:  # not a file (a test's capture)
             return self._do("write", text)
-        # Unbuffered (python -u, PYTHONUNBUFFERED): the text layer passes `text` to one write()
-        # and drops what a short one leaves (a disk that fills: the batch's tail lost, status 0).
-        # So its bytes are written here until all are out or a write fails.
-        data = memoryview(text.encode(self._stream.encoding, self._stream.errors or "strict"))
+        data = text.encode(self._stream.encoding, self._stream.errors or "strict")
+        view = memoryview(data)
         self.flush()
-        while data:
-            try:
-                written = raw.write(data)
-            except OSError as exc:
-                raise OutputFailed(exc) from None
-            if written is None:  # a non-blocking descriptor that is full for now
-                time.sleep(0.01)
-            data = data[written or 0:]
+        sent, end = 0, len(data)
+        Pending.holding = True  # a stop now is raised when the row being written is whole
+        try:
+            while sent < end:
+                sent += _write_some(raw, view[sent:end])
+                if Pending.held and end == len(data):  # the rest of the row, then no more
+                    end = data.find(b"\n", sent - 1) + 1 or len(data) if sent else 0
+        finally:
+            Pending.holding = False
+        if Pending.held:
+            Pending.held = False
+            Pending.raise_again()
         return len(text)
+
+    def _raw(self) -> io.RawIOBase | None:
+        """The descriptor's raw stream under the text layer (and its buffer), if any."""
+        buffer = getattr(self._stream, "buffer", None)
+        raw = buffer if isinstance(buffer, io.RawIOBase) else getattr(buffer, "raw", None)
+        return raw if isinstance(raw, io.RawIOBase) else None
 
     def flush(self) -> None:
         self._do("flush")
@@ -93,6 +107,18 @@ class _Guarded:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def _write_some(raw: io.RawIOBase, data: memoryview) -> int:
+    """One write of `data` to `raw`: how many bytes went out (0 while a non-blocking
+    descriptor is full); a failed write is OutputFailed."""
+    try:
+        written = raw.write(data)
+    except OSError as exc:
+        raise OutputFailed(exc) from None
+    if written is None:
+        time.sleep(0.01)
+    return written or 0
 
 
 @contextmanager

@@ -57,6 +57,8 @@ class Pending:
 
     raised: type[BaseException] | None = None
     said = False
+    holding = False  # a row is being written: a first stop waits until it is whole
+    held = False  # a stop came while holding, not raised yet
 
     @classmethod
     def raise_again(cls) -> None:
