@@ -3,6 +3,7 @@ runs, full disks, hostile input, streaming."""
 
 from __future__ import annotations
 
+import csv
 import errno
 import io
 import json
@@ -658,3 +659,28 @@ def test_a_second_stop_gives_up_a_row_that_its_reader_never_takes(trained_run, t
         assert proc.stderr.read() == b"imdbsent: error: terminated\n"
     finally:
         proc.kill()
+
+
+def test_a_stop_while_csv_waits_for_its_reader_leaves_whole_records(trained_run):
+    # a CSV record holds its text's line breaks, quoted: a stop held to the next line break
+    # still cut it
+    texts = [f"review {n}\n" + "great film awful plot\n" * 5000 for n in range(10)]
+    proc = subprocess.Popen([str(EXE), "predict", "--run", str(trained_run), "--format", "csv",
+                             *texts], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.read(100)  # writing has begun; the pipe fills behind it
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 143 and proc.stderr.read() == b"imdbsent: error: terminated\n"
+    records = list(csv.reader(io.StringIO((first + rest).decode(), newline="")))
+    assert records and all(r[2] == texts[i] for i, r in enumerate(records))
+
+
+def test_a_stop_held_for_a_reader_that_then_goes_away_is_said(trained_run, tmp_path):
+    # as a Ctrl-C stops `imdbsent predict ... | (sleep 9; cat)`, reader and all: the held stop
+    # ended as a closed pipe, 141 and no word
+    proc, _first = _predicting_into_a_full_pipe(trained_run, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 130 and proc.stderr.read() == b"imdbsent: error: interrupted\n"

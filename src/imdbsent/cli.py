@@ -879,8 +879,9 @@ def _raise_pending(signum: int, _frame: object) -> None:
     """SIGINT and SIGTERM: raised, and kept as `Pending` for a library that swallows it; the
     first while output is being written is held until its row is whole (`console`), a second
     raised at once."""
+    first = Pending.raised is None
     Pending.raised = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-    if Pending.holding and not Pending.held:
+    if Pending.holding and first:
         Pending.held = True
         return
     raise Pending.raised()

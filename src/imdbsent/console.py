@@ -70,22 +70,24 @@ class _Guarded:
         """Writes `text` to the descriptor itself, until all is out or a write fails: the
         text layer, unbuffered (python -u, PYTHONUNBUFFERED), drops what a short write leaves
         (a disk that fills: the batch's tail lost, status 0), and a Ctrl-C or SIGTERM while a
-        reader is slow cut a row in two. A first stop while it writes is held (`Pending`) until
-        the row being written is whole, then raised; a second gives the row up (a reader that
-        never reads), so a reader never takes a cut row for a whole one unless told twice."""
+        reader is slow cut a row in two. Callers write a row (a record) at a time: a first stop
+        while one is written is held (`Pending`) until all of it is out, then raised; a second
+        gives it up (a reader that never reads), and an output that fails meanwhile says the
+        stop, which came first."""
         raw = self._raw()
         if raw is None:  # not a file (a test's capture)
             return self._do("write", text)
         data = text.encode(self._stream.encoding, self._stream.errors or "strict")
         view = memoryview(data)
         self.flush()
-        sent, end = 0, len(data)
-        Pending.holding = True  # a stop now is raised when the row being written is whole
+        sent = 0
+        Pending.holding = True
         try:
-            while sent < end:
-                sent += _write_some(raw, view[sent:end])
-                if Pending.held and end == len(data):  # the rest of the row, then no more
-                    end = data.find(b"\n", sent - 1) + 1 or len(data) if sent else 0
+            while sent < len(data):
+                sent += _write_some(raw, view[sent:])
+        except OutputFailed:
+            if not Pending.held:
+                raise
         finally:
             Pending.holding = False
         if Pending.held:
@@ -444,7 +446,8 @@ def write_predictions(batches: Iterable[list[Prediction]], fmt: str) -> None:
         write_table(batches)
         return
     for batch in batches:
-        sys.stdout.write("".join(_format_row(p, fmt) for p in batch))
+        for p in batch:  # a row a write: a stop never cuts one (`_Guarded.write`)
+            sys.stdout.write(_format_row(p, fmt))
         sys.stdout.flush()
 
 

@@ -57,7 +57,7 @@ class Pending:
 
     raised: type[BaseException] | None = None
     said = False
-    holding = False  # a row is being written: a first stop waits until it is whole
+    holding = False  # a row is being written: a first stop waits until it is out
     held = False  # a stop came while holding, not raised yet
 
     @classmethod
