@@ -684,3 +684,22 @@ def test_a_stop_held_for_a_reader_that_then_goes_away_is_said(trained_run, tmp_p
     time.sleep(0.5)
     proc.stdout.close()
     assert proc.wait(timeout=60) == 130 and proc.stderr.read() == b"imdbsent: error: interrupted\n"
+
+
+def test_explain_html_stopped_twice_while_its_reader_waits_stops(trained_run, tmp_path):
+    # the first stop is raised as it explains; writing the partial page then took the second
+    # for a first and held it: a third was needed
+    words = ["great", "awful", "film", "plot", "acting", "boring", "superb", "mess"]
+    (tmp_path / "long.txt").write_text("".join(" ".join(words[(i + j) % 8] for j in range(300))
+                                               + "\n" for i in range(3000)))
+    proc = subprocess.Popen([str(EXE), "explain", "--run", str(trained_run), "--format", "html",
+                             "--file", str(tmp_path / "long.txt")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # its output never read: the page waits
+    try:
+        time.sleep(4)  # started, explaining
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.5)  # the partial page fills the pipe and waits
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        proc.kill()
