@@ -733,9 +733,9 @@ def leave(code: int | str | None) -> None:
 
 def _reader_waits() -> bool:
     """Whether a reader thread (`_threaded`) still waits on standard input, a pipe or a
-    terminal (the command ended early: an interrupt, an error): Python's finalization would abort on the
-    lock it holds ("Fatal Python error: _enter_buffered_busy"), so the process must leave at
-    once."""
+    terminal (the command ended early: an interrupt, an error): Python's finalization would
+    abort on the lock it holds ("Fatal Python error: _enter_buffered_busy"), so the process
+    must leave at once."""
     return any(t.name == READER and t.is_alive() for t in threading.enumerate())
 
 

@@ -432,7 +432,6 @@ def list_runs(folder: Path) -> list[dict[str, Any]]:
     """One row (`describe`) for each folder in `folder` that holds any of a run's files (not
     a report's figures, nor a prepared dataset's tokenizer), the most recently started first;
     the row of `folder` alone if it is a run itself."""
-
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'} "

@@ -453,10 +453,9 @@ def _json_block(lines: list[bytes], done: int, text_column: str, where: str
 def _json_table(rows: list[dict[str, Any]], text_column: str, where: str, first_row: int
                 ) -> pa.Table:
     """JSON objects as a table; a column whose values are of several types (labels 1 and
-    "pos", read alike by `normalise_labels`) holds each as its JSON text, nulls kept. Texts
-    are checked first, as that would make a text 5 the string "5"."""
-    if any(text_column in row for row in rows):  # a missing column is named by the split
-        check_texts([row.get(text_column) for row in rows], where, first_row)
+    "pos", read alike by `normalise_labels`) holds each as its JSON text, nulls kept; but
+    texts are checked first, as that would make a text 5 the string "5" (a column of one
+    type is checked by the split)."""
     try:
         return pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -467,6 +466,8 @@ def _json_table(rows: list[dict[str, Any]], text_column: str, where: str, first_
             try:
                 columns[name] = pa.array(values)
             except (pa.ArrowInvalid, pa.ArrowTypeError):
+                if name == text_column:
+                    check_texts(values, where, first_row)
                 columns[name] = pa.array([v if v is None or isinstance(v, str)
                                           else json.dumps(v) for v in values], pa.string())
         return pa.table(columns)
