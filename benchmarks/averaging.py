@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from imdbsent import config as configs
 from imdbsent import data, engine, runs
-from self_training import EpochLines, regions_of  # benchmarks/, beside this
+from self_training import EpochLines  # benchmarks/, beside this
 from stacking import print_ranked, ranked_subsets, scored_members, stacked_accuracy
 
 Weights = dict[str, torch.Tensor]
@@ -109,7 +109,7 @@ def main() -> None:
     cfg.data = str(prepared.folder)
     run = args.out / "trained"  # not a member's name
     runs.init_run(run, cfg, prepared.folder)
-    regions = regions_of(args.regions_from) if args.regions_from else None
+    regions = engine.regions_of(args.regions_from) if args.regions_from else None
     trainer = AveragingTrainer(cfg, prepared, run, regions=regions, decays=args.decays)
     start = time.time()
     trainer.fit(EpochLines())

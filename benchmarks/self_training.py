@@ -83,13 +83,6 @@ def student_data(prepared: data.Prepared, probs: np.ndarray, threshold: float,
     return data.load_prepared(out)
 
 
-def regions_of(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The region embeddings (E, b) a run learned, from its last checkpoint, for a model to
-    take instead of learning its own (`engine.fit(regions=...)`)."""
-    weights = runs.load_checkpoint(run / runs.LAST).weights
-    return weights["regions.table"], weights["regions.bias"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", type=Path, required=True, help="a finished run")
@@ -114,7 +107,7 @@ def main() -> None:
     cfg.data = str(student.folder)
     run = args.out / "student"
     runs.init_run(run, cfg, student.folder)
-    regions = regions_of(args.regions_from) if args.regions_from else None
+    regions = engine.regions_of(args.regions_from) if args.regions_from else None
     start = time.time()
     engine.fit(cfg, student, run, EpochLines(), regions=regions)
     print(f"student trained: {time.time() - start:.0f} s", flush=True)

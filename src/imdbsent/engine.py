@@ -706,9 +706,15 @@ def _learned_regions(run: Path, cfg: Config) -> tuple[torch.Tensor, torch.Tensor
     for member in runs.members(run):
         if ((member / runs.LAST).exists() and (member / runs.CONFIG).exists()
                 and configs.regions_recipe(runs.load_config(member)) == wanted):
-            weights = runs.load_checkpoint(member / runs.LAST).weights
-            return weights["regions.table"], weights["regions.bias"]
+            return regions_of(member)
     return None
+
+
+def regions_of(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The region embeddings (E, b) that a run learned, from its last checkpoint, for another
+    model to take instead of learning its own (`fit(regions=...)`)."""
+    weights = runs.load_checkpoint(run / runs.LAST).weights
+    return weights["regions.table"], weights["regions.bias"]
 
 
 def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
