@@ -85,7 +85,9 @@ class TrainConfig:
     `virtual_adversarial` > 0 also trains on the unlabeled reviews' embeddings perturbed where
     the prediction moves most, by that norm (needs the `unsupervised` split); `world_size`
     records how many processes trained the run (set by training, not by a recipe;
-    `batch_size` is per process)."""
+    `batch_size` is per process); `averages` lists decays (each in (0, 1)) of exponential
+    moving averages of the weights, kept after every step, each written at its best validation
+    loss beside `best`, for an ensemble to stack as inputs of their own."""
 
     epochs: int = 5
     batch_size: int = 64
@@ -107,6 +109,7 @@ class TrainConfig:
     adversarial: float = 0.0
     virtual_adversarial: float = 0.0
     world_size: int = 1
+    averages: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -154,6 +157,8 @@ def member_names(cfg: Config) -> list[str]:
     for name in names:
         if names.count(name) > 1:
             raise UserError(f"model.members: two members are named {name!r}")
+        if "@" in name:  # NAME@DECAY names a member's moving average (runs.member_checkpoint)
+            raise UserError(f"model.members: {name!r}: a member's name has no '@'")
     return names
 
 
@@ -319,6 +324,8 @@ def problem(cfg: Config) -> str | None:
         (0 <= t.seed < SEED_LIMIT, f"train.seed must be in 0..{SEED_LIMIT - 1}"),
         (0.0 <= t.crop <= 1.0, "train.crop is a fraction of the training reviews, in [0, 1]"),
         (t.world_size >= 1, "train.world_size must be at least 1"),
+        (all(0.0 < d < 1.0 for d in t.averages) and len(set(t.averages)) == len(t.averages),
+         "train.averages: each decay must be in (0, 1), and named once"),
         (0.0 <= cfg.split_ratio < 1.0, "split_ratio is a share of the train split, in [0, 1)"),
     ]
     return next((message for ok, message in checks if not ok), None)

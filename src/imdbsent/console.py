@@ -202,6 +202,9 @@ class TrainView:
         result(f"Epoch: {record['epoch']:02} | Epoch Time: {mins}m {secs}s")
         result(f"\tTrain Loss: {record['train_loss']:.3f} | Train Acc: {record['train_acc']*100:.2f}%")
         result(f"\t Val. Loss: {record['valid_loss']:.3f} |  Val. Acc: {record['valid_acc']*100:.2f}%")
+        for decay, average in record.get("averages", {}).items():  # train.averages
+            result(f"\t Avg. {decay}: Val. Loss: {average['valid_loss']:.3f} |  Val. Acc: "
+                   f"{average['valid_acc']*100:.2f}%")
 
     def test(self, record: dict[str, Any]) -> None:
         if record.get("diverged_epoch"):

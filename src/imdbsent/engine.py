@@ -22,6 +22,7 @@ from torch import nn
 
 from imdbsent import config as configs
 from imdbsent import distributed, models, runs, text, threads, vectors
+from imdbsent.averages import Averages
 from imdbsent.config import Config, TrainConfig
 from imdbsent.data import Batch, Batches, Prepared
 from imdbsent.errors import BadValue, UserError
@@ -483,6 +484,7 @@ class Trainer:
         self.schedule = Schedule(t.schedule, t.epochs * len(self.train_batches), t.warmup)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.criterion = nn.BCEWithLogitsLoss().to(self.device)
+        self.averages = Averages(self.model, t.averages, self.optimizer)
         self.meta = {"vocab_size": self.vocab_size, "model": cfg.model.name,
                      "ngram_hash": models.NGRAM_HASH, "data_fingerprint": data.fingerprint,
                      "parameters": count_parameters(self.model)}
@@ -558,6 +560,8 @@ class Trainer:
             # crashes on a row view of the stacked states)
             torch.set_rng_state((last.rng[self.world.rank] if last.rng.dim() == 2
                                  else last.rng).clone())
+        if self.averages.models:
+            self.averages.restore(last.averages, last.meta.get("averages_best"), path)
         self.first_epoch = last.meta["epoch"] + 1
         self.best_loss, self.best_epoch, self.stale = (
             last.meta["best_valid_loss"], last.meta["best_epoch"], last.meta["stale_epochs"])
@@ -605,6 +609,8 @@ class Trainer:
                                       virtual_adversarial=self.cfg.train.virtual_adversarial,
                                       unlabeled=self.unlabeled(epoch))
         valid_loss, valid_acc = evaluate(self.model, self.valid_batches, self.criterion, sync=sync)
+        averages = self.averages.validate(
+            partial(evaluate, iterator=self.valid_batches, criterion=self.criterion, sync=sync))
         improved = valid_loss < self.best_loss
         if improved:
             self.best_loss, self.best_epoch, self.stale = valid_loss, epoch, 0
@@ -614,6 +620,7 @@ class Trainer:
                 "valid_loss": valid_loss, "valid_acc": valid_acc,
                 "seconds": round(time.time() - start_time, 3), "best": improved,
                 "lr": self.scheduler.get_last_lr()[0],
+                **({"averages": averages} if averages else {}),
                 **({"regions_seconds": self.regions_seconds} if epoch == 1 and
                    self.regions_seconds is not None else {})}
 
@@ -631,8 +638,9 @@ class Trainer:
         return endless()
 
     def checkpoint(self, record: dict[str, Any]) -> None:
-        """Save `best` if the epoch improved, then `last` (the commit point, with every
-        process's RNG state), then the epoch's line in metrics.jsonl; rank 0 writes."""
+        """Save `best` and each moving average that the epoch improved, then `last` (the
+        commit point, with every process's RNG state and the running averages), then the
+        epoch's line in metrics.jsonl; rank 0 writes."""
         rng = distributed.gather(torch.get_rng_state())
         if not self.world.main:
             return
@@ -640,18 +648,31 @@ class Trainer:
         meta = {**self.meta, "epoch": record["epoch"], "metrics": record}
         if record["best"]:
             runs.save_checkpoint(self.run / runs.BEST, runs.Checkpoint(weights, meta))
+        for name, average in record.get("averages", {}).items():
+            if average["best"]:
+                runs.save_checkpoint(self.run / runs.average_file(name), runs.Checkpoint(
+                    self.averages.weights(name), {**meta, "average": name}))
         runs.save_checkpoint(self.run / runs.LAST, runs.Checkpoint(
             weights, {**meta, "best_valid_loss": self.best_loss, "best_epoch": self.best_epoch,
-                      "stale_epochs": self.stale, "scheduler": self.scheduler.state_dict()},
+                      "stale_epochs": self.stale, "scheduler": self.scheduler.state_dict(),
+                      **({"averages_best": self.averages.best} if self.averages.models else {})},
             optimizer=self.optimizer.state_dict(),
-            rng=torch.stack(rng) if len(rng) > 1 else rng[0]))
+            rng=torch.stack(rng) if len(rng) > 1 else rng[0],
+            averages=self.averages.state() or None))
         runs.append_metrics(self.run, record)
 
     def calibrate(self) -> tuple[float, float]:
-        """Load the best checkpoint and fit its temperature and bias on the validation split
-        (unless the recipe says `calibrate = false`, or validation is empty), stored in its
-        metadata so that the calibration always goes with the weights it was fitted to."""
-        path = self.run / runs.BEST
+        """Calibrate each moving average that has a best checkpoint, then the best checkpoint,
+        left loaded; the best's temperature and bias (`calibrated`)."""
+        for name, loss in self.averages.best.items():
+            if math.isfinite(loss):
+                self.calibrated(self.run / runs.average_file(name))
+        return self.calibrated(self.run / runs.BEST)
+
+    def calibrated(self, path: Path) -> tuple[float, float]:
+        """Load the checkpoint at `path` and fit its temperature and bias on the validation
+        split (unless the recipe says `calibrate = false`, or validation is empty), stored in
+        its metadata so that the calibration always goes with the weights it was fitted to."""
         best = distributed.on_main(lambda: runs.load_checkpoint(path))
         _load_weights(self.model, best, path)
         if not (self.cfg.train.calibrate and len(self.valid_batches.data)):
@@ -758,7 +779,7 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
     if not len(data.split("valid")):
         raise UserError(f"{data.folder}: an ensemble fits its weights on the validation split, "
                         "which is empty")
-    ensemble = _load_ensemble(run, names, vocab_size).to(device)
+    ensemble = _load_ensemble(run, runs.member_columns(run, names), vocab_size).to(device)
     member_logits, valid_labels = predict_logits(
         ensemble, Batches(data.split("valid"), cfg.train.batch_size), ensemble.member_logits)
     ensemble.fit_weights(member_logits, valid_labels)
@@ -781,9 +802,11 @@ def fit_ensemble(cfg: Config, data: Prepared, run: Path, reporter: Reporter, *,
     return FitResult(run, 0, 0, test_record)
 
 
-def load_best(run: Path, cfg: Config, vocab_size: int) -> nn.Module:
-    """A run's best model, ready to score: an ensemble with its members from run/members."""
-    path = run / runs.BEST
+def load_best(run: Path, cfg: Config, vocab_size: int, checkpoint: str = runs.BEST
+              ) -> nn.Module:
+    """A run's best model (or another of its checkpoints: a moving average's), ready to score:
+    an ensemble with its members from run/members."""
+    path = run / checkpoint
     if not path.exists() and runs.has_progress(run) and not runs.tested(run):  # stopped among
         # an ensemble's members; a finished run that lost its best is told it is missing
         raise UserError(f"{run} has not finished training: it has no best model yet; "
@@ -806,14 +829,16 @@ def load_best(run: Path, cfg: Config, vocab_size: int) -> nn.Module:
     return ensemble
 
 
-def _load_ensemble(run: Path, names: list[str], vocab_size: int) -> models.Ensemble:
+def _load_ensemble(run: Path, columns: list[str], vocab_size: int) -> models.Ensemble:
+    """An ensemble of the models behind its stacked inputs (`runs.member_checkpoint`)."""
     members, limits = [], []
-    for name in names:
-        member_run = runs.check_run(runs.member_run(run, name))
+    for column in columns:
+        path = runs.member_checkpoint(run, column)
+        member_run = runs.check_run(path.parent)
         member_cfg = runs.load_config(member_run)
-        members.append(load_best(member_run, member_cfg, vocab_size))
+        members.append(load_best(member_run, member_cfg, vocab_size, path.name))
         limits.append(member_cfg.train.max_length)
-    return models.Ensemble(members, limits, names)
+    return models.Ensemble(members, limits, columns)
 
 
 def load_model(cfg: Config, ckpt: runs.Checkpoint, where: Path, vocab_size: int) -> nn.Module:

@@ -3,6 +3,8 @@
     config.toml         the resolved config
     tokenizer.json      the vocabulary the model was trained with
     best.safetensors    weights at the best validation loss
+    average-D.safetensors  with train.averages: a moving average of the weights (decay D) at
+                        its best validation loss, an ensemble's input beside `best`
     last.safetensors    weights, optimizer and RNG state after the last finished epoch (resume)
     metrics.jsonl       one JSON line per epoch, then one for the test pass
     members/NAME/       an ensemble's member runs (its best.safetensors holds the stacking
@@ -47,16 +49,43 @@ BEST, LAST = "best.safetensors", "last.safetensors"
 MEMBERS = "members"  # an ensemble's member runs, one folder each
 RUN_FILES = (CONFIG, TOKENIZER, METRICS, BEST, LAST, MEMBERS)  # what a run directory holds
 OPTIM_PREFIX, RNG_KEY = "optimizer.", "rng.torch"
+AVERAGE_PREFIX = "average."  # `last`'s running moving averages: average.DECAY/KEY
 
 
 @dataclass
 class Checkpoint:
-    """Weights (a state_dict), JSON metadata, and for `last` the optimizer and RNG state."""
+    """Weights (a state_dict), JSON metadata, and for `last` the optimizer and RNG state and
+    the running moving averages (a state_dict each, by decay as `average_name` writes it)."""
 
     weights: dict[str, torch.Tensor]
     meta: dict[str, Any]
     optimizer: dict[str, Any] | None = None
     rng: torch.Tensor | None = None
+    averages: dict[str, dict[str, torch.Tensor]] | None = None
+
+
+def average_name(decay: float) -> str:
+    """How a moving average's decay is written in file and column names (shortest exact)."""
+    return repr(float(decay))
+
+
+def average_file(name: str) -> str:
+    """The checkpoint of a run's moving average at its best, by the decay's `average_name`."""
+    return f"average-{name}.safetensors"
+
+
+def member_columns(run: Path, names: list[str]) -> list[str]:
+    """An ensemble's stacked inputs: each member's best model (`NAME`), then each moving
+    average its config keeps (`NAME@DECAY`)."""
+    return [column for name in names for column in (name, *(
+        f"{name}@{average_name(d)}" for d in load_config(member_run(run, name)).train.averages))]
+
+
+def member_checkpoint(run: Path, column: str) -> Path:
+    """The checkpoint behind one of an ensemble's stacked inputs: a member's best model
+    (`NAME`), or one of its moving averages (`NAME@DECAY`)."""
+    name, _, decay = column.partition("@")
+    return member_run(run, name) / (average_file(decay) if decay else BEST)
 
 
 def new_run_dir(root: Path, model_name: str) -> Path:
@@ -370,6 +399,9 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         meta["optimizer"] = opt_meta
     if ckpt.rng is not None:
         tensors[RNG_KEY] = ckpt.rng
+    for decay, state in (ckpt.averages or {}).items():
+        tensors.update({f"{AVERAGE_PREFIX}{decay}/{k}": v.detach().cpu().contiguous()
+                        for k, v in state.items()})
     header = {"imdbsent": json.dumps(meta)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
@@ -391,8 +423,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
             raise UserError(f"{path}: malformed optimizer state in the checkpoint "
                             f"({type(exc).__name__}: {exc}); it cannot be resumed") from None
     rng = tensors.pop(RNG_KEY, None)
+    averages: dict[str, dict[str, torch.Tensor]] = {}
+    for key in [k for k in tensors if k.startswith(AVERAGE_PREFIX)]:
+        decay, _, name = key.removeprefix(AVERAGE_PREFIX).partition("/")
+        averages.setdefault(decay, {})[name] = tensors.pop(key)
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
-    return Checkpoint(weights, meta, optimizer, rng)
+    return Checkpoint(weights, meta, optimizer, rng, averages or None)
 
 
 def checkpoint_meta(path: Path) -> dict[str, Any]:
@@ -550,8 +586,8 @@ def _missing_file(run: Path) -> str | None:
     try:
         needed = [run / TOKENIZER, run / BEST]
         if (run / BEST).is_file():
-            needed += [member_run(run, name) / BEST
-                       for name in checkpoint_meta(run / BEST).get("members", [])]
+            needed += [member_checkpoint(run, column)
+                       for column in checkpoint_meta(run / BEST).get("members", [])]
         missing = next((path for path in needed if not path.is_file()), None)
         if missing:
             return f"{missing}: missing"
