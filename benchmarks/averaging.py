@@ -2,8 +2,8 @@
 training's weights averaged two ways, each scored on validation and stacked with `--members`
 (`stacking.py`: cross-fitted on validation; test figures choose nothing):
 
-- an exponential moving average of the weights after every step (`torch.optim.swa_utils`,
-  one per `--decays`), its best epoch by validation loss;
+- an exponential moving average of the weights after every step (`train.averages`, one per
+  `--decays`, kept and written by the Trainer itself), its best epoch by validation loss;
 - the plain mean of the last k epochs' weights (stochastic weight averaging's form), k chosen
   by validation loss.
 
@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from imdbsent import config as configs
 from imdbsent import data, engine, runs
@@ -36,31 +35,16 @@ Weights = dict[str, torch.Tensor]
 
 
 class AveragingTrainer(engine.Trainer):
-    """A Trainer that also keeps, for each decay, a moving average of the weights (updated
-    after every optimizer step and validated after every epoch, its best by validation loss
-    kept), and every epoch's own weights."""
+    """A Trainer (whose recipe's moving averages it keeps and writes, `train.averages`) that
+    also keeps every epoch's own weights."""
 
-    def __init__(self, *args, decays: list[float], **kwargs) -> None:
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.averages = {d: AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(d),
-                                          use_buffers=True)  # the region embeddings
-                         for d in decays}
-        self.best_average: dict[float, tuple[float, int, Weights]] = {}
         self.epoch_weights: list[Weights] = []
-        self.optimizer.register_step_post_hook(self._average)
-
-    def _average(self, *_) -> None:
-        for average in self.averages.values():
-            average.update_parameters(self.model)
 
     def epoch(self, epoch: int, reporter: engine.Reporter) -> dict:
         record = super().epoch(epoch, reporter)
         self.epoch_weights.append(_copied(self.model.state_dict()))
-        for decay, average in self.averages.items():
-            loss, acc = engine.evaluate(average.module, self.valid_batches, self.criterion)
-            record[f"ema{decay}"] = (round(loss, 4), round(acc, 4))
-            if loss < self.best_average.get(decay, (float("inf"),))[0]:
-                self.best_average[decay] = (loss, epoch, _copied(average.module.state_dict()))
         return record
 
     def valid_loss(self, weights: Weights) -> float:
@@ -70,16 +54,21 @@ class AveragingTrainer(engine.Trainer):
     def write_variant(self, run: Path, weights: Weights, out: Path, note: dict) -> Path:
         """`run` copied to `out` with `weights` as its best checkpoint, calibrated on
         validation as `Trainer.calibrate` does."""
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(run, out, ignore=shutil.ignore_patterns(runs.BEST, runs.LAST))
         self.model.load_state_dict(weights)
         temperature, bias = engine.fit_calibration(
             *engine.predict_logits(self.model, self.valid_batches))
         meta = {**runs.load_checkpoint(run / runs.BEST).meta, **note,
                 "temperature": temperature, "bias": bias}
-        runs.save_checkpoint(out / runs.BEST, runs.Checkpoint(weights, meta))
-        return out
+        return _variant(run, out, runs.Checkpoint(weights, meta))
+
+
+def _variant(run: Path, out: Path, best: runs.Checkpoint) -> Path:
+    """`run` copied to `out` (a run of its own to score), with `best` as its best checkpoint."""
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns(runs.BEST, runs.LAST, "average-*"))
+    runs.save_checkpoint(out / runs.BEST, best)
+    return out
 
 
 def _copied(weights: Weights) -> Weights:
@@ -105,21 +94,22 @@ def main() -> None:
     args = parser.parse_args()
 
     prepared = data.load_prepared(args.data)
-    cfg = configs.load(args.recipe, {"train.seed": args.seed})
+    cfg = configs.load(args.recipe, {"train.seed": args.seed, "train.averages": args.decays})
     cfg.data = str(prepared.folder)
     run = args.out / "trained"  # not a member's name
     runs.init_run(run, cfg, prepared.folder)
     regions = engine.regions_of(args.regions_from) if args.regions_from else None
-    trainer = AveragingTrainer(cfg, prepared, run, regions=regions, decays=args.decays)
+    trainer = AveragingTrainer(cfg, prepared, run, regions=regions)
     start = time.time()
     trainer.fit(EpochLines())
     print(f"trained: {time.time() - start:.0f} s", flush=True)
 
     variants = []
-    for decay, (loss, epoch, weights) in trainer.best_average.items():
-        print(f"ema {decay}: best epoch {epoch}, valid loss {loss:.4f}", flush=True)
-        variants.append(trainer.write_variant(run, weights, args.out / f"ema{decay}",
-                                              {"ema_decay": decay, "ema_epoch": epoch}))
+    for name in trainer.averages.models:  # written by the Trainer, calibrated as `best`
+        average = runs.load_checkpoint(run / runs.average_file(name))
+        print(f"ema {name}: best epoch {average.meta['epoch']}, valid loss "
+              f"{trainer.averages.best[name]:.4f}", flush=True)
+        variants.append(_variant(run, args.out / f"ema{name}", average))
     epochs = trainer.epoch_weights
     tails = {k: trainer.valid_loss(_mean(epochs[-k:])) for k in range(2, len(epochs) + 1)}
     print("mean of the last k epochs, valid loss: " + ", ".join(
