@@ -494,6 +494,22 @@ def test_adversarial_and_virtual_adversarial_training_on_two_processes(prepared_
     assert runs.read_metrics(run)[-1]["test_acc"] > 0.8
 
 
+def test_moving_averages_on_two_processes_are_the_weights_that_both_validated(prepared_dir,
+                                                                             tmp_path):
+    recipe = _recipe(tmp_path, prepared_dir, SMALL_GRU + "averages = [0.9]\n")
+    run = tmp_path / "run"
+    done = run_exe(["train", "--config", str(recipe), "--run-dir", str(run), "--nproc", "2"])
+    assert done.returncode == 0, done.stderr
+    records = runs.epoch_records(run)
+    best = min(records, key=lambda r: r["averages"]["0.9"]["valid_loss"])
+    prepared = data.load_prepared(prepared_dir)
+    model = engine.load_best(run, runs.load_config(run), prepared.tokenizer.get_vocab_size(),
+                             runs.average_file("0.9")).model  # unscaled by its calibration
+    loss, _ = engine.evaluate(model, data.Batches(prepared.split("valid"), 16),
+                              torch.nn.BCEWithLogitsLoss())
+    assert loss == pytest.approx(best["averages"]["0.9"]["valid_loss"], rel=1e-5)
+
+
 def test_nproc_refuses_what_resume_or_an_ensemble_cannot_take_before_starting(
         trained_run, prepared_dir, tmp_path, capsys):
     """Checked once, by the launcher: each rank refusing on its own ended in status 143 and a
