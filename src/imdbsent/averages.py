@@ -3,7 +3,8 @@
 Each is torch's `AveragedModel`, updated after every optimizer step (its buffers too: the
 region embeddings of a model that has them), validated after every epoch and kept at its best
 validation loss. Alone an average scores no better than the model; two, stacked by an ensemble
-as inputs of their own beside the model, gained on every seed measured (benchmarks/notes.md).
+as inputs of their own in the model's place, gained on every seed measured
+(benchmarks/notes.md).
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ class TrainConfig:
     records how many processes trained the run (set by training, not by a recipe;
     `batch_size` is per process); `averages` lists decays (each in (0, 1)) of exponential
     moving averages of the weights, kept after every step, each written at its best validation
-    loss beside `best`, for an ensemble to stack as inputs of their own."""
+    loss beside `best`, for an ensemble to stack as inputs of their own (in the model's place)."""
 
     epochs: int = 5
     batch_size: int = 64

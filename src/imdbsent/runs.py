@@ -75,10 +75,12 @@ def average_file(name: str) -> str:
 
 
 def member_columns(run: Path, names: list[str]) -> list[str]:
-    """An ensemble's stacked inputs: each member's best model (`NAME`), then each moving
-    average its config keeps (`NAME@DECAY`)."""
-    return [column for name in names for column in (name, *(
-        f"{name}@{average_name(d)}" for d in load_config(member_run(run, name)).train.averages))]
+    """An ensemble's stacked inputs: each member's best model (`NAME`), or, for a member that
+    keeps moving averages, those in its place (`NAME@DECAY`, one each): stacked beside the
+    model as well, they gained less on validation (benchmarks/notes.md)."""
+    return [column for name in names for column in [
+        f"{name}@{average_name(d)}" for d in load_config(member_run(run, name)).train.averages
+    ] or [name]]
 
 
 def member_checkpoint(run: Path, column: str) -> Path:
