@@ -560,8 +560,7 @@ class Trainer:
             # crashes on a row view of the stacked states)
             torch.set_rng_state((last.rng[self.world.rank] if last.rng.dim() == 2
                                  else last.rng).clone())
-        if self.averages.models:
-            self.averages.restore(last.averages, last.meta.get("averages_best"), path)
+        self.averages.restore(last.averages, last.meta.get("averages_best"), path)
         self.first_epoch = last.meta["epoch"] + 1
         self.best_loss, self.best_epoch, self.stale = (
             last.meta["best_valid_loss"], last.meta["best_epoch"], last.meta["stale_epochs"])

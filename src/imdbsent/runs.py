@@ -4,7 +4,7 @@
     tokenizer.json      the vocabulary the model was trained with
     best.safetensors    weights at the best validation loss
     average-D.safetensors  with train.averages: a moving average of the weights (decay D) at
-                        its best validation loss, an ensemble's input beside `best`
+                        its best validation loss, stacked by an ensemble in the model's place
     last.safetensors    weights, optimizer and RNG state after the last finished epoch (resume)
     metrics.jsonl       one JSON line per epoch, then one for the test pass
     members/NAME/       an ensemble's member runs (its best.safetensors holds the stacking
